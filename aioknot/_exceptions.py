@@ -1,0 +1,144 @@
+"""Every error aioknot raises, in one place.
+
+    KnotError                       the root: ``except aioknot.KnotError`` catches all of ours
+    ├── ConfigurationError          a bad name, option or missing credentials; raised before
+    │                               any cloud resource is created or any money is spent
+    ├── SerializationError          the function or an input cannot be pickled (names the index)
+    ├── TaskFailure                 one input did not produce a value
+    │   ├── TaskError               the user's function raised; carries the remote traceback
+    │   └── TaskLost                the task died without a result (killed, OOM, spot, timeout)
+    ├── StoreError                  the store (S3 or a local directory) refused a request
+    ├── StackError                  the environment stack failed; lists each failed resource
+    └── ImageBuildError             the worker image could not be built or pushed
+
+Errors of the libraries underneath (botocore, aiodocker, OSError) are translated into these at
+one boundary per seam, with ``raise ... from`` so the original stays visible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class KnotError(Exception):
+    """The root of every error aioknot raises on purpose."""
+
+
+class ConfigurationError(KnotError, ValueError):
+    """A name, option or credential is wrong. Says what was wrong and what to do."""
+
+
+class SerializationError(KnotError, TypeError):
+    """The function or an input cannot be pickled with cloudpickle.
+
+    ``index`` is the position of the input in the iterable (``None`` for the function).
+    """
+
+    def __init__(self, message: str, *, index: int | None = None) -> None:
+        super().__init__(message)
+        self.index = index
+
+
+class TaskFailure(KnotError):
+    """One input of a run did not produce a value. ``index`` is its position in the inputs."""
+
+    def __init__(self, message: str, *, index: int, run_id: str | None = None) -> None:
+        super().__init__(message)
+        self.index = index
+        self.run_id = run_id
+
+
+class TaskError(TaskFailure):
+    """The user's function raised on one input.
+
+    ``remote_type`` is the exception's qualified type name, ``remote_message`` its message and
+    ``remote_traceback`` the traceback text from the worker. ``exception`` is the original
+    exception object when it could be pickled back, else ``None``.
+    """
+
+    def __init__(
+        self,
+        *,
+        index: int,
+        remote_type: str,
+        remote_message: str,
+        remote_traceback: str,
+        exception: BaseException | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+        self.exception = exception
+        super().__init__(
+            f"input {index} raised {remote_type}: {remote_message}\n\n"
+            f"Remote traceback:\n{remote_traceback.rstrip()}",
+            index=index,
+            run_id=run_id,
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword-only __init__: make instances survive pickling (the sync face, user code).
+        return (_rebuild_task_error, (self.__dict__.copy(),))
+
+
+def _rebuild_task_error(state: dict[str, object]) -> TaskError:
+    error = TaskError.__new__(TaskError)
+    error.__dict__.update(state)
+    Exception.__init__(error, f"input {state['index']} raised {state['remote_type']}")
+    return error
+
+
+class TaskLost(TaskFailure):
+    """A task died without writing a result: killed, out of memory, spot reclaim, timeout.
+
+    ``reason`` is what the scheduler said; ``log`` says where the task's log is, when known.
+    """
+
+    def __init__(
+        self,
+        *,
+        index: int,
+        reason: str,
+        log: str | None = None,
+        exit_code: int | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        self.reason = reason
+        self.log = log
+        self.exit_code = exit_code
+        where = f" (log: {log})" if log else ""
+        super().__init__(f"input {index} was lost: {reason}{where}", index=index, run_id=run_id)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (
+            _rebuild_task_lost,
+            (self.index, self.reason, self.log, self.exit_code, self.run_id),
+        )
+
+
+def _rebuild_task_lost(
+    index: int, reason: str, log: str | None, exit_code: int | None, run_id: str | None
+) -> TaskLost:
+    return TaskLost(index=index, reason=reason, log=log, exit_code=exit_code, run_id=run_id)
+
+
+class StoreError(KnotError):
+    """The store refused a request (missing bucket, access denied, disk full, ...)."""
+
+
+class StackError(KnotError):
+    """The environment stack could not be created or updated.
+
+    ``failures`` holds ``(logical resource id, resource type, reason)`` for each resource that
+    failed, as CloudFormation reported them.
+    """
+
+    def __init__(self, message: str, failures: Sequence[tuple[str, str, str]] = ()) -> None:
+        self.failures = list(failures)
+        lines = [message] + [f"  {rid} ({rtype}): {reason}" for rid, rtype, reason in failures]
+        super().__init__("\n".join(lines))
+
+
+class ImageBuildError(KnotError):
+    """The worker image could not be built or pushed."""
