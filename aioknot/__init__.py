@@ -1,0 +1,35 @@
+"""aioknot: run your existing Python function over many inputs on AWS Batch, asynchronously.
+
+``AsyncKnot`` is the async core (``await knot.map(xs)``, ``async for y in knot.amap(xs)``);
+``Knot`` is the same, blocking, for scripts and notebooks. See ``aioknot.AsyncKnot``.
+"""
+
+from ._exceptions import (
+    ConfigurationError,
+    ImageBuildError,
+    KnotError,
+    SerializationError,
+    StackError,
+    StoreError,
+    TaskError,
+    TaskFailure,
+    TaskLost,
+)
+from ._knot import AsyncKnot
+from ._run import Run
+from ._version import __version__
+
+__all__ = [
+    "AsyncKnot",
+    "ConfigurationError",
+    "ImageBuildError",
+    "KnotError",
+    "Run",
+    "SerializationError",
+    "StackError",
+    "StoreError",
+    "TaskError",
+    "TaskFailure",
+    "TaskLost",
+    "__version__",
+]

@@ -1,0 +1,351 @@
+"""``AsyncKnot``: one function, one store, one backend, and the runs of ``map`` / ``amap``.
+
+A knot is an async context manager and owns everything it starts: its store client, its
+backend (worker processes or AWS clients) and a task group in which every run's watcher and
+background submission live. Leaving ``async with`` cancels those tasks and stops the workers;
+no task outlives the knot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import logging
+import weakref
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from ._backend import Backend, RunSpec
+from ._exceptions import ConfigurationError, KnotError
+from ._inputs import check_inputs, pack_inputs
+from ._names import (
+    default_home,
+    default_knot_name,
+    function_key,
+    knot_prefix,
+    manifest_key,
+    new_run_id,
+    run_prefix,
+    validate_knot_name,
+    validate_run_id,
+)
+from ._options import KnotOptions, parse_options
+from ._pickling import PickledFunction, pickle_function
+from ._run import Run
+from ._store import Store
+from ._worker import segment_key
+
+logger = logging.getLogger("aioknot")
+
+Inputs = Iterable[Any] | AsyncIterable[Any]
+
+
+class _State(enum.Enum):
+    UNOPENED = "unopened"
+    OPENED = "opened"
+    CLOSED = "closed"
+
+
+class AsyncKnot:
+    """Run ``func`` over many inputs on a backend, asynchronously.
+
+    >>> async with AsyncKnot(f, name="squares", backend="local") as knot:
+    ...     async for y in knot.amap(range(100)):   # results as they complete
+    ...         ...
+    ...     run = await knot.map(range(100))        # every input stored and submitted
+    ...     ys = await run.gather()                 # in input order
+    """
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        *,
+        name: str | None = None,
+        backend: str | None = None,
+        **options: Any,
+    ) -> None:
+        self.func = func
+        self.name = validate_knot_name(name) if name is not None else default_knot_name(func)
+        self.options: KnotOptions = parse_options(backend, options)
+        self._function: PickledFunction = pickle_function(func)
+        self._state = _State.UNOPENED
+        self._exit_stack = contextlib.AsyncExitStack()
+        self._group: anyio.abc.TaskGroup | None = None
+        self._store: Store | None = None
+        self._backend: Backend | None = None
+        self._function_stored = False
+        self._prepared = anyio.Event()
+        self._prepare_error: BaseException | None = None
+        self._runs: weakref.WeakValueDictionary[str, Run] = weakref.WeakValueDictionary()
+
+    @property
+    def backend(self) -> str:
+        return self.options.backend
+
+    @property
+    def function_key(self) -> str:
+        return function_key(self.name, self._function.digest)
+
+    def __repr__(self) -> str:
+        return f"<AsyncKnot {self.name!r} backend={self.backend!r} {self._state.value}>"
+
+    def _progress(self, message: str) -> None:
+        logger.info("%s: %s", self.name, message)
+        if self.options.progress is not None:
+            self.options.progress(message)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def __aenter__(self) -> AsyncKnot:
+        if self._state is not _State.UNOPENED:
+            raise KnotError(
+                f"knot {self.name!r} was already {self._state.value}: a knot opens once; "
+                "create a new AsyncKnot to run again"
+            )
+        self._state = _State.OPENED
+        try:
+            self._store = await self._open_store()
+            self._exit_stack.push_async_callback(self._store.aclose)
+            self._backend = self._make_backend()
+            self._exit_stack.push_async_callback(self._backend.aclose)
+            self._group = await self._exit_stack.enter_async_context(anyio.create_task_group())
+            # Runs first on exit: stop every watcher and worker before the group is awaited.
+            self._exit_stack.callback(self._group.cancel_scope.cancel)
+            start = getattr(self._backend, "start", None)
+            if start is not None:
+                start(self._group)
+            self._group.start_soon(self._prepare)
+        except BaseException:
+            self._state = _State.CLOSED
+            await self._exit_stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Cancel every run still going, stop the workers and close the store client."""
+        if self._state is _State.CLOSED:
+            return
+        self._state = _State.CLOSED
+        with anyio.CancelScope(shield=True):
+            for run in list(self._runs.values()):
+                if not run.done and run.backend_run is not None:
+                    with contextlib.suppress(Exception):
+                        await run.backend_run.cancel()
+        await self._exit_stack.aclose()
+
+    async def _open_store(self) -> Store:
+        options = self.options
+        if options.bucket is not None or options.backend == "aws":
+            from ._store_s3 import S3Store
+
+            if options.bucket is None:
+                raise ConfigurationError(
+                    "backend='aws' needs a bucket for inputs and results: pass bucket="
+                )
+            return await S3Store(
+                options.bucket,
+                endpoint_url=options.endpoint_url,
+                region=options.region,
+                profile=options.profile,
+            ).open()
+        from ._store_local import LocalStore
+
+        return LocalStore(options.directory or default_home())
+
+    def _make_backend(self) -> Backend:
+        if self.options.backend == "aws":
+            from ._aws_backend import AwsBackend
+
+            return AwsBackend(self, self.options)  # type: ignore[return-value]
+        from ._local_backend import LocalBackend
+
+        return LocalBackend(workers=self.options.workers)
+
+    async def _prepare(self) -> None:
+        """Make the backend ready (stack, image) while the first inputs are uploaded."""
+        try:
+            assert self._backend is not None
+            await self._backend.prepare()
+        except Exception as error:
+            self._prepare_error = error
+        finally:
+            self._prepared.set()
+
+    async def _wait_prepared(self) -> None:
+        await self._prepared.wait()
+        if self._prepare_error is not None:
+            raise self._prepare_error
+
+    def _check_open(self) -> tuple[Store, Backend, anyio.abc.TaskGroup]:
+        if self._state is not _State.OPENED:
+            raise KnotError(
+                f"knot {self.name!r} is {self._state.value}: use it inside "
+                "'async with AsyncKnot(...) as knot:'"
+            )
+        assert self._store is not None and self._backend is not None and self._group is not None
+        return self._store, self._backend, self._group
+
+    # -- runs ----------------------------------------------------------------------------
+
+    def _new_run(self, *, starmap: bool, retain: bool, return_exceptions: bool) -> Run:
+        store, backend, _ = self._check_open()
+        run_id = new_run_id()
+        spec = RunSpec(
+            knot=self.name,
+            run_id=run_id,
+            run_prefix=run_prefix(self.name, run_id),
+            function_key=self.function_key,
+            store_url=store.url,
+            starmap=starmap,
+            store_environment=tuple(sorted(store.worker_environment().items())),
+        )
+        run = Run(spec, store, backend.name, retain=retain, return_exceptions=return_exceptions)
+        run.backend_run = backend.open_run(spec, run.watcher)
+        self._runs[run_id] = run
+        return run
+
+    async def _store_function(self, store: Store) -> None:
+        if self._function_stored:
+            return
+        key = self.function_key
+        (exists,) = await store.exists_many([key])
+        if not exists:  # content-addressed: an unchanged function is stored once
+            await store.put(key, self._function.data)
+        self._function_stored = True
+
+    async def _submit(self, run: Run, inputs: Inputs) -> None:
+        """Store the inputs segment by segment, submitting each as soon as it is stored."""
+        store, _, _ = self._check_open()
+        assert run.backend_run is not None
+        await self._store_function(store)
+        wrote_manifest = False
+        async for packed in pack_inputs(inputs, starmap=run._spec.starmap):
+            await store.put(segment_key(run._spec.run_prefix, packed.segment.first), packed.data)
+            if not wrote_manifest:
+                await run._write_manifest()  # re-attachable from the first segment on
+                wrote_manifest = True
+            await self._wait_prepared()
+            run._stored(packed.segment)
+            await run.backend_run.submit([packed.segment], last=False)
+        await self._wait_prepared()
+        await run.backend_run.submit([], last=True)
+        run._submission_finished()
+        await run._write_manifest()
+
+    async def _watch(self, run: Run) -> None:
+        assert run.backend_run is not None
+        try:
+            await run.watcher.run(run.backend_run)
+        except Exception as error:
+            run._fail(error)
+
+    async def map(
+        self, inputs: Inputs, *, starmap: bool = False, return_exceptions: bool = False
+    ) -> Run:
+        """Store every input and submit every task; returns the ``Run`` to read results from.
+
+        ``return_exceptions`` sets the default for iterating and gathering the run.
+        """
+        check_inputs(inputs)
+        _, _, group = self._check_open()
+        run = self._new_run(starmap=starmap, retain=True, return_exceptions=return_exceptions)
+        group.start_soon(self._watch, run)
+        try:
+            await self._submit(run, inputs)
+        except BaseException:
+            await run.cancel()
+            raise
+        return run
+
+    def amap(
+        self,
+        inputs: Inputs,
+        *,
+        starmap: bool = False,
+        ordered: bool = False,
+        return_exceptions: bool = False,
+    ) -> AsyncIterator[Any]:
+        """Results while inputs are still being submitted: as completed, or in input order.
+
+        The run belongs to the iteration: leaving the ``async for`` early (or cancelling the
+        task that iterates) cancels it and stops its workers.
+        """
+        check_inputs(inputs)
+        _, _, group = self._check_open()
+        run = self._new_run(starmap=starmap, retain=False, return_exceptions=return_exceptions)
+        return self._iterate(group, run, inputs, ordered)
+
+    async def _iterate(
+        self, group: anyio.abc.TaskGroup, run: Run, inputs: Inputs, ordered: bool
+    ) -> AsyncIterator[Any]:
+        submission = anyio.CancelScope()
+
+        async def submit_in_background() -> None:
+            with submission:
+                try:
+                    await self._submit(run, inputs)
+                except Exception as error:
+                    run._fail(error)
+
+        group.start_soon(self._watch, run)
+        group.start_soon(submit_in_background)
+        try:
+            async for _, value in run.items(ordered=ordered):
+                yield value
+        finally:
+            submission.cancel()
+            await run.cancel()
+
+    async def attach(self, run_id: str) -> Run:
+        """A run of this knot started earlier, maybe by another process, from its manifest."""
+        store, backend, group = self._check_open()
+        prefix = run_prefix(self.name, validate_run_id(run_id))
+        try:
+            manifest = json.loads(await store.get(manifest_key(prefix)))
+        except KeyError:
+            raise ConfigurationError(
+                f"knot {self.name!r} has no run {run_id!r} in {store.url}"
+            ) from None
+        if manifest.get("format") != 1 or not manifest.get("complete"):
+            raise ConfigurationError(
+                f"run {run_id!r} cannot be attached: its manifest is "
+                + ("of an unknown format" if manifest.get("format") != 1 else "incomplete")
+                + " (a run can be attached once its map() has returned)"
+            )
+        spec = RunSpec(
+            knot=self.name,
+            run_id=run_id,
+            run_prefix=prefix,
+            function_key=manifest["function"],
+            store_url=store.url,
+            starmap=bool(manifest["starmap"]),
+        )
+        run = Run(spec, store, backend.name, retain=True)
+        run.created = float(manifest["created"])
+        run.backend_run = backend.attach_run(spec, run.watcher, manifest)
+        from ._backend import Segment
+
+        for first, count in manifest["segments"]:
+            run._stored(Segment(first, count))
+        run._submission_finished()
+        self._runs[run_id] = run
+        group.start_soon(self._watch, run)
+        return run
+
+    async def clobber(self) -> int:
+        """Delete everything this knot stored (functions, inputs, results, manifests)."""
+        store, _, _ = self._check_open()
+        for run in list(self._runs.values()):
+            await run.cancel()
+        deleted = await store.delete_prefix(knot_prefix(self.name) + "/")
+        self._function_stored = False
+        self._progress(f"deleted {deleted} objects under {knot_prefix(self.name)}/")
+        return deleted
+

@@ -1,0 +1,319 @@
+"""The local backend: the worker module run as a pool of processes on this machine.
+
+Each process is ``python _worker.py --serve``: it takes one chunk (a contiguous range of one
+stored segment) per line on stdin and reports each written record. Chunks are sized from the
+measured time per input, so tiny tasks travel in large chunks and slow ones one at a time (a
+slow input never holds a queue of others behind it), and a run's last inputs are spread over
+all processes. A process that dies loses only the input it was running: that one becomes
+``TaskLost`` with the signal or exit code, the rest of its chunk goes back to the queue.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import sys
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import anyio.abc
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from . import _worker
+from ._backend import RunSpec, Segment, TaskListener
+
+WORKER_PATH = str(Path(_worker.__file__).resolve())
+# A chunk should take about this long: long enough that pipe round trips are noise, short
+# enough that the tail of a run is shared out evenly.
+TARGET_CHUNK_SECONDS = 0.05
+MAX_CHUNK = 2_000
+OWNER_POLL_SECONDS = 1.0
+
+
+def death_reason(returncode: int | None) -> str:
+    if returncode is not None and returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        hint = " (the out-of-memory killer sends SIGKILL)" if name == "SIGKILL" else ""
+        return f"the worker process was killed by {name}{hint}"
+    return f"the worker process exited with code {returncode} while running it"
+
+
+@dataclass
+class _Range:
+    run: LocalRun
+    segment: int  # first index of the segment the range is in
+    start: int
+    stop: int
+
+
+@dataclass
+class _WorkerProcess:
+    process: anyio.abc.Process
+    chunk: _Range | None = None
+    next_index: int = 0  # the first index of the chunk not yet reported done
+
+
+class LocalRun:
+    def __init__(self, backend: LocalBackend, spec: RunSpec, listener: TaskListener) -> None:
+        self._backend = backend
+        self.spec = spec
+        self.listener = listener
+        self.seconds_per_input: float | None = None
+        self.queued = 0  # inputs waiting in the backend's queue
+        self.running = 0  # inputs of chunks handed to a process and not yet done
+        self.last_submitted = False
+        self.cancelled = False
+        self._over = anyio.Event()
+
+    @property
+    def job_ids(self) -> list[str]:
+        return []
+
+    async def submit(self, segments: Sequence[Segment], *, last: bool) -> None:
+        for segment in segments:
+            self._backend.enqueue(_Range(self, segment.first, segment.first, segment.stop))
+            self.queued += segment.count
+        self.last_submitted = self.last_submitted or last
+        self.check_over()
+        await self._backend.dispatch()
+
+    def check_over(self) -> None:
+        if self.cancelled or (self.last_submitted and self.queued == 0 and self.running == 0):
+            self._over.set()
+
+    async def watch(self) -> None:
+        await self._over.wait()
+
+    async def status(self) -> dict[str, int]:
+        return {"queued": self.queued, "running": self.running}
+
+    async def cancel(self) -> None:
+        self.cancelled = True
+        await self._backend.cancel_run(self)
+        self.check_over()
+
+    def chunk_size(self, workers: int) -> int:
+        fair_share = math.ceil(self.queued / workers) if self.queued else 1
+        if self.seconds_per_input is None:
+            return 1  # measure first: the first chunk of a run is one input
+        by_time = int(TARGET_CHUNK_SECONDS / max(self.seconds_per_input, 1e-7))
+        return max(1, min(MAX_CHUNK, by_time, fair_share))
+
+    def measured(self, seconds: float, count: int) -> None:
+        per_input = seconds / max(count, 1)
+        previous = self.seconds_per_input
+        self.seconds_per_input = per_input if previous is None else 0.5 * (previous + per_input)
+
+
+class AttachedLocalRun:
+    """A local run re-attached from its manifest: over once the process that ran it is gone."""
+
+    def __init__(self, manifest: dict[str, object]) -> None:
+        owner = manifest.get("owner")
+        self._owner = owner if isinstance(owner, dict) else {}
+
+    @property
+    def job_ids(self) -> list[str]:
+        return []
+
+    async def submit(self, segments: Sequence[Segment], *, last: bool) -> None:
+        raise RuntimeError("a re-attached run takes no new inputs")
+
+    def _owner_alive(self) -> bool:
+        if self._owner.get("host") != socket.gethostname():
+            return True  # cannot tell from here: trust the store
+        try:
+            os.kill(int(self._owner.get("pid", 0)), 0)
+        except ProcessLookupError:
+            return False
+        except (PermissionError, ValueError):
+            return True
+        return True
+
+    async def watch(self) -> None:
+        while self._owner_alive():
+            await anyio.sleep(OWNER_POLL_SECONDS)
+
+    async def status(self) -> dict[str, int]:
+        return {}
+
+    async def cancel(self) -> None:
+        return None  # the processes belong to the knot that started the run
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = workers or os.cpu_count() or 1
+        self._queue: deque[_Range] = deque()
+        self._processes: list[_WorkerProcess] = []
+        self._idle: list[_WorkerProcess] = []
+        self._starting = 0
+        self._group: anyio.abc.TaskGroup | None = None
+        self._closed = False
+
+    def start(self, group: anyio.abc.TaskGroup) -> None:
+        self._group = group
+
+    async def prepare(self) -> None:
+        return None
+
+    def open_run(self, spec: RunSpec, listener: TaskListener) -> LocalRun:
+        return LocalRun(self, spec, listener)
+
+    def attach_run(
+        self, spec: RunSpec, listener: TaskListener, manifest: dict[str, object]
+    ) -> AttachedLocalRun:
+        return AttachedLocalRun(manifest)
+
+    def enqueue(self, work: _Range, *, front: bool = False) -> None:
+        if front:
+            self._queue.appendleft(work)
+        else:
+            self._queue.append(work)
+
+    async def dispatch(self) -> None:
+        """Hand queued work to idle processes, and start processes while work waits."""
+        while self._queue and self._idle:
+            await self._assign(self._idle.pop())
+        queued_inputs = sum(work.stop - work.start for work in self._queue)
+        wanted = min(queued_inputs, self.workers - len(self._processes) - self._starting)
+        if self._group is None:
+            raise RuntimeError("the local backend was not started by its knot")
+        for _ in range(max(0, wanted)):
+            self._starting += 1
+            self._group.start_soon(self._run_process)
+
+    def _next_chunk(self) -> _Range | None:
+        while self._queue:
+            head = self._queue[0]
+            if head.run.cancelled:
+                self._queue.popleft()
+                continue
+            size = head.run.chunk_size(self.workers)
+            chunk = _Range(head.run, head.segment, head.start, min(head.start + size, head.stop))
+            head.start = chunk.stop
+            if head.start >= head.stop:
+                self._queue.popleft()
+            head.run.queued -= chunk.stop - chunk.start
+            head.run.running += chunk.stop - chunk.start
+            return chunk
+        return None
+
+    async def _assign(self, worker: _WorkerProcess) -> None:
+        chunk = self._next_chunk()
+        if chunk is None:
+            self._idle.append(worker)
+            return
+        worker.chunk, worker.next_index = chunk, chunk.start
+        spec = chunk.run.spec
+        line = json.dumps(
+            {
+                "store": spec.store_url,
+                "run": spec.run_prefix,
+                "function": spec.function_key,
+                "starmap": spec.starmap,
+                "segment": chunk.segment,
+                "start": chunk.start,
+                "stop": chunk.stop,
+            }
+        )
+        assert worker.process.stdin is not None
+        try:
+            await worker.process.stdin.send(line.encode() + b"\n")
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # the process died; its reader reports the chunk
+
+    async def _run_process(self) -> None:
+        environment = {**os.environ}
+        try:
+            process = await anyio.open_process(
+                [sys.executable, WORKER_PATH, "--serve"], stderr=None, env=environment
+            )
+        finally:
+            self._starting -= 1
+        worker = _WorkerProcess(process)
+        self._processes.append(worker)
+        try:
+            assert process.stdout is not None
+            lines = BufferedByteReceiveStream(process.stdout)
+            while True:
+                try:
+                    line = await lines.receive_until(b"\n", 1024)
+                except (anyio.EndOfStream, anyio.IncompleteRead, anyio.ClosedResourceError):
+                    break
+                await self._handle_line(worker, line.decode())
+            returncode = await process.wait()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await _stop_process(process)
+            if worker in self._processes:
+                self._processes.remove(worker)
+            if worker in self._idle:
+                self._idle.remove(worker)
+        await self._handle_death(worker, returncode)
+        if not self._closed:
+            await self.dispatch()  # replace the process if work is still waiting
+
+    async def _handle_line(self, worker: _WorkerProcess, line: str) -> None:
+        kind, _, value = line.partition(" ")
+        chunk = worker.chunk
+        if kind == "done" and chunk is not None:
+            index = int(value)
+            worker.next_index = index + 1
+            chunk.run.running -= 1
+            chunk.run.listener.done(index)
+        elif kind == "chunk" and chunk is not None:
+            chunk.run.measured(float(value), chunk.stop - chunk.start)
+            worker.chunk = None
+            chunk.run.check_over()
+            await self._assign(worker)
+        elif kind == "ready":
+            await self._assign(worker)
+
+    async def _handle_death(self, worker: _WorkerProcess, returncode: int | None) -> None:
+        chunk, worker.chunk = worker.chunk, None
+        if chunk is None or chunk.run.cancelled or self._closed:
+            return
+        run = chunk.run
+        lost = worker.next_index
+        run.running -= chunk.stop - lost
+        if lost + 1 < chunk.stop:  # what it had not started goes back to the front
+            self.enqueue(_Range(run, chunk.segment, lost + 1, chunk.stop), front=True)
+            run.queued += chunk.stop - lost - 1
+        run.listener.lost(lost, death_reason(returncode), log="this process's stderr")
+        run.check_over()
+
+    async def cancel_run(self, run: LocalRun) -> None:
+        self._queue = deque(work for work in self._queue if work.run is not run)
+        run.queued = 0
+        for worker in list(self._processes):
+            if worker.chunk is not None and worker.chunk.run is run:
+                worker.process.kill()
+        run.running = 0
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._queue.clear()
+        with anyio.CancelScope(shield=True):
+            for worker in list(self._processes):
+                await _stop_process(worker.process)
+
+
+async def _stop_process(process: anyio.abc.Process) -> None:
+    """Kill the process if it still runs (its work is over or abandoned) and reap it."""
+    if process.returncode is not None:
+        await process.aclose()
+        return
+    process.kill()
+    await process.aclose()

@@ -1,0 +1,108 @@
+"""A knot's options: which backend, which store, and the backend's own settings.
+
+Validation is pure and happens in the knot's constructor, so a bad option fails before any
+process starts, any request is sent or any money is spent. Options for ``backend="aws"`` are
+accepted (and checked) for a local knot too, so switching ``AIOKNOT_BACKEND`` between
+``local`` and ``aws`` needs no change to the code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._exceptions import ConfigurationError
+
+BACKENDS = ("local", "aws")
+DEFAULT_BACKEND = "local"  # never spend money by accident: AWS is asked for by name
+
+# Options every backend understands; the AWS backend's own are checked by _aws_options.
+COMMON_OPTIONS = ("bucket", "endpoint_url", "profile", "region", "directory", "progress")
+LOCAL_OPTIONS = ("workers",)
+# How the AWS backend gets its worker image (checked by the image builder).
+IMAGE_OPTIONS = (
+    "image",
+    "base_image",
+    "requirements",
+    "extra_requirements",
+    "apt_packages",
+    "dockerfile_lines",
+    "rebuild",
+    "registry",
+    "docker_host",
+)
+
+
+@dataclass(frozen=True)
+class KnotOptions:
+    backend: str
+    bucket: str | None = None  # "s3://bucket/prefix" or "bucket": an S3 store
+    endpoint_url: str | None = None
+    profile: str | None = None
+    region: str | None = None
+    directory: str | None = None  # the local store's root (default: AIOKNOT_HOME / cache)
+    workers: int | None = None  # local worker processes (default: os.cpu_count())
+    progress: Callable[[str], None] | None = None
+    aws: Mapping[str, Any] = field(default_factory=dict)  # validated by the AWS backend
+
+
+def resolve_backend(backend: str | None) -> str:
+    chosen = backend if backend is not None else os.environ.get("AIOKNOT_BACKEND", DEFAULT_BACKEND)
+    if chosen not in BACKENDS:
+        source = "backend=" if backend is not None else "AIOKNOT_BACKEND"
+        raise ConfigurationError(
+            f"{source} {chosen!r} is not a backend: use 'local' (processes on this machine) "
+            "or 'aws' (AWS Batch)"
+        )
+    return chosen
+
+
+def _optional_str(options: dict[str, Any], name: str) -> str | None:
+    value = options.pop(name, None)
+    if value is not None and not isinstance(value, (str, os.PathLike)):
+        raise ConfigurationError(f"option {name}= must be a string, got {type(value).__name__}")
+    return os.fspath(value) if value is not None else None
+
+
+def parse_options(backend: str | None, options: Mapping[str, Any]) -> KnotOptions:
+    chosen = resolve_backend(backend)
+    rest = dict(options)
+    workers = rest.pop("workers", None)
+    if workers is not None and (
+        not isinstance(workers, int) or isinstance(workers, bool) or workers < 1
+    ):
+        raise ConfigurationError(
+            f"workers= must be a positive whole number of processes, got {workers!r}"
+        )
+    progress = rest.pop("progress", None)
+    if progress is not None and not callable(progress):
+        raise ConfigurationError("progress= must be a callable taking one message string")
+    parsed = KnotOptions(
+        backend=chosen,
+        bucket=_optional_str(rest, "bucket"),
+        endpoint_url=_optional_str(rest, "endpoint_url"),
+        profile=_optional_str(rest, "profile"),
+        region=_optional_str(rest, "region"),
+        directory=_optional_str(rest, "directory"),
+        workers=workers,
+        progress=progress,
+    )
+    from ._aws_options import OPTION_NAMES, aws_options
+
+    known = set(COMMON_OPTIONS) | set(LOCAL_OPTIONS) | set(IMAGE_OPTIONS) | set(OPTION_NAMES)
+    for name in rest:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f" Did you mean {close[0]}=?" if close else ""
+            raise ConfigurationError(f"{name}= is not an option of a knot.{hint}")
+    aws = dict(rest)
+    # Check the AWS options now, whichever the backend, so a typo never waits for the cloud.
+    aws_options(
+        **{name: value for name, value in aws.items() if name in OPTION_NAMES},
+        profile=parsed.profile,
+        region=parsed.region,
+    )
+    return KnotOptions(**{**parsed.__dict__, "aws": aws})

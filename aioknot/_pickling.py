@@ -1,0 +1,123 @@
+"""Turning the user's function and inputs into bytes, with errors that name what failed.
+
+Functions go through cloudpickle: closures, lambdas and functions in ``__main__`` travel by
+value, functions of installed packages by reference. A function from a local module of the
+user's project that is not installed (so the worker could not import it) is shipped by value
+by registering its module with cloudpickle while it is pickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import sys
+import sysconfig
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from types import ModuleType
+
+import cloudpickle
+
+from ._exceptions import SerializationError
+from ._worker import dumps
+
+
+@dataclass(frozen=True)
+class PickledFunction:
+    data: bytes
+    digest: str  # sha256 of data: the function is stored once per content
+    modules_by_value: tuple[str, ...]  # local modules that travel inside the pickle
+
+
+@cache
+def _installed_top_level_names() -> frozenset[str]:
+    return frozenset(importlib.metadata.packages_distributions())
+
+
+def _library_roots() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    roots = {paths[name] for name in ("stdlib", "platstdlib", "purelib", "platlib")}
+    return tuple(os.path.realpath(root) + os.sep for root in roots)
+
+
+def is_local_module(module: ModuleType) -> bool:
+    """True for a module of the user's project that a worker could not import by name."""
+    name = module.__name__
+    if name == "__main__" or name in sys.builtin_module_names:
+        return False
+    top = name.partition(".")[0]
+    if top in sys.stdlib_module_names or top in _installed_top_level_names():
+        return False
+    path = getattr(module, "__file__", None)
+    if not path:
+        return False
+    return not os.path.realpath(path).startswith(_library_roots())
+
+
+def _local_modules_of(func: Callable[..., object]) -> list[ModuleType]:
+    """The local top-level modules the function lives in or refers to through its globals."""
+    candidates: list[ModuleType] = []
+    own = sys.modules.get(getattr(func, "__module__", "") or "")
+    if own is not None:
+        candidates.append(own)
+    for value in getattr(func, "__globals__", {}).values():
+        if isinstance(value, ModuleType):
+            candidates.append(value)
+    found: dict[str, ModuleType] = {}
+    for module in candidates:
+        if is_local_module(module):
+            top = sys.modules.get(module.__name__.partition(".")[0], module)
+            found.setdefault(top.__name__, top)
+    return list(found.values())
+
+
+def pickle_function(func: Callable[..., object]) -> PickledFunction:
+    if not callable(func):
+        raise SerializationError(
+            f"the function to run must be callable, got {type(func).__name__}: "
+            "pass the function itself, e.g. AsyncKnot(my_function)"
+        )
+    local = _local_modules_of(func)
+    registered = []
+    try:
+        for module in local:
+            cloudpickle.register_pickle_by_value(module)
+            registered.append(module)
+        data = cloudpickle.dumps(func, protocol=5)
+    except Exception as error:
+        raise SerializationError(
+            f"the function {getattr(func, '__qualname__', func)!r} cannot be pickled: {error}. "
+            "Move whatever it refers to that cannot be pickled (open files, locks, clients, "
+            "sockets) inside the function, so that it is created on the worker."
+        ) from error
+    finally:
+        for module in registered:
+            cloudpickle.unregister_pickle_by_value(module)
+    return PickledFunction(
+        data=data,
+        digest=hashlib.sha256(data).hexdigest(),
+        modules_by_value=tuple(module.__name__ for module in local),
+    )
+
+
+def pickle_input(value: object, index: int, *, starmap: bool) -> bytes:
+    if starmap:
+        try:
+            value = tuple(value)  # type: ignore[call-overload]
+        except TypeError:
+            raise SerializationError(
+                f"input {index} is a {type(value).__name__}, not a tuple of arguments: with "
+                "starmap=True every input must be an iterable of the function's arguments",
+                index=index,
+            ) from None
+    try:
+        return dumps(value)
+    except Exception as error:
+        raise SerializationError(
+            f"input {index} ({type(value).__name__}) cannot be pickled: {error}. "
+            "Pass data (numbers, strings, arrays, paths) rather than live objects such as "
+            "open files, locks, generators or clients",
+            index=index,
+        ) from error

@@ -1,0 +1,262 @@
+"""A run: one ``map`` of a knot's function over inputs, and the results as they arrive.
+
+A ``Run`` is handed out once every input is stored and submitted (``knot.map``), or drives
+``knot.amap`` while inputs are still being submitted. Results are collected by a
+``ResultWatcher`` that runs in the knot's task group; any number of readers iterate them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+
+from ._backend import BackendRun, RunSpec, Segment
+from ._exceptions import KnotError, TaskLost
+from ._names import manifest_key
+from ._store import Store
+from ._version import __version__
+from ._watch import Outcome, ResultWatcher
+
+MANIFEST_FORMAT = 1
+CANCELLED_REASON = "the run was cancelled"
+
+
+class Run:
+    """The inputs, jobs and results of one map. Iterate it for results as they complete."""
+
+    def __init__(
+        self,
+        spec: RunSpec,
+        store: Store,
+        backend_name: str,
+        *,
+        retain: bool = True,
+        return_exceptions: bool = False,
+    ) -> None:
+        self._spec = spec
+        self._store = store
+        self._backend_name = backend_name
+        self._retain = retain
+        self._return_exceptions = return_exceptions
+        self._outcomes: dict[int, Outcome] = {}
+        self._completed: list[int] = []  # completion order; trimmed when not retained
+        self._consumed = 0  # entries of _completed dropped from its front (not retained)
+        self._changed = anyio.Event()
+        self._segments: list[Segment] = []
+        self._total: int | None = None
+        self._failure: BaseException | None = None  # submission or watching failed
+        self._counts = {"succeeded": 0, "failed": 0, "lost": 0}
+        self.watcher = ResultWatcher(store, spec.run_prefix, spec.run_id, self._collect)
+        self.backend_run: BackendRun | None = None
+        self.created = time.time()
+
+    # -- identity and size ---------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        return self._spec.run_id
+
+    @property
+    def knot(self) -> str:
+        return self._spec.knot
+
+    def __len__(self) -> int:
+        """The number of inputs (so far, while ``amap`` is still submitting)."""
+        return self._total if self._total is not None else self.submitted
+
+    @property
+    def submitted(self) -> int:
+        return self._segments[-1].stop if self._segments else 0
+
+    @property
+    def done(self) -> bool:
+        return self._failure is not None or (
+            self._total is not None and self.finished == self._total
+        )
+
+    @property
+    def finished(self) -> int:
+        return sum(self._counts.values())
+
+    def __repr__(self) -> str:
+        return f"<Run {self.id} of knot {self.knot!r}: {self.finished}/{len(self)} finished>"
+
+    # -- what the knot and the watcher tell the run --------------------------------------
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    def _collect(self, outcomes: list[Outcome]) -> None:
+        for outcome in outcomes:
+            self._outcomes[outcome.index] = outcome
+            self._completed.append(outcome.index)
+            if outcome.error is None:
+                self._counts["succeeded"] += 1
+            elif isinstance(outcome.error, TaskLost):
+                self._counts["lost"] += 1
+            else:
+                self._counts["failed"] += 1
+        self._notify()
+
+    def _stored(self, segment: Segment) -> None:
+        self._segments.append(segment)
+        self.watcher.submitted(segment.stop)
+
+    def _submission_finished(self) -> None:
+        self._total = self.submitted
+        self.watcher.submission_over()
+        self._notify()
+
+    def _fail(self, error: BaseException) -> None:
+        if self._failure is None:
+            self._failure = error
+        self._notify()
+
+    # -- the manifest --------------------------------------------------------------------
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "format": MANIFEST_FORMAT,
+            "aioknot": __version__,
+            "knot": self.knot,
+            "run": self.id,
+            "created": self.created,
+            "backend": self._backend_name,
+            "store": self._spec.store_url,
+            "function": self._spec.function_key,
+            "starmap": self._spec.starmap,
+            "complete": self._total is not None,
+            "total": self._total,
+            "segments": [[s.first, s.count] for s in self._segments],
+            "jobs": self.backend_run.job_ids if self.backend_run else [],
+            "owner": {"host": socket.gethostname(), "pid": os.getpid()},
+        }
+
+    async def _write_manifest(self) -> None:
+        data = json.dumps(self.manifest(), indent=1).encode()
+        await self._store.put(manifest_key(self._spec.run_prefix), data)
+
+    # -- reading results -----------------------------------------------------------------
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    async def _next_completed(self, position: int) -> int | None:
+        """The index completed at ``position``, waiting for it; None once the run is over."""
+        while True:
+            if position - self._consumed < len(self._completed):
+                return self._completed[position - self._consumed]
+            self._raise_failure()
+            if self._total is not None and self.finished >= self._total:
+                return None
+            await self._changed.wait()
+
+    def _take(self, index: int) -> Outcome:
+        if self._retain:
+            return self._outcomes[index]
+        return self._outcomes.pop(index)
+
+    def _deliver(self, outcome: Outcome, return_exceptions: bool) -> Any:
+        if outcome.error is not None and not return_exceptions:
+            raise outcome.error
+        return outcome.error if outcome.error is not None else outcome.value
+
+    async def items(
+        self, *, return_exceptions: bool | None = None, ordered: bool = False
+    ) -> AsyncIterator[tuple[int, Any]]:
+        """``(index, value)`` pairs as they complete (or in input order with ``ordered``).
+
+        A failed input raises its ``TaskError`` / ``TaskLost`` here, unless
+        ``return_exceptions`` is true, in which case the exception is yielded as the value.
+        The rest of the run keeps running either way.
+        """
+        keep_going = self._return_exceptions if return_exceptions is None else return_exceptions
+        if ordered:
+            index = 0
+            while True:
+                while index not in self._outcomes:
+                    self._raise_failure()
+                    if self._total is not None and index >= self._total:
+                        return
+                    await self._changed.wait()
+                yield index, self._deliver(self._take(index), keep_going)
+                index += 1
+        position = self._consumed
+        while True:
+            index = await self._next_completed(position)
+            if index is None:
+                return
+            position += 1
+            outcome = self._take(index)
+            if not self._retain and position - self._consumed >= 1024:
+                # A private run (amap) has one reader: drop what it has seen.
+                del self._completed[: position - self._consumed]
+                self._consumed = position
+            yield index, self._deliver(outcome, keep_going)
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        async for _, value in self.items():
+            yield value
+
+    async def gather(self, *, return_exceptions: bool | None = None) -> list[Any]:
+        """Every result, in input order, once all are in.
+
+        Raises the failure of the lowest failed input unless ``return_exceptions``.
+        """
+        keep_going = self._return_exceptions if return_exceptions is None else return_exceptions
+        while not (self._total is not None and self.finished >= self._total):
+            self._raise_failure()
+            await self._changed.wait()
+        outcomes = [self._outcomes[i] for i in range(self._total)]
+        return [self._deliver(outcome, keep_going) for outcome in outcomes]
+
+    async def wait(self) -> None:
+        """Wait until every input has an outcome (a value, an error or a loss)."""
+        while not self.done:
+            await self._changed.wait()
+        self._raise_failure()
+
+    # -- status, cancel, logs ------------------------------------------------------------
+
+    async def status(self) -> dict[str, int]:
+        """Counts of inputs by state; the backend adds its own (queued, running, ...)."""
+        counts = {
+            "total": len(self),
+            "submitted": self.submitted,
+            **self._counts,
+            "pending": self.submitted - self.finished,
+        }
+        if self.backend_run is not None and not self.done:
+            counts.update(await self.backend_run.status())
+        return counts
+
+    async def cancel(self) -> None:
+        """Stop every input that has not finished; each becomes ``TaskLost("cancelled")``."""
+        if self.done:
+            return
+        with anyio.CancelScope(shield=True):
+            if self.backend_run is not None:
+                await self.backend_run.cancel()
+            self.watcher.abandon(CANCELLED_REASON)
+            if self._total is None:
+                self._total = self.submitted
+            self._notify()
+
+    async def logs(self, index: int) -> list[str]:
+        """The log lines of the task that ran input ``index`` (backends that keep logs)."""
+        reader = getattr(self.backend_run, "logs", None)
+        if reader is None:
+            raise KnotError(
+                f"the {self._backend_name} backend keeps no per-task logs: local workers "
+                "write to this process's stderr"
+            )
+        lines: list[str] = await reader(index)
+        return lines

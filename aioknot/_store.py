@@ -1,0 +1,44 @@
+"""The Store seam: where a knot's bytes live (a local directory or an S3 bucket).
+
+A store is an async context manager; keys are ``/``-separated and relative to its root. Both
+implementations answer the same small set of calls, batched where a batch saves round trips
+(a thread hop per file, or a request per object).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+
+class Store(Protocol):
+    @property
+    def url(self) -> str:
+        """Where a worker finds this store: ``file:///dir`` or ``s3://bucket/prefix``."""
+        ...
+
+    def worker_environment(self) -> dict[str, str]:
+        """Environment variables a worker needs to reach this store (never credentials)."""
+        ...
+
+    async def put(self, key: str, data: bytes) -> None: ...
+
+    async def get(self, key: str) -> bytes:
+        """The whole object; raises ``KeyError`` when there is none."""
+        ...
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes]:
+        """The objects, in the order asked; raises ``KeyError`` for one that is missing."""
+        ...
+
+    async def exists_many(self, keys: Sequence[str]) -> list[bool]: ...
+
+    async def list_keys(self, prefix: str, *, start_after: str | None = None) -> list[str]:
+        """Keys under ``prefix`` in lexicographic order, after ``start_after`` if given."""
+        ...
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every key under ``prefix``; returns how many were deleted."""
+        ...
+
+    async def aclose(self) -> None: ...

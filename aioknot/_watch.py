@@ -1,0 +1,245 @@
+"""Watching a run: learning from the store which inputs finished, and from the backend which died.
+
+The store is the truth for results. While few inputs are outstanding the watcher HEADs their
+record keys; while many are, it LISTs the results prefix from the lowest outstanding index on
+(one request per 1,000 keys); each finished record then costs one GET. Both back off
+exponentially while nothing new turns up. A backend that knows when a record was written
+(the local backend does) hints it, which skips discovery altogether.
+
+The backend is the truth for deaths: a task it reports lost becomes ``TaskLost`` unless its
+record turns up after all, and once the backend says every task is over, whatever still has
+no record after one last look is ``TaskLost`` too, so nothing waits forever.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from ._backend import BackendRun
+from ._exceptions import TaskError, TaskFailure, TaskLost
+from ._store import Store
+from ._worker import decode_record, index_of_result_key, result_key, results_prefix
+
+# HEAD each outstanding key while there are at most this many; LIST sweeps beyond.
+HEAD_POLL_MAX = 32
+HEAD_DELAYS = (0.05, 2.0)  # first and longest pause between polls, seconds
+LIST_DELAYS = (0.25, 5.0)
+BACKOFF = 1.6
+FETCH_BATCH = 256  # records fetched per batch (one thread hop locally, parallel GETs on S3)
+NO_RECORD_REASON = "the backend reports the task over, but it wrote no result"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    index: int
+    value: Any = None
+    error: TaskFailure | None = None
+
+
+def outcome_from_record(index: int, data: bytes, run_id: str) -> Outcome:
+    try:
+        ok, payload = decode_record(data)
+    except Exception as error:  # e.g. a value whose class cannot be imported here
+        return Outcome(
+            index,
+            error=TaskError(
+                index=index,
+                remote_type=type(error).__name__,
+                remote_message=f"the result could not be unpickled on this machine: {error}",
+                remote_traceback="",
+                run_id=run_id,
+            ),
+        )
+    if ok:
+        return Outcome(index, value=payload)
+    info, exception = payload
+    return Outcome(
+        index,
+        error=TaskError(
+            index=index,
+            remote_type=info["type"],
+            remote_message=info["message"],
+            remote_traceback=info["traceback"],
+            exception=exception,
+            run_id=run_id,
+        ),
+    )
+
+
+class ResultWatcher:
+    """Finds the records of one run's submitted inputs and hands each outcome to ``emit``."""
+
+    def __init__(
+        self, store: Store, run_prefix: str, run_id: str, emit: Callable[[list[Outcome]], None]
+    ) -> None:
+        self._store = store
+        self._run = run_prefix
+        self._run_id = run_id
+        self._emit = emit
+        self._finished = bytearray()  # 1 where the input's outcome was emitted
+        self._submitted = 0
+        self._outstanding = 0
+        self._low = 0  # every input below this one is finished
+        self._hinted: list[int] = []
+        self._lost: dict[int, TaskLost] = {}
+        self._backend_over = False
+        self._submission_over = False
+        self._wake = anyio.Event()
+
+    # -- what the run and the backend tell the watcher -------------------------------------
+
+    def submitted(self, stop: int) -> None:
+        """Inputs below ``stop`` are stored and submitted."""
+        if stop > self._submitted:
+            self._finished.extend(bytes(stop - len(self._finished)))
+            self._outstanding += stop - self._submitted
+            self._submitted = stop
+            self._wake.set()
+
+    def submission_over(self) -> None:
+        self._submission_over = True
+        self._wake.set()
+
+    def done(self, index: int) -> None:
+        self._hinted.append(index)
+        self._wake.set()
+
+    def lost(
+        self, index: int, reason: str, *, log: str | None = None, exit_code: int | None = None
+    ) -> None:
+        self._lost[index] = TaskLost(
+            index=index, reason=reason, log=log, exit_code=exit_code, run_id=self._run_id
+        )
+        self._wake.set()
+
+    def abandon(self, reason: str) -> None:
+        """The run was cancelled: every outstanding input is lost with ``reason``."""
+        outcomes = [
+            Outcome(i, error=TaskLost(index=i, reason=reason, run_id=self._run_id))
+            for i in range(self._low, self._submitted)
+            if not self._finished[i]
+        ]
+        self._finish(outcomes)
+        self._submission_over = True
+        self._wake.set()
+
+    # -- the loop ------------------------------------------------------------------------
+
+    @property
+    def complete(self) -> bool:
+        return self._submission_over and self._outstanding == 0
+
+    def _finish(self, outcomes: list[Outcome]) -> None:
+        fresh = [o for o in outcomes if not self._finished[o.index]]
+        for outcome in fresh:
+            self._finished[outcome.index] = 1
+            self._lost.pop(outcome.index, None)
+        self._outstanding -= len(fresh)
+        while self._low < self._submitted and self._finished[self._low]:
+            self._low += 1
+        if fresh:
+            self._emit(fresh)
+
+    async def _fetch(self, indices: list[int]) -> None:
+        indices = sorted({i for i in indices if not self._finished[i]})
+        for start in range(0, len(indices), FETCH_BATCH):
+            batch = indices[start : start + FETCH_BATCH]
+            records = await self._store.get_many([result_key(self._run, i) for i in batch])
+            self._finish(
+                [outcome_from_record(i, data, self._run_id) for i, data in zip(batch, records)]
+            )
+
+    def _unfinished(self) -> list[int]:
+        return [i for i in range(self._low, self._submitted) if not self._finished[i]]
+
+    async def _discover(self) -> list[int]:
+        """Indices whose records exist now, found by HEADs or by a LIST sweep."""
+        if self._outstanding <= HEAD_POLL_MAX:
+            candidates = self._unfinished()
+            exists = await self._store.exists_many([result_key(self._run, i) for i in candidates])
+            return [i for i, there in zip(candidates, exists) if there]
+        start_after = result_key(self._run, self._low - 1) if self._low else None
+        keys = await self._store.list_keys(results_prefix(self._run), start_after=start_after)
+        found = []
+        for key in keys:
+            if key.endswith(".tmp"):
+                continue
+            index = index_of_result_key(key)
+            if index < self._submitted and not self._finished[index]:
+                found.append(index)
+        return found
+
+    async def _settle_lost(self) -> None:
+        """A task reported lost may have written its record just before it died."""
+        lost = dict(self._lost)
+        self._lost.clear()
+        indices = [i for i in lost if not self._finished[i]]
+        exists = await self._store.exists_many([result_key(self._run, i) for i in indices])
+        await self._fetch([i for i, there in zip(indices, exists) if there])
+        self._finish([Outcome(i, error=lost[i]) for i, there in zip(indices, exists) if not there])
+
+    async def run(self, backend_run: BackendRun) -> None:
+        async with anyio.create_task_group() as group:
+
+            async def watch_backend() -> None:
+                await backend_run.watch()
+                self._backend_over = True
+                self._wake.set()
+
+            group.start_soon(watch_backend)
+            await self._loop()
+            group.cancel_scope.cancel()
+
+    async def _loop(self) -> None:
+        delay = 0.0
+        while not self.complete:
+            self._wake = anyio.Event()
+            if self._hinted:
+                hinted, self._hinted = self._hinted, []
+                await self._fetch(hinted)
+                continue
+            if self._lost:
+                await self._settle_lost()
+                continue
+            if self._backend_over and self._submission_over:
+                await self._last_look()
+                return
+            if self._outstanding:
+                found = await self._discover()
+                await self._fetch(found)
+                head = self._outstanding <= HEAD_POLL_MAX
+                first, longest = HEAD_DELAYS if head else LIST_DELAYS
+                delay = first if found else min(max(delay, first) * BACKOFF, longest)
+                if self.complete:
+                    return
+            else:
+                delay = math.inf  # nothing to look for until more is submitted
+            with anyio.move_on_after(delay):
+                await self._wake.wait()
+
+    async def _last_look(self) -> None:
+        """The backend says all is over: fetch what exists; the rest died without a record."""
+        unfinished = self._unfinished()
+        if len(unfinished) > HEAD_POLL_MAX:
+            keys = await self._store.list_keys(results_prefix(self._run))
+            present = {index_of_result_key(k) for k in keys if not k.endswith(".tmp")}
+        else:
+            exists = await self._store.exists_many([result_key(self._run, i) for i in unfinished])
+            present = {i for i, there in zip(unfinished, exists) if there}
+        await self._fetch([i for i in unfinished if i in present])
+        self._finish(
+            [
+                Outcome(
+                    i,
+                    error=self._lost.get(i)
+                    or TaskLost(index=i, reason=NO_RECORD_REASON, run_id=self._run_id),
+                )
+                for i in unfinished
+                if i not in present
+            ]
+        )

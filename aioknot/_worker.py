@@ -1,0 +1,349 @@
+"""The aioknot worker: runs the user's function on its own inputs and writes one record each.
+
+This file is self-contained on purpose: it runs inside the AWS Batch container (copied there as
+``aioknot_worker.py``) and as the local backend's worker processes, and imports only the
+standard library, cloudpickle and (for S3) boto3. It never imports the rest of aioknot; the
+client imports the wire-format helpers below from here, so the format is written once.
+
+Two ways to run it:
+
+* ``python aioknot_worker.py`` (a Batch job): everything comes from environment variables
+  (``AIOKNOT_*`` below); the array index comes from ``AWS_BATCH_JOB_ARRAY_INDEX``, else the
+  ``:<i>`` suffix of ``AWS_BATCH_JOB_ID`` (moto sets only the latter).
+* ``python aioknot_worker.py --serve`` (the local backend): reads one JSON task chunk per line on
+  stdin, and reports ``done <index>`` per written record and ``chunk <seconds>`` per chunk on the
+  original stdout; the user's own prints are sent to stderr so they cannot corrupt that channel.
+
+Data layout (relative to the store's root; DESIGN.md):
+    <run>/inputs/<first index:09d>     a segment: many pickled inputs behind an offset table
+    <run>/results/<index:09d>          one record per input: a value or an exception
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import struct
+import sys
+import time
+import traceback
+from typing import Any, Protocol
+
+import cloudpickle
+
+WORKER_FORMAT = 1
+
+# A segment: magic, input count, (count + 1) absolute offsets, then the pickled inputs.
+# Absolute offsets let a worker read the two offsets around its own input with one ranged GET
+# without knowing the count, then its input (or a contiguous chunk) with a second one.
+SEGMENT_MAGIC = b"AKSEG001"
+_U64 = struct.Struct("<Q")
+SEGMENT_HEADER_SIZE = len(SEGMENT_MAGIC) + _U64.size
+
+RECORD_MAGIC = b"AKR1"
+RECORD_VALUE = b"V"
+RECORD_ERROR = b"E"
+_U32 = struct.Struct("<I")
+
+
+def segment_key(run: str, first_index: int) -> str:
+    return f"{run}/inputs/{first_index:09d}"
+
+
+def result_key(run: str, index: int) -> str:
+    return f"{run}/results/{index:09d}"
+
+
+def results_prefix(run: str) -> str:
+    return f"{run}/results/"
+
+
+def index_of_result_key(key: str) -> int:
+    return int(key.rsplit("/", 1)[1])
+
+
+def dumps(obj: object) -> bytes:
+    """Pickle with the fast stdlib pickler, falling back to cloudpickle for what it can't do."""
+    try:
+        return pickle.dumps(obj, protocol=5)
+    except Exception:
+        return cloudpickle.dumps(obj, protocol=5)  # type: ignore[no-any-return]
+
+
+def pack_segment(pickled_inputs: list[bytes]) -> bytes:
+    """Pack already-pickled inputs into one segment object."""
+    count = len(pickled_inputs)
+    offset = SEGMENT_HEADER_SIZE + _U64.size * (count + 1)
+    offsets = [offset]
+    for data in pickled_inputs:
+        offset += len(data)
+        offsets.append(offset)
+    table = struct.pack(f"<{count + 1}Q", *offsets)
+    return b"".join([SEGMENT_MAGIC, _U64.pack(count), table, *pickled_inputs])
+
+
+def offset_table_range(start: int, stop: int) -> tuple[int, int]:
+    """The byte range (end exclusive) holding the offsets of positions ``start..stop``."""
+    return SEGMENT_HEADER_SIZE + _U64.size * start, SEGMENT_HEADER_SIZE + _U64.size * (stop + 1)
+
+
+def encode_value_record(value: object) -> bytes:
+    return RECORD_MAGIC + RECORD_VALUE + dumps(value)
+
+
+def encode_error_record(error: BaseException) -> bytes:
+    info = {
+        "type": _qualified_name(type(error)),
+        "message": str(error),
+        "traceback": "".join(traceback.format_exception(type(error), error, error.__traceback__)),
+    }
+    try:
+        pickled = cloudpickle.dumps(error, protocol=5)
+        pickle.loads(pickled)  # an exception that pickles but cannot be rebuilt is no use
+    except Exception:
+        pickled = b""
+    header = json.dumps(info).encode()
+    return RECORD_MAGIC + RECORD_ERROR + _U32.pack(len(header)) + header + pickled
+
+
+def decode_record(data: bytes) -> tuple[bool, Any]:
+    """Return ``(True, value)`` or ``(False, (info dict, exception or None))``."""
+    if data[:4] != RECORD_MAGIC:
+        raise ValueError("not an aioknot result record")
+    kind, body = data[4:5], data[5:]
+    if kind == RECORD_VALUE:
+        return True, pickle.loads(body)
+    (length,) = _U32.unpack_from(body)
+    info = json.loads(body[4 : 4 + length])
+    exception: BaseException | None = None
+    if len(body) > 4 + length:
+        try:
+            exception = pickle.loads(body[4 + length :])
+        except Exception:
+            exception = None
+    return False, (info, exception)
+
+
+def _qualified_name(cls: type) -> str:
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Stores, as the worker sees them: ranged reads and whole-object writes.
+
+
+class WorkerStore(Protocol):
+    def read(self, key: str, start: int | None = None, stop: int | None = None) -> bytes: ...
+
+    def write(self, key: str, data: bytes) -> None: ...
+
+
+class FileStore:
+    """A store rooted at a local directory (``file:///path``)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def read(self, key: str, start: int | None = None, stop: int | None = None) -> bytes:
+        with open(os.path.join(self.root, key), "rb") as file:
+            if start is None:
+                return file.read()
+            file.seek(start)
+            return file.read((stop or 0) - start)
+
+    def write(self, key: str, data: bytes) -> None:
+        path = os.path.join(self.root, key)
+        # Write then rename: a reader never sees half a record.
+        temporary = f"{path}.{os.getpid()}.tmp"
+        try:
+            file = open(temporary, "wb")
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            file = open(temporary, "wb")
+        with file:
+            file.write(data)
+        os.replace(temporary, path)
+
+
+class S3Store:
+    """A store rooted at ``s3://bucket/prefix``; boto3 is imported only when S3 is used."""
+
+    def __init__(self, url: str) -> None:
+        import boto3  # deferred: the local backend on a local store never pays for it
+
+        bucket, _, prefix = url[len("s3://") :].partition("/")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        endpoint = os.environ.get("AIOKNOT_ENDPOINT_URL") or None
+        self.owner = os.environ.get("AIOKNOT_EXPECTED_BUCKET_OWNER") or None
+        self.client = boto3.client("s3", endpoint_url=endpoint)
+
+    def _owner(self) -> dict[str, str]:
+        return {"ExpectedBucketOwner": self.owner} if self.owner else {}
+
+    def read(self, key: str, start: int | None = None, stop: int | None = None) -> bytes:
+        extra = self._owner()
+        if start is not None:
+            extra["Range"] = f"bytes={start}-{(stop or 1) - 1}"
+        response = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key, **extra)
+        return response["Body"].read()  # type: ignore[no-any-return]
+
+    def write(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data, **self._owner())
+
+
+def open_store(url: str) -> WorkerStore:
+    if url.startswith("file://"):
+        return FileStore(url[len("file://") :])
+    if url.startswith("s3://"):
+        return S3Store(url)
+    raise ValueError(f"unknown store URL {url!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Running tasks.
+
+
+class Worker:
+    """Runs contiguous chunks of one run's inputs; caches stores and functions between chunks."""
+
+    def __init__(self) -> None:
+        self._stores: dict[str, WorkerStore] = {}
+        self._functions: dict[tuple[str, str], Any] = {}
+
+    def store(self, url: str) -> WorkerStore:
+        if url not in self._stores:
+            self._stores[url] = open_store(url)
+        return self._stores[url]
+
+    def function(self, store_url: str, key: str) -> Any:
+        if (store_url, key) not in self._functions:
+            self._functions[(store_url, key)] = pickle.loads(self.store(store_url).read(key))
+        return self._functions[(store_url, key)]
+
+    def run_chunk(
+        self,
+        *,
+        store_url: str,
+        run: str,
+        function_key: str,
+        segment_first: int,
+        start: int,
+        stop: int,
+        starmap: bool,
+        on_done: Any = None,
+    ) -> None:
+        """Run inputs ``start..stop`` (global indices, one segment) and record each result."""
+        store = self.store(store_url)
+        function = self.function(store_url, function_key)
+        key = segment_key(run, segment_first)
+        # Two ranged reads for the whole chunk: its offsets, then its inputs.
+        lo, hi = offset_table_range(start - segment_first, stop - segment_first)
+        table = store.read(key, lo, hi)
+        offsets = struct.unpack(f"<{stop - start + 1}Q", table)
+        data = store.read(key, offsets[0], offsets[-1])
+        base = offsets[0]
+        for position, index in enumerate(range(start, stop)):
+            chunk = data[offsets[position] - base : offsets[position + 1] - base]
+            try:
+                argument = pickle.loads(chunk)
+                value = function(*argument) if starmap else function(argument)
+                try:
+                    record = encode_value_record(value)
+                except Exception as error:
+                    raise TypeError(
+                        f"the function's result for input {index} cannot be pickled: {error}"
+                    ) from error
+            except (Exception, SystemExit) as error:
+                record = encode_error_record(error)
+            store.write(result_key(run, index), record)
+            if on_done is not None:
+                on_done(index)
+
+
+def array_index_from_environment(environ: dict[str, str] | os._Environ[str]) -> int:
+    """This Batch child's array index: the documented variable, else the job id's suffix."""
+    if "AWS_BATCH_JOB_ARRAY_INDEX" in environ:
+        return int(environ["AWS_BATCH_JOB_ARRAY_INDEX"])
+    job_id = environ.get("AWS_BATCH_JOB_ID", "")
+    head, colon, tail = job_id.rpartition(":")
+    if colon and tail.isdigit():
+        return int(tail)
+    return 0  # a plain (non-array) job runs child 0
+
+
+def parse_segments(text: str) -> list[tuple[int, int]]:
+    """``"0:16,16:32"`` -> ``[(0, 16), (16, 32)]``: each segment's first index and count."""
+    pairs = []
+    for item in text.split(","):
+        first, _, count = item.partition(":")
+        pairs.append((int(first), int(count)))
+    return pairs
+
+
+def format_segments(segments: list[tuple[int, int]]) -> str:
+    return ",".join(f"{first}:{count}" for first, count in segments)
+
+
+def batch_main(environ: dict[str, str] | os._Environ[str]) -> int:
+    """Run this array child's share of a job: ``AIOKNOT_CHUNK`` inputs from its position."""
+    store_url = environ["AIOKNOT_STORE"]
+    run = environ["AIOKNOT_RUN"]
+    function_key = environ["AIOKNOT_FUNCTION"]
+    starmap = environ.get("AIOKNOT_STARMAP") == "1"
+    segments = parse_segments(environ["AIOKNOT_SEGMENTS"])
+    chunk = int(environ.get("AIOKNOT_CHUNK", "1"))
+    first = segments[0][0]
+    end = segments[-1][0] + segments[-1][1]
+    start = first + array_index_from_environment(environ) * chunk
+    stop = min(start + chunk, end)
+    worker = Worker()
+    for segment_first, count in segments:
+        lo, hi = max(start, segment_first), min(stop, segment_first + count)
+        if lo < hi:
+            worker.run_chunk(
+                store_url=store_url,
+                run=run,
+                function_key=function_key,
+                segment_first=segment_first,
+                start=lo,
+                stop=hi,
+                starmap=starmap,
+            )
+    print(f"aioknot worker: inputs {start}..{stop - 1} of run {run} done", flush=True)
+    return 0
+
+
+def serve() -> int:
+    """The local backend's worker loop: one JSON chunk per stdin line, until stdin closes."""
+    # Keep the original stdout for the protocol; the user's prints go to stderr.
+    channel = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    def report_done(index: int) -> None:
+        channel.write(f"done {index}\n")
+
+    worker = Worker()
+    channel.write("ready\n")
+    for line in sys.stdin:
+        task = json.loads(line)
+        began = time.perf_counter()
+        worker.run_chunk(
+            store_url=task["store"],
+            run=task["run"],
+            function_key=task["function"],
+            segment_first=task["segment"],
+            start=task["start"],
+            stop=task["stop"],
+            starmap=task["starmap"],
+            on_done=report_done,
+        )
+        channel.write(f"chunk {time.perf_counter() - began:.6f}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(serve() if "--serve" in sys.argv[1:] else batch_main(os.environ))
