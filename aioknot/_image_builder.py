@@ -1,0 +1,617 @@
+"""Building the worker image with a Docker engine and pushing it to a registry (ECR or any).
+
+``ensure_image`` is the one call a knot needs: the image's tag is a hash of its content
+(:class:`~aioknot._dockerfile.ImageSpec`), so when the registry already has the tag nothing is
+built or pushed, and no Docker engine is even contacted. ``check_engine`` lets a caller fail
+early, before any AWS resource exists, when an image will have to be built and there is no
+engine. aiodocker, aiohttp and botocore errors are translated into ``ImageBuildError`` here.
+
+Cancellation: every call here is a coroutine; cancelling it closes the engine and registry
+connections it opened (``async with``). An engine that is mid-build keeps building the
+(content-tagged, so harmless) image; nothing is pushed after the cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import contextlib
+import io
+import ipaddress
+import logging
+import os
+import random
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from ._dockerfile import ImageSpec, build_context
+from ._exceptions import ConfigurationError, ImageBuildError
+
+logger = logging.getLogger("aioknot")
+
+Progress = Callable[[str], None]
+
+REGISTRY_ENV = "AIOKNOT_REGISTRY"
+REGISTRY_USERNAME_ENV = "AIOKNOT_REGISTRY_USERNAME"
+REGISTRY_PASSWORD_ENV = "AIOKNOT_REGISTRY_PASSWORD"
+DEFAULT_REPOSITORY = "aioknot"
+# AWS Batch's default compute environments run x86-64 instances.
+DEFAULT_PLATFORM = "linux/amd64"
+PUSH_ATTEMPTS = 4
+PUSH_RETRY_DELAY = 1.0  # seconds before the first retry; doubled each time
+ENGINE_TIMEOUT = 10.0  # seconds for the engine to answer /version
+
+_NO_ENGINE_ADVICE = (
+    "aioknot builds the worker image with a Docker engine: start Docker, set DOCKER_HOST "
+    "to a reachable engine (e.g. unix:///var/run/docker.sock or tcp://host:2375), or pass "
+    "image='<uri>' to use a prebuilt worker image"
+)
+_MANIFEST_TYPES = ", ".join(
+    (
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    )
+)
+# Messages of push failures worth another attempt: the network or the registry hiccuped.
+# Authentication and authorization failures are not among them: retrying cannot fix those.
+_TRANSIENT_PUSH_ERROR = re.compile(
+    r"timeout|timed out|reset by peer|connection refused|broken pipe|\bEOF\b|"
+    r"\b50[0234]\b|\b429\b|too ?many ?requests|temporar|unavailable|unexpected end",
+    re.IGNORECASE,
+)
+_LOG_TAIL_LINES = 40
+
+
+@dataclass(frozen=True)
+class Registry:
+    """A repository in a registry to push worker images to, and how to log in to it.
+
+    ``host`` is ``host[:port]`` (``123456789012.dkr.ecr.us-east-1.amazonaws.com``,
+    ``127.0.0.1:5000``); ``scheme`` is the one its HTTP API answers on (``http`` only for
+    registries the engine also reaches over plain HTTP, such as loopback ones). ``ecr`` says
+    the existence check may use ECR's ``describe_images`` instead of the registry API.
+    """
+
+    host: str
+    repository: str = DEFAULT_REPOSITORY
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    scheme: str = "https"
+    ecr: bool = False
+
+    @property
+    def repository_uri(self) -> str:
+        return f"{self.host}/{self.repository}"
+
+    def image_uri(self, tag: str) -> str:
+        return f"{self.repository_uri}:{tag}"
+
+    def docker_auth(self) -> dict[str, str] | None:
+        """The engine's X-Registry-Auth payload, or None for an anonymous registry."""
+        if self.username is None:
+            return None
+        return {
+            "username": self.username,
+            "password": self.password or "",
+            "serveraddress": self.host,
+        }
+
+
+def _is_loopback(hostname: str) -> bool:
+    name = hostname.strip("[]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def registry_from_option(
+    value: str | None = None,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Registry | None:
+    """The registry named by ``registry=`` or ``$AIOKNOT_REGISTRY``; None means ECR.
+
+    The value is ``[http(s)://][user:password@]host[:port][/repository]``. Credentials come
+    from the value, else the arguments, else ``$AIOKNOT_REGISTRY_USERNAME`` and
+    ``$AIOKNOT_REGISTRY_PASSWORD``. Without a scheme, loopback hosts are spoken to over plain
+    HTTP (as the Docker engine does) and every other host over HTTPS.
+    """
+    env = os.environ if environ is None else environ
+    raw = value if value is not None else env.get(REGISTRY_ENV)
+    if raw is None or not raw.strip():
+        return None
+    text = raw.strip()
+    has_scheme = "://" in text
+    parts = urlsplit(text if has_scheme else f"//{text}")
+    if has_scheme and parts.scheme not in ("http", "https"):
+        raise ConfigurationError(
+            f"registry {raw!r}: the scheme must be http or https, e.g. 'registry.example.com/"
+            f"{DEFAULT_REPOSITORY}' or 'http://127.0.0.1:5000/{DEFAULT_REPOSITORY}'"
+        )
+    host = parts.netloc.rpartition("@")[2]
+    if not parts.hostname or not host:
+        raise ConfigurationError(
+            f"registry {raw!r} names no host; expected host[:port][/repository], e.g. "
+            f"'registry.example.com/{DEFAULT_REPOSITORY}'"
+        )
+    repository = parts.path.strip("/") or DEFAULT_REPOSITORY
+    if not re.fullmatch(
+        r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*", repository
+    ):
+        raise ConfigurationError(
+            f"registry {raw!r}: {repository!r} is not a valid repository name (lowercase "
+            "letters, digits, separators . _ - and /)"
+        )
+    user = parts.username or username or env.get(REGISTRY_USERNAME_ENV)
+    secret = parts.password or password or env.get(REGISTRY_PASSWORD_ENV)
+    scheme = parts.scheme if has_scheme else ("http" if _is_loopback(parts.hostname) else "https")
+    return Registry(
+        host=host,
+        repository=repository,
+        username=user or None,
+        password=secret,
+        scheme=scheme,
+    )
+
+
+# ------------------------------------------------------------------------------- the engine
+
+
+def _aiodocker() -> Any:
+    try:
+        import aiodocker
+    except ImportError as error:
+        raise ConfigurationError(
+            "building a worker image needs aiodocker: pip install 'aioknot[images]', "
+            "or pass image='<uri>' to use a prebuilt worker image"
+        ) from error
+    return aiodocker
+
+
+@contextlib.asynccontextmanager
+async def _engine(docker_host: str | None) -> AsyncIterator[Any]:
+    """An aiodocker client that is closed on every way out, including cancellation."""
+    aiodocker = _aiodocker()
+    where = docker_host or os.environ.get("DOCKER_HOST") or "the default socket"
+    try:
+        docker = aiodocker.Docker(url=docker_host)
+    except (AssertionError, ValueError, OSError, aiodocker.DockerError) as error:
+        # aiodocker asserts when no DOCKER_HOST is set and no default socket exists.
+        raise ImageBuildError(
+            f"no Docker engine is reachable at {where} ({error or 'no socket found'}). "
+            f"{_NO_ENGINE_ADVICE}"
+        ) from error
+    try:
+        yield docker
+    finally:
+        await docker.close()
+
+
+async def check_engine(docker_host: str | None = None, *, timeout: float = ENGINE_TIMEOUT) -> None:
+    """Raise ImageBuildError (naming the ways out) unless a Docker engine answers.
+
+    ``docker_host`` is a Docker URL (``unix:///path``, ``tcp://host:port``); None means
+    ``$DOCKER_HOST``, the current Docker context, or the default socket. Cheap (one
+    ``/version`` request), so a caller can run it before creating any cloud resource.
+    """
+    async with _engine(docker_host) as docker:
+        await _check_engine_client(docker, timeout)
+
+
+async def _check_engine_client(docker: Any, timeout: float = ENGINE_TIMEOUT) -> None:
+    import aiohttp
+
+    aiodocker = _aiodocker()
+    try:
+        await asyncio.wait_for(docker.version(), timeout)
+    except asyncio.TimeoutError as error:
+        raise ImageBuildError(
+            f"the Docker engine at {docker.docker_host} did not answer within "
+            f"{timeout:g} s. {_NO_ENGINE_ADVICE}"
+        ) from error
+    except (aiodocker.DockerError, aiohttp.ClientError, OSError) as error:
+        message = getattr(error, "message", None) or repr(error)
+        raise ImageBuildError(
+            f"no Docker engine is reachable at {docker.docker_host} ({message}). "
+            f"{_NO_ENGINE_ADVICE}"
+        ) from error
+
+
+# ------------------------------------------------------------------------------- the registry
+
+
+async def image_exists(registry: Registry, tag: str, *, ecr_client: Any = None) -> bool:
+    """Whether the registry already has ``repository:tag`` (one request, nothing pulled).
+
+    With ``ecr_client`` (an aioboto3 ECR client) and an ECR registry this is
+    ``describe_images``; otherwise ``HEAD /v2/<repository>/manifests/<tag>``.
+    """
+    if registry.ecr and ecr_client is not None:
+        return await _ecr_image_exists(ecr_client, registry.repository, tag)
+    return await _registry_manifest_exists(registry, tag)
+
+
+async def _ecr_image_exists(ecr_client: Any, repository: str, tag: str) -> bool:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        await ecr_client.describe_images(repositoryName=repository, imageIds=[{"imageTag": tag}])
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "")
+        if code in ("ImageNotFoundException", "RepositoryNotFoundException"):
+            return False
+        raise ImageBuildError(
+            f"cannot tell whether ECR repository {repository!r} has tag {tag!r}: {error}"
+        ) from error
+    except BotoCoreError as error:
+        raise ImageBuildError(
+            f"cannot reach ECR to look for {repository}:{tag}: {error}"
+        ) from error
+    return True
+
+
+async def _registry_manifest_exists(registry: Registry, tag: str) -> bool:
+    import aiohttp
+
+    url = f"{registry.scheme}://{registry.host}/v2/{registry.repository}/manifests/{tag}"
+    # Built by hand: aiohttp.BasicAuth is deprecated in recent aiohttp, and its successor
+    # is missing from older ones.
+    basic = (
+        "Basic "
+        + base64.b64encode(f"{registry.username}:{registry.password or ''}".encode()).decode()
+        if registry.username is not None
+        else None
+    )
+    headers = {"Accept": _MANIFEST_TYPES}
+    authorized = {**headers, "Authorization": basic} if basic else headers
+    timeout = aiohttp.ClientTimeout(total=30)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            async with session.head(url, headers=authorized) as response:
+                status = response.status
+                challenge = response.headers.get("WWW-Authenticate", "")
+            if status == 401 and challenge.lower().startswith("bearer"):
+                # Token auth (Docker Hub, GHCR, Harbor): trade the credentials for a pull token.
+                token = await _bearer_token(session, challenge, registry, basic)
+                bearer = {**headers, "Authorization": f"Bearer {token}"}
+                async with session.head(url, headers=bearer) as response:
+                    status = response.status
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
+        raise ImageBuildError(
+            f"the registry at {registry.scheme}://{registry.host} is unreachable ({error}); "
+            f"check registry= / ${REGISTRY_ENV}"
+        ) from error
+    if status == 200:
+        return True
+    if status == 404:
+        return False
+    if status in (401, 403):
+        raise ImageBuildError(
+            f"the registry {registry.host} refused {'the' if basic else 'anonymous'} "
+            f"credentials (HTTP {status}) looking for {registry.repository}:{tag}: set the "
+            f"user and password in registry= or ${REGISTRY_USERNAME_ENV} / "
+            f"${REGISTRY_PASSWORD_ENV}"
+        )
+    raise ImageBuildError(
+        f"the registry {registry.host} answered HTTP {status} to HEAD {url}; expected 200 or 404"
+    )
+
+
+async def _bearer_token(session: Any, challenge: str, registry: Registry, basic: str | None) -> str:
+    params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+    realm = params.pop("realm", None)
+    if not realm:
+        raise ImageBuildError(f"the registry {registry.host} sent a token challenge without realm")
+    params.setdefault("scope", f"repository:{registry.repository}:pull")
+    auth = {"Authorization": basic} if basic else {}
+    async with session.get(realm, params=params, headers=auth) as response:
+        if response.status != 200:
+            raise ImageBuildError(
+                f"the registry {registry.host}'s token service refused the credentials "
+                f"(HTTP {response.status})"
+            )
+        body = await response.json(content_type=None)
+    token = body.get("token") or body.get("access_token")
+    if not isinstance(token, str):
+        raise ImageBuildError(f"the registry {registry.host}'s token service sent no token")
+    return token
+
+
+async def ecr_registry_login(
+    ecr_client: Any, repository: str, tags: Mapping[str, str] | None = None
+) -> Registry:
+    """The ECR repository to push to (created, with ``tags``, when missing) and a login.
+
+    ``ecr_client`` is an open aioboto3 ECR client; the password is the short-lived token from
+    ``get_authorization_token`` (valid 12 hours). Returns a :class:`Registry` whose ``host``,
+    ``username``, ``password`` and ``repository_uri`` are what ``docker push`` needs.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        try:
+            described = await ecr_client.describe_repositories(repositoryNames=[repository])
+            uri = described["repositories"][0]["repositoryUri"]
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") != "RepositoryNotFoundException":
+                raise
+            uri = await _create_ecr_repository(ecr_client, repository, tags or {})
+        token = await ecr_client.get_authorization_token()
+    except ClientError as error:
+        raise ImageBuildError(
+            f"cannot prepare ECR repository {repository!r}: {error}. The credentials need "
+            "ecr:DescribeRepositories, ecr:CreateRepository, ecr:GetAuthorizationToken and "
+            "the push permissions"
+        ) from error
+    except BotoCoreError as error:
+        raise ImageBuildError(f"cannot reach ECR for repository {repository!r}: {error}") from error
+    data = token["authorizationData"][0]
+    username, _, password = base64.b64decode(data["authorizationToken"]).decode().partition(":")
+    host = str(uri).partition("/")[0] or urlsplit(data["proxyEndpoint"]).netloc
+    return Registry(
+        host=host,
+        repository=repository,
+        username=username,
+        password=password,
+        scheme="https",
+        ecr=True,
+    )
+
+
+async def _create_ecr_repository(ecr_client: Any, repository: str, tags: Mapping[str, str]) -> str:
+    from botocore.exceptions import ClientError
+
+    try:
+        created = await ecr_client.create_repository(
+            repositoryName=repository,
+            imageTagMutability="MUTABLE",
+            tags=[{"Key": key, "Value": value} for key, value in tags.items()],
+        )
+        logger.info("created ECR repository %s", repository)
+        return str(created["repository"]["repositoryUri"])
+    except ClientError as error:
+        # Another knot created it between our describe and create: use theirs.
+        if error.response.get("Error", {}).get("Code") != "RepositoryAlreadyExistsException":
+            raise
+    described = await ecr_client.describe_repositories(repositoryNames=[repository])
+    return str(described["repositories"][0]["repositoryUri"])
+
+
+# ------------------------------------------------------------------------------- build + push
+
+
+class _Log:
+    """Sends build and push lines to the progress callback and the logger; keeps a tail."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.tail: collections.deque[str] = collections.deque(maxlen=_LOG_TAIL_LINES)
+        self.step: str | None = None
+
+    def __call__(self, line: str) -> None:
+        line = line.rstrip()
+        if not line:
+            return
+        self.tail.append(line)
+        if line.startswith("Step ") and " : " in line:
+            self.step = line
+        logger.debug("%s", line)
+        if self.progress is not None:
+            self.progress(line)
+
+    def tail_text(self) -> str:
+        return "\n".join(f"    {line}" for line in self.tail)
+
+
+async def ensure_image(
+    spec: ImageSpec,
+    registry: Registry,
+    *,
+    docker_host: str | None = None,
+    rebuild: bool = False,
+    progress: Progress | None = None,
+    ecr_client: Any = None,
+    platform: str = DEFAULT_PLATFORM,
+    push_attempts: int = PUSH_ATTEMPTS,
+    push_retry_delay: float = PUSH_RETRY_DELAY,
+) -> str:
+    """The URI of the worker image for ``spec`` in ``registry``, built and pushed if needed.
+
+    If the registry already has the content tag nothing is built or pushed and no engine is
+    contacted; ``rebuild=True`` builds (without the engine's cache) and pushes anyway.
+    """
+    uri = registry.image_uri(spec.tag)
+    if not rebuild and await image_exists(registry, spec.tag, ecr_client=ecr_client):
+        logger.info("worker image %s is already in the registry", uri)
+        if progress is not None:
+            progress(f"image {uri} is already in the registry; nothing to build")
+        return uri
+    return await build_and_push(
+        spec,
+        registry,
+        docker_host=docker_host,
+        nocache=rebuild,
+        progress=progress,
+        platform=platform,
+        push_attempts=push_attempts,
+        push_retry_delay=push_retry_delay,
+    )
+
+
+async def build_and_push(
+    spec: ImageSpec,
+    registry: Registry,
+    *,
+    docker_host: str | None = None,
+    nocache: bool = False,
+    progress: Progress | None = None,
+    platform: str = DEFAULT_PLATFORM,
+    push_attempts: int = PUSH_ATTEMPTS,
+    push_retry_delay: float = PUSH_RETRY_DELAY,
+) -> str:
+    """Build the image for ``spec``, tag it with its content tag and push it; return its URI.
+
+    A local image with that tag (from a build whose push failed) is pushed without
+    rebuilding, unless ``nocache``.
+    """
+    uri = registry.image_uri(spec.tag)
+    log = _Log(progress)
+    async with _engine(docker_host) as docker:
+        started = time.monotonic()
+        if nocache or not await _has_local_image(docker, uri):
+            await _check_engine_client(docker)
+            log(f"building {uri} from {spec.base_image} for {platform}")
+            await _build(docker, spec, uri, log, nocache=nocache, platform=platform)
+            built = time.monotonic()
+            logger.info("built %s in %.1f s", uri, built - started)
+        else:
+            built = started
+            log(f"{uri} was built before; pushing it")
+        await _push_with_retries(
+            docker,
+            registry,
+            spec.tag,
+            log,
+            attempts=push_attempts,
+            delay=push_retry_delay,
+        )
+        logger.info("pushed %s in %.1f s", uri, time.monotonic() - built)
+    return uri
+
+
+async def _has_local_image(docker: Any, uri: str) -> bool:
+    aiodocker = _aiodocker()
+    try:
+        await docker.images.inspect(uri)
+    except aiodocker.DockerError as error:
+        if error.status == 404:
+            return False
+        if error.status == 900:  # aiodocker's "cannot connect"
+            raise ImageBuildError(
+                f"no Docker engine is reachable at {docker.docker_host} ({error.message}). "
+                f"{_NO_ENGINE_ADVICE}"
+            ) from error
+        raise ImageBuildError(f"the Docker engine cannot inspect {uri}: {error}") from error
+    return True
+
+
+async def _build(
+    docker: Any, spec: ImageSpec, uri: str, log: _Log, *, nocache: bool, platform: str
+) -> None:
+    import aiohttp
+
+    aiodocker = _aiodocker()
+    image_id: str | None = None
+    chunks = docker.images.build(
+        fileobj=io.BytesIO(build_context(spec)),
+        encoding="application/x-tar",
+        tag=uri,
+        platform=platform,
+        nocache=nocache,
+        rm=True,
+        forcerm=True,
+        stream=True,
+    )
+    try:
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                for line in str(chunk.get("stream", "")).splitlines():
+                    log(line)
+                if chunk.get("status"):
+                    log(str(chunk["status"]))
+                aux = chunk.get("aux")
+                if isinstance(aux, dict) and aux.get("ID"):
+                    image_id = str(aux["ID"])
+    except aiodocker.DockerError as error:
+        step = f" at {log.step}" if log.step else ""
+        raise ImageBuildError(
+            f"building the worker image {uri} failed{step}: {error.message}\n"
+            f"last lines of the build log:\n{log.tail_text()}"
+        ) from error
+    except (aiohttp.ClientError, OSError) as error:
+        raise ImageBuildError(
+            f"the Docker engine at {docker.docker_host} dropped the build of {uri}: {error!r}"
+        ) from error
+    if image_id is None and not any(line.startswith("Successfully built") for line in log.tail):
+        # aiodocker ends the stream quietly when the connection drops mid-build.
+        raise ImageBuildError(
+            f"the build of {uri} ended without an image; last lines of the build log:\n"
+            f"{log.tail_text()}"
+        )
+
+
+class _TransientPushError(Exception):
+    pass
+
+
+async def _push_with_retries(
+    docker: Any,
+    registry: Registry,
+    tag: str,
+    log: _Log,
+    *,
+    attempts: int,
+    delay: float,
+) -> None:
+    uri = registry.image_uri(tag)
+    for attempt in range(1, max(1, attempts) + 1):
+        try:
+            await _push_once(docker, registry, tag, log)
+            return
+        except _TransientPushError as error:
+            if attempt >= attempts:
+                raise ImageBuildError(
+                    f"pushing {uri} failed {attempts} times; the last error: {error}"
+                ) from error
+            # Full jitter keeps several knots from retrying against the registry in step.
+            wait = delay * 2 ** (attempt - 1) * (0.5 + random.random() / 2)
+            log(f"push of {uri} failed ({error}); retrying in {wait:.1f} s")
+            await asyncio.sleep(wait)
+
+
+async def _push_once(docker: Any, registry: Registry, tag: str, log: _Log) -> None:
+    import aiohttp
+
+    aiodocker = _aiodocker()
+    uri = registry.image_uri(tag)
+    digest: str | None = None
+    chunks = docker.images.push(
+        registry.repository_uri, tag=tag, auth=registry.docker_auth(), stream=True
+    )
+    try:
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                status = str(chunk.get("status", ""))
+                # Per-layer byte counters would flood the callback: only state changes go out.
+                if status and not chunk.get("progressDetail"):
+                    layer = chunk.get("id")
+                    log(f"{layer}: {status}" if layer else status)
+                aux = chunk.get("aux")
+                if isinstance(aux, dict) and aux.get("Digest"):
+                    digest = str(aux["Digest"])
+    except aiodocker.DockerError as error:
+        message = str(error.message)
+        if error.status >= 500 or error.status == 900 or _TRANSIENT_PUSH_ERROR.search(message):
+            raise _TransientPushError(message) from error
+        raise ImageBuildError(
+            f"pushing {uri} failed: {message}. For a registry other than ECR, check the "
+            f"credentials in registry= / ${REGISTRY_USERNAME_ENV} / ${REGISTRY_PASSWORD_ENV}"
+        ) from error
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
+        raise _TransientPushError(repr(error)) from error
+    if digest is None:
+        # aiodocker ends the stream quietly when the connection drops mid-push.
+        raise _TransientPushError("the push ended without the registry's digest")
+    log(f"pushed {uri} ({digest})")

@@ -1,0 +1,398 @@
+"""Building and pushing the worker image: a real engine and registry, ECR against moto.
+
+The ``containers`` tests use the private Docker engine and local registry of
+tests/infra/containers.sh; the registry accepts exactly moto's ECR token, so the ECR login
+from moto can push to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aioboto3
+import aiodocker
+import pytest
+from infra.containers import ContainerStack
+from infra.fixtures import container_stack  # noqa: F401
+
+from aioknot._dockerfile import ImageSpec, make_image_spec
+from aioknot._exceptions import ConfigurationError, ImageBuildError
+from aioknot._image_builder import (
+    Registry,
+    build_and_push,
+    check_engine,
+    ecr_registry_login,
+    ensure_image,
+    image_exists,
+    registry_from_option,
+)
+from aioknot._requirements import worker_requirements
+
+# ------------------------------------------------------------------------------- options
+
+
+def test_registry_option_forms() -> None:
+    local = registry_from_option("127.0.0.1:5123/team/knots", username="u", password="p")
+    assert local == Registry("127.0.0.1:5123", "team/knots", "u", "p", scheme="http")
+    assert local.image_uri("t1") == "127.0.0.1:5123/team/knots:t1"
+    assert "s3cret-value" not in repr(dataclasses.replace(local, password="s3cret-value"))
+
+    remote = registry_from_option("https://bob:pw@registry.example.com")
+    assert remote == Registry("registry.example.com", "aioknot", "bob", "pw", scheme="https")
+    assert registry_from_option("registry.example.com/x").scheme == "https"  # type: ignore[union-attr]
+    assert registry_from_option("localhost:5000").scheme == "http"  # type: ignore[union-attr]
+
+
+def test_registry_option_from_the_environment() -> None:
+    environ = {
+        "AIOKNOT_REGISTRY": "registry.example.com:8443/ml",
+        "AIOKNOT_REGISTRY_USERNAME": "robot",
+        "AIOKNOT_REGISTRY_PASSWORD": "token",
+    }
+    found = registry_from_option(environ=environ)
+    assert found == Registry("registry.example.com:8443", "ml", "robot", "token")
+    assert registry_from_option(environ={}) is None  # None: the caller uses ECR
+
+
+@pytest.mark.parametrize("value", ["ftp://host/repo", "/just/a/path", "host/Upper_Case"])
+def test_bad_registry_options_are_refused(value: str) -> None:
+    with pytest.raises(ConfigurationError, match="registry"):
+        registry_from_option(value)
+
+
+# ------------------------------------------------------------------------------- engine
+
+
+async def test_check_engine_on_an_unreachable_socket_names_the_ways_out(tmp_path: Any) -> None:
+    with pytest.raises(ImageBuildError) as caught:
+        await check_engine(f"unix://{tmp_path}/no-docker.sock")
+    message = str(caught.value)
+    assert "no-docker.sock" in message
+    assert "start Docker" in message and "DOCKER_HOST" in message and "image=" in message
+
+
+async def test_ensure_image_without_an_engine_fails_before_building(tmp_path: Any) -> None:
+    # A registry nobody answers on would fail first; an existing tag would need no engine.
+    spec = make_image_spec(["cloudpickle==3.1.2"], worker_source=b"")
+    with pytest.raises(ImageBuildError, match="DOCKER_HOST"):
+        await build_and_push(
+            spec, Registry("127.0.0.1:9", scheme="http"), docker_host=f"unix://{tmp_path}/x.sock"
+        )
+
+
+# ------------------------------------------------------------------------------- push retries
+
+
+class _FakeImages:
+    """Stands in for aiodocker's images API to script push failures (the retry logic only)."""
+
+    def __init__(self, failures: list[BaseException]) -> None:
+        self.failures = failures
+        self.pushes = 0
+
+    async def inspect(self, name: str) -> dict[str, Any]:
+        return {"Id": "sha256:abc"}
+
+    def push(self, name: str, **kwargs: Any) -> AsyncIterator[dict[str, Any]]:
+        self.pushes += 1
+        failure = self.failures.pop(0) if self.failures else None
+
+        async def chunks() -> AsyncIterator[dict[str, Any]]:
+            yield {"status": "Preparing", "id": "layer1"}
+            if failure is not None:
+                raise failure
+            yield {"status": "Pushed", "id": "layer1"}
+            yield {"aux": {"Tag": kwargs["tag"], "Digest": "sha256:def", "Size": 1}}
+
+        return chunks()
+
+
+class _FakeDocker:
+    def __init__(self, images: _FakeImages) -> None:
+        self.images = images
+        self.docker_host = "unix:///fake.sock"
+
+    async def version(self) -> dict[str, Any]:
+        return {"ApiVersion": "1.41"}
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_engine(monkeypatch: pytest.MonkeyPatch) -> Any:
+    def install(failures: list[BaseException]) -> _FakeImages:
+        images = _FakeImages(failures)
+        monkeypatch.setattr(aiodocker, "Docker", lambda url=None: _FakeDocker(images))
+        return images
+
+    return install
+
+
+async def test_transient_push_errors_are_retried_with_backoff(fake_engine: Any) -> None:
+    images = fake_engine(
+        [
+            aiodocker.DockerStreamError("Put https://r/v2/: net/http: TLS handshake timeout"),
+            aiodocker.DockerStreamError("received unexpected HTTP status: 503 Service Unavailable"),
+        ]
+    )
+    lines: list[str] = []
+    spec = make_image_spec([], worker_source=b"")
+    uri = await build_and_push(
+        spec, Registry("r.example"), progress=lines.append, push_retry_delay=0.01
+    )
+    assert uri == f"r.example/aioknot:{spec.tag}"
+    assert images.pushes == 3
+    assert sum("retrying" in line for line in lines) == 2
+    assert lines[-1] == f"pushed {uri} (sha256:def)"
+
+
+async def test_a_refused_push_is_not_retried(fake_engine: Any) -> None:
+    images = fake_engine([aiodocker.DockerStreamError("denied: requested access is denied")])
+    with pytest.raises(ImageBuildError, match="denied"):
+        await build_and_push(
+            make_image_spec([], worker_source=b""), Registry("r.example"), push_retry_delay=0
+        )
+    assert images.pushes == 1
+
+
+async def test_pushes_give_up_after_the_last_attempt(fake_engine: Any) -> None:
+    images = fake_engine([aiodocker.DockerStreamError("i/o timeout")] * 5)
+    with pytest.raises(ImageBuildError, match="failed 3 times"):
+        await build_and_push(
+            make_image_spec([], worker_source=b""),
+            Registry("r.example"),
+            push_attempts=3,
+            push_retry_delay=0,
+        )
+    assert images.pushes == 3
+
+
+# ------------------------------------------------------------------------------- ECR (moto)
+
+
+MANIFEST = (
+    '{"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",'
+    ' "config": {}, "layers": []}'
+)
+
+
+@pytest.fixture
+async def ecr(aws: Any) -> AsyncIterator[Any]:
+    async with aioboto3.Session().client("ecr", endpoint_url=aws.url) as client:
+        yield client
+
+
+async def test_ecr_login_creates_the_repository_with_tags_once(ecr: Any) -> None:
+    login = await ecr_registry_login(ecr, "aioknot-test", {"aioknot:knot": "pi-calc"})
+    assert login.host == "123456789012.dkr.ecr.us-east-1.amazonaws.com"
+    assert (login.username, login.password) == ("AWS", "123456789012-auth-token")
+    assert login.repository_uri == f"{login.host}/aioknot-test"
+    assert login.ecr and login.scheme == "https"
+    described = await ecr.describe_repositories(repositoryNames=["aioknot-test"])
+    arn = described["repositories"][0]["repositoryArn"]
+    tags = (await ecr.list_tags_for_resource(resourceArn=arn))["tags"]
+    assert tags == [{"Key": "aioknot:knot", "Value": "pi-calc"}]
+
+    again = await ecr_registry_login(ecr, "aioknot-test", {"aioknot:knot": "other"})
+    assert again == login
+    assert len((await ecr.describe_repositories())["repositories"]) == 1
+
+
+async def test_ecr_image_exists_uses_describe_images(ecr: Any) -> None:
+    login = await ecr_registry_login(ecr, "aioknot-test")
+    assert not await image_exists(login, "py3.11-abc", ecr_client=ecr)
+    await ecr.put_image(
+        repositoryName="aioknot-test", imageManifest=MANIFEST, imageTag="py3.11-abc"
+    )
+    assert await image_exists(login, "py3.11-abc", ecr_client=ecr)
+    missing_repository = dataclasses.replace(login, repository="nope")
+    assert not await image_exists(missing_repository, "py3.11-abc", ecr_client=ecr)
+
+
+async def test_ensure_image_in_ecr_that_has_the_tag_needs_no_engine(
+    ecr: Any, tmp_path: Any
+) -> None:
+    login = await ecr_registry_login(ecr, "aioknot-test")
+    spec = make_image_spec(["cloudpickle==3.1.2"], worker_source=b"worker")
+    await ecr.put_image(repositoryName="aioknot-test", imageManifest=MANIFEST, imageTag=spec.tag)
+    lines: list[str] = []
+    uri = await ensure_image(
+        spec,
+        login,
+        ecr_client=ecr,
+        docker_host=f"unix://{tmp_path}/no-engine.sock",
+        progress=lines.append,
+    )
+    assert uri == f"{login.repository_uri}:{spec.tag}"
+    assert lines == [f"image {uri} is already in the registry; nothing to build"]
+
+
+# ------------------------------------------------------------------------------- real engine
+
+containers = pytest.mark.containers
+
+
+@pytest.fixture
+def stack(container_stack: ContainerStack) -> ContainerStack:  # noqa: F811
+    return container_stack
+
+
+@pytest.fixture
+def registry(stack: ContainerStack) -> Registry:
+    found = registry_from_option(
+        f"{stack.registry}/aioknot-test",
+        username=stack.registry_user,
+        password=stack.registry_password,
+    )
+    assert found is not None
+    return found
+
+
+class EngineCalls:
+    """Counts the engine's build and push calls, passing them through to the real engine."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.builds = 0
+        self.pushes = 0
+        images = aiodocker.images.DockerImages
+        real_build, real_push = images.build, images.push
+
+        def build(this: Any, **kwargs: Any) -> Any:
+            self.builds += 1
+            return real_build(this, **kwargs)
+
+        def push(this: Any, name: str, **kwargs: Any) -> Any:
+            self.pushes += 1
+            return real_push(this, name, **kwargs)
+
+        monkeypatch.setattr(images, "build", build)
+        monkeypatch.setattr(images, "push", push)
+
+
+@pytest.fixture
+def engine_calls(monkeypatch: pytest.MonkeyPatch) -> EngineCalls:
+    return EngineCalls(monkeypatch)
+
+
+def _spec(stack: ContainerStack, *extra_lines: str) -> ImageSpec:
+    # The installed worker: the image is what a knot would run.
+    return make_image_spec(
+        worker_requirements(), base_image=stack.base_image, dockerfile_lines=extra_lines
+    )
+
+
+async def _run_in_image(stack: ContainerStack, uri: str, code: str) -> str:
+    async with aiodocker.Docker(url=stack.docker_host) as docker:
+        container = await docker.containers.run(
+            config={"Image": uri, "Entrypoint": ["python", "-c", code]}
+        )
+        try:
+            result = await container.wait(timeout=120)
+            output = "".join(await container.log(stdout=True, stderr=True))
+            assert result["StatusCode"] == 0, output
+            return output
+        finally:
+            await container.delete(force=True)
+
+
+@containers
+@pytest.mark.timeout(900)
+async def test_build_push_then_reuse(
+    stack: ContainerStack, registry: Registry, engine_calls: EngineCalls
+) -> None:
+    spec = _spec(stack)
+    lines: list[str] = []
+    started = time.monotonic()
+    # rebuild: whatever an earlier session left in the registry, this one builds and pushes.
+    uri = await ensure_image(
+        spec, registry, docker_host=stack.docker_host, rebuild=True, progress=lines.append
+    )
+    elapsed = time.monotonic() - started
+    print(f"\nbuilt and pushed {uri} in {elapsed:.1f} s")
+    assert uri == f"{stack.registry}/aioknot-test:{spec.tag}"
+    assert (engine_calls.builds, engine_calls.pushes) == (1, 1)
+    assert any(line.startswith("Step ") for line in lines)
+    assert lines[-1].startswith(f"pushed {uri} (sha256:")
+    assert await image_exists(registry, spec.tag)
+
+    # The image runs the installed worker, as a non-root user, with the pinned packages.
+    out = await _run_in_image(
+        stack,
+        uri,
+        "import os, sys, json, cloudpickle, boto3;"
+        "print(json.dumps([os.getuid(), cloudpickle.__version__, boto3.__version__,"
+        " sys.version_info[:2], open('/opt/aioknot/aioknot_worker.py', 'rb').read().hex()]))",
+    )
+    uid, cloudpickle_version, boto3_version, python, worker_hex = __import__("json").loads(
+        out.strip().splitlines()[-1]
+    )
+    assert uid == 10001
+    assert f"cloudpickle=={cloudpickle_version}" in spec.requirements
+    assert f"boto3=={boto3_version}" in spec.requirements
+    assert python == [int(part) for part in spec.python_version.split(".")]
+    assert bytes.fromhex(worker_hex) == spec.worker_source
+    async with aiodocker.Docker(url=stack.docker_host) as docker:
+        config = (await docker.images.inspect(uri))["Config"]
+    assert config["Entrypoint"] == ["python", "/opt/aioknot/aioknot_worker.py"]
+
+    # The same spec again: one registry request, nothing built or pushed.
+    lines.clear()
+    started = time.monotonic()
+    again = await ensure_image(spec, registry, docker_host=stack.docker_host, progress=lines.append)
+    print(f"cached ensure_image took {time.monotonic() - started:.3f} s")
+    assert again == uri
+    assert (engine_calls.builds, engine_calls.pushes) == (1, 1)
+    assert lines == [f"image {uri} is already in the registry; nothing to build"]
+
+    # Another requirement is another image, which the registry does not have yet.
+    changed = dataclasses.replace(spec, requirements=(*spec.requirements, "six==1.17.0"))
+    assert changed.tag != spec.tag
+    assert not await image_exists(registry, changed.tag)
+
+
+@containers
+@pytest.mark.timeout(600)
+async def test_a_failing_step_raises_with_the_step_and_the_log_tail(
+    stack: ContainerStack, registry: Registry, engine_calls: EngineCalls
+) -> None:
+    spec = _spec(stack, "RUN echo aioknot-test-marker && exit 3")
+    with pytest.raises(ImageBuildError) as caught:
+        await ensure_image(spec, registry, docker_host=stack.docker_host)
+    message = str(caught.value)
+    assert "RUN echo aioknot-test-marker && exit 3" in message  # the failing step
+    assert "aioknot-test-marker" in message.split("last lines of the build log")[1]
+    assert "non-zero code: 3" in message
+    assert engine_calls.pushes == 0
+    assert not await image_exists(registry, spec.tag)
+
+
+@containers
+@pytest.mark.timeout(600)
+async def test_the_ecr_login_from_moto_pushes_to_a_real_registry(
+    stack: ContainerStack, ecr: Any
+) -> None:
+    # moto's ECR has no registry protocol; the test registry accepts moto's token instead.
+    login = await ecr_registry_login(ecr, "aioknot-ecr-test")
+    target = dataclasses.replace(login, host=stack.registry, scheme="http", ecr=False)
+    spec = _spec(stack, "ENV AIOKNOT_TEST_ECR=1")
+    uri = await ensure_image(spec, target, docker_host=stack.docker_host)
+    assert uri == f"{stack.registry}/aioknot-ecr-test:{spec.tag}"
+    assert await image_exists(target, spec.tag)
+
+
+@containers
+async def test_check_engine_passes_on_the_real_engine(stack: ContainerStack) -> None:
+    await check_engine(stack.docker_host)
+
+
+@containers
+async def test_wrong_registry_credentials_are_reported(
+    stack: ContainerStack, registry: Registry
+) -> None:
+    wrong = dataclasses.replace(registry, password="wrong")
+    with pytest.raises(ImageBuildError, match="refused"):
+        await image_exists(wrong, "anything")
