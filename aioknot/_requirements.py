@@ -200,6 +200,11 @@ class _Scanner:
             else:
                 self.add(obj.__module__, where, "reference")
             return
+        # An instance of a class that travels by value (a callable object defined in a
+        # script): the class goes with it, methods and all.
+        if self.travels_by_value(type(obj)):
+            self.scan_class(type(obj))
+            return
         # Builtin functions, ufuncs and instances: the module of the object or of its type.
         module_name = getattr(obj, "__module__", None)
         if not isinstance(module_name, str):

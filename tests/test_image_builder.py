@@ -7,6 +7,7 @@ from moto can push to it.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import time
 from collections.abc import AsyncIterator
@@ -287,16 +288,34 @@ def _spec(stack: ContainerStack, *extra_lines: str) -> ImageSpec:
 
 async def _run_in_image(stack: ContainerStack, uri: str, code: str) -> str:
     async with aiodocker.Docker(url=stack.docker_host) as docker:
-        container = await docker.containers.run(
+        container = await docker.containers.create(
             config={"Image": uri, "Entrypoint": ["python", "-c", code]}
         )
         try:
+            await container.start()
             result = await container.wait(timeout=120)
             output = "".join(await container.log(stdout=True, stderr=True))
             assert result["StatusCode"] == 0, output
             return output
         finally:
             await container.delete(force=True)
+
+
+async def _delete_from_registry(registry: Registry, tag: str) -> None:
+    import aiohttp
+
+    token = base64.b64encode(f"{registry.username}:{registry.password}".encode()).decode()
+    headers = {
+        "Authorization": f"Basic {token}",
+        "Accept": "application/vnd.docker.distribution.manifest.v2+json",
+    }
+    base = f"{registry.scheme}://{registry.host}/v2/{registry.repository}/manifests"
+    async with aiohttp.ClientSession(headers=headers) as session:
+        async with session.head(f"{base}/{tag}") as response:
+            assert response.status == 200
+            digest = response.headers["Docker-Content-Digest"]
+        async with session.delete(f"{base}/{digest}") as response:
+            assert response.status == 202, await response.text()
 
 
 @containers
@@ -348,6 +367,13 @@ async def test_build_push_then_reuse(
     assert (engine_calls.builds, engine_calls.pushes) == (1, 1)
     assert lines == [f"image {uri} is already in the registry; nothing to build"]
 
+    # Built here but gone from the registry (a push that failed last time): pushed, not built.
+    await _delete_from_registry(registry, spec.tag)
+    assert not await image_exists(registry, spec.tag)
+    assert await ensure_image(spec, registry, docker_host=stack.docker_host) == uri
+    assert (engine_calls.builds, engine_calls.pushes) == (1, 2)
+    assert await image_exists(registry, spec.tag)
+
     # Another requirement is another image, which the registry does not have yet.
     changed = dataclasses.replace(spec, requirements=(*spec.requirements, "six==1.17.0"))
     assert changed.tag != spec.tag
@@ -379,7 +405,8 @@ async def test_the_ecr_login_from_moto_pushes_to_a_real_registry(
     login = await ecr_registry_login(ecr, "aioknot-ecr-test")
     target = dataclasses.replace(login, host=stack.registry, scheme="http", ecr=False)
     spec = _spec(stack, "ENV AIOKNOT_TEST_ECR=1")
-    uri = await ensure_image(spec, target, docker_host=stack.docker_host)
+    # build_and_push, not ensure_image: push even if an earlier session left the tag there.
+    uri = await build_and_push(spec, target, docker_host=stack.docker_host)
     assert uri == f"{stack.registry}/aioknot-ecr-test:{spec.tag}"
     assert await image_exists(target, spec.tag)
 
@@ -396,3 +423,44 @@ async def test_wrong_registry_credentials_are_reported(
     wrong = dataclasses.replace(registry, password="wrong")
     with pytest.raises(ImageBuildError, match="refused"):
         await image_exists(wrong, "anything")
+
+
+# ------------------------------------------------------------------------------- token auth
+
+
+async def test_image_exists_follows_a_bearer_token_challenge() -> None:
+    """Registries with token auth (Docker Hub, GHCR, Harbor) answer 401 with a realm first."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    seen: list[str] = []
+
+    async def manifest(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization", ""))
+        if request.headers.get("Authorization") != "Bearer pull-token":
+            realm = f"http://{request.host}/token"
+            challenge = f'Bearer realm="{realm}",service="test-registry"'
+            return web.Response(status=401, headers={"WWW-Authenticate": challenge})
+        found = request.match_info["tag"] == "present"
+        return web.Response(status=200 if found else 404)
+
+    async def token(request: web.Request) -> web.Response:
+        assert request.query["scope"] == "repository:team/knots:pull"
+        assert request.query["service"] == "test-registry"
+        if request.headers.get("Authorization") != "Basic cm9ib3Q6c2VjcmV0":  # robot:secret
+            return web.Response(status=401)
+        return web.json_response({"token": "pull-token"})
+
+    app = web.Application()
+    app.router.add_route("HEAD", "/v2/team/knots/manifests/{tag}", manifest)
+    app.router.add_get("/token", token)
+    async with TestServer(app, host="127.0.0.1") as server:
+        registry = registry_from_option(
+            f"127.0.0.1:{server.port}/team/knots", username="robot", password="secret"
+        )
+        assert registry is not None
+        assert await image_exists(registry, "present")
+        assert not await image_exists(registry, "absent")
+        with pytest.raises(ImageBuildError, match="token service refused"):
+            await image_exists(dataclasses.replace(registry, password="wrong"), "present")
+    assert seen.count("Bearer pull-token") == 2

@@ -111,6 +111,17 @@ def test_closures_and_default_arguments_count() -> None:
     assert set(scan_imports(with_default, by_value_modules=HERE)) == {"yaml"}
 
 
+class CallableTask:
+    def __call__(self, x):
+        import docker
+
+        return docker, x
+
+
+def test_a_callable_object_of_a_local_class_needs_what_its_methods_import() -> None:
+    assert set(scan_imports(CallableTask(), by_value_modules=HERE)) == {"docker"}
+
+
 def test_a_function_of_an_installed_package_needs_that_package() -> None:
     assert pin("PyYAML") in image_requirements(yaml.safe_dump)
 
