@@ -301,7 +301,16 @@ def _pipreqs() -> Callable[[str], list[str]]:
         ) from error
 
     def scan(directory: str) -> list[str]:
-        return list(get_all_imports(directory))
+        # pipreqs logs through the root logger's module-level functions, which call
+        # logging.basicConfig() when the root has no handler: that would install a stderr
+        # handler in the user's process. A NullHandler for the duration prevents it.
+        root = logging.getLogger()
+        guard = logging.NullHandler()
+        root.addHandler(guard)
+        try:
+            return list(get_all_imports(directory))
+        finally:
+            root.removeHandler(guard)
 
     return scan
 

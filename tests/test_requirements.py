@@ -264,6 +264,14 @@ def test_one_string_instead_of_a_list_is_refused() -> None:
         image_requirements(uses_module_globals, requirements="numpy")  # type: ignore[arg-type]
 
 
+def test_scanning_leaves_the_root_logger_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # pipreqs' logging.debug() would call basicConfig() on a root logger without handlers.
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    scan_imports(uses_inline_imports, by_value_modules=HERE)
+    assert root.handlers == []
+
+
 def test_scanning_is_fast() -> None:
     started = time.perf_counter()
     for _ in range(10):
