@@ -17,12 +17,15 @@ from ._exceptions import (
 )
 from ._knot import AsyncKnot
 from ._run import Run
+from ._sync import Job, Knot
 from ._version import __version__
 
 __all__ = [
     "AsyncKnot",
     "ConfigurationError",
     "ImageBuildError",
+    "Job",
+    "Knot",
     "KnotError",
     "Run",
     "SerializationError",

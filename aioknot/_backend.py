@@ -39,8 +39,9 @@ class Segment:
 
 
 class TaskListener(Protocol):
-    def done(self, index: int) -> None:
-        """A hint: the record of ``index`` is in the store now (saves discovering it)."""
+    def done(self, first: int, count: int) -> None:
+        """A hint: the records of ``first .. first + count - 1`` are in the store now, as one
+        object (saves discovering them)."""
         ...
 
     def lost(

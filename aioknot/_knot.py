@@ -135,9 +135,9 @@ class AsyncKnot:
         self._state = _State.CLOSED
         with anyio.CancelScope(shield=True):
             for run in list(self._runs.values()):
-                if not run.done and run.backend_run is not None:
-                    with contextlib.suppress(Exception):
-                        await run.backend_run.cancel()
+                # Readers still waiting on a run get TaskLost("cancelled"), not a hang.
+                with contextlib.suppress(Exception):
+                    await run.cancel()
         await self._exit_stack.aclose()
 
     async def _open_store(self) -> Store:
@@ -163,7 +163,8 @@ class AsyncKnot:
         if self.options.backend == "aws":
             from ._aws_backend import AwsBackend
 
-            return AwsBackend(self, self.options)  # type: ignore[return-value]
+            backend: Backend = AwsBackend(self.name, self.options, progress=self._progress)
+            return backend
         from ._local_backend import LocalBackend
 
         return LocalBackend(workers=self.options.workers)
@@ -348,4 +349,3 @@ class AsyncKnot:
         self._function_stored = False
         self._progress(f"deleted {deleted} objects under {knot_prefix(self.name)}/")
         return deleted
-

@@ -18,7 +18,7 @@ import socket
 import sys
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -140,7 +140,10 @@ class AttachedLocalRun:
         return True
 
     async def watch(self) -> None:
-        while self._owner_alive():
+        # Another process's liveness cannot be awaited, only looked at now and then.
+        while True:
+            if not self._owner_alive():
+                return
             await anyio.sleep(OWNER_POLL_SECONDS)
 
     async def status(self) -> dict[str, int]:
@@ -269,10 +272,10 @@ class LocalBackend:
         kind, _, value = line.partition(" ")
         chunk = worker.chunk
         if kind == "done" and chunk is not None:
-            index = int(value)
-            worker.next_index = index + 1
-            chunk.run.running -= 1
-            chunk.run.listener.done(index)
+            first, count = (int(part) for part in value.split())
+            worker.next_index = first + count
+            chunk.run.running -= count
+            chunk.run.listener.done(first, count)
         elif kind == "chunk" and chunk is not None:
             chunk.run.measured(float(value), chunk.stop - chunk.start)
             worker.chunk = None

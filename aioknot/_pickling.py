@@ -48,12 +48,13 @@ def is_local_module(module: ModuleType) -> bool:
     if name == "__main__" or name in sys.builtin_module_names:
         return False
     top = name.partition(".")[0]
-    if top in sys.stdlib_module_names or top in _installed_top_level_names():
-        return False
     path = getattr(module, "__file__", None)
-    if not path:
+    if top in sys.stdlib_module_names or not path:
         return False
-    return not os.path.realpath(path).startswith(_library_roots())
+    if os.path.realpath(path).startswith(_library_roots()):
+        return False
+    # Outside site-packages but installed (an editable install): the worker can import it.
+    return top not in _installed_top_level_names()
 
 
 def _local_modules_of(func: Callable[..., object]) -> list[ModuleType]:
@@ -105,7 +106,7 @@ def pickle_function(func: Callable[..., object]) -> PickledFunction:
 def pickle_input(value: object, index: int, *, starmap: bool) -> bytes:
     if starmap:
         try:
-            value = tuple(value)  # type: ignore[call-overload]
+            value = tuple(value)  # type: ignore[arg-type]
         except TypeError:
             raise SerializationError(
                 f"input {index} is a {type(value).__name__}, not a tuple of arguments: with "

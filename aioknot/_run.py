@@ -191,16 +191,16 @@ class Run:
                 index += 1
         position = self._consumed
         while True:
-            index = await self._next_completed(position)
-            if index is None:
+            completed = await self._next_completed(position)
+            if completed is None:
                 return
             position += 1
-            outcome = self._take(index)
+            outcome = self._take(completed)
             if not self._retain and position - self._consumed >= 1024:
                 # A private run (amap) has one reader: drop what it has seen.
                 del self._completed[: position - self._consumed]
                 self._consumed = position
-            yield index, self._deliver(outcome, keep_going)
+            yield completed, self._deliver(outcome, keep_going)
 
     async def __aiter__(self) -> AsyncIterator[Any]:
         async for _, value in self.items():

@@ -23,14 +23,17 @@ import anyio
 from ._backend import BackendRun
 from ._exceptions import TaskError, TaskFailure, TaskLost
 from ._store import Store
-from ._worker import decode_record, index_of_result_key, result_key, results_prefix
+from ._worker import decode_group, decode_record, parse_result_key, result_key, results_prefix
 
 # HEAD each outstanding key while there are at most this many; LIST sweeps beyond.
 HEAD_POLL_MAX = 32
+SWEEP_EVERY = 4  # in HEAD mode, every 4th empty poll is a LIST sweep instead
 HEAD_DELAYS = (0.05, 2.0)  # first and longest pause between polls, seconds
 LIST_DELAYS = (0.25, 5.0)
 BACKOFF = 1.6
 FETCH_BATCH = 256  # records fetched per batch (one thread hop locally, parallel GETs on S3)
+# Hints of tiny tasks come in floods: gather them this long so a batch is one fetch.
+HINT_GATHER_SECONDS = 0.005
 NO_RECORD_REASON = "the backend reports the task over, but it wrote no result"
 
 
@@ -85,7 +88,7 @@ class ResultWatcher:
         self._submitted = 0
         self._outstanding = 0
         self._low = 0  # every input below this one is finished
-        self._hinted: list[int] = []
+        self._hinted: list[tuple[int, int]] = []  # (first, count) of objects written
         self._lost: dict[int, TaskLost] = {}
         self._backend_over = False
         self._submission_over = False
@@ -105,8 +108,8 @@ class ResultWatcher:
         self._submission_over = True
         self._wake.set()
 
-    def done(self, index: int) -> None:
-        self._hinted.append(index)
+    def done(self, first: int, count: int) -> None:
+        self._hinted.append((first, count))
         self._wake.set()
 
     def lost(
@@ -145,33 +148,44 @@ class ResultWatcher:
         if fresh:
             self._emit(fresh)
 
-    async def _fetch(self, indices: list[int]) -> None:
-        indices = sorted({i for i in indices if not self._finished[i]})
-        for start in range(0, len(indices), FETCH_BATCH):
-            batch = indices[start : start + FETCH_BATCH]
-            records = await self._store.get_many([result_key(self._run, i) for i in batch])
-            self._finish(
-                [outcome_from_record(i, data, self._run_id) for i, data in zip(batch, records)]
-            )
+    async def _fetch(self, objects: list[tuple[int, int]]) -> None:
+        """GET the result objects ``(first, count)`` that hold an unfinished input."""
+        wanted = sorted(
+            {
+                (first, count)
+                for first, count in objects
+                if not all(self._finished[first : first + count])
+            }
+        )
+        for start in range(0, len(wanted), FETCH_BATCH):
+            batch = wanted[start : start + FETCH_BATCH]
+            datas = await self._store.get_many([result_key(self._run, *o) for o in batch])
+            outcomes = []
+            for (first, _), data in zip(batch, datas, strict=True):
+                for offset, record in enumerate(decode_group(data)):
+                    if not self._finished[first + offset]:
+                        outcomes.append(outcome_from_record(first + offset, record, self._run_id))
+            self._finish(outcomes)
 
     def _unfinished(self) -> list[int]:
         return [i for i in range(self._low, self._submitted) if not self._finished[i]]
 
-    async def _discover(self) -> list[int]:
-        """Indices whose records exist now, found by HEADs or by a LIST sweep."""
-        if self._outstanding <= HEAD_POLL_MAX:
+    async def _discover(self, *, sweep: bool = False) -> list[tuple[int, int]]:
+        """Result objects that exist now, found by HEADs or by a LIST sweep."""
+        if self._outstanding <= HEAD_POLL_MAX and not sweep:
+            # HEAD finds single records only; grouped ones turn up in the periodic sweeps.
             candidates = self._unfinished()
             exists = await self._store.exists_many([result_key(self._run, i) for i in candidates])
-            return [i for i, there in zip(candidates, exists) if there]
+            return [(i, 1) for i, there in zip(candidates, exists, strict=True) if there]
         start_after = result_key(self._run, self._low - 1) if self._low else None
         keys = await self._store.list_keys(results_prefix(self._run), start_after=start_after)
         found = []
         for key in keys:
             if key.endswith(".tmp"):
                 continue
-            index = index_of_result_key(key)
-            if index < self._submitted and not self._finished[index]:
-                found.append(index)
+            first, count = parse_result_key(key)
+            if first < self._submitted and not all(self._finished[first : first + count]):
+                found.append((first, count))
         return found
 
     async def _settle_lost(self) -> None:
@@ -180,8 +194,14 @@ class ResultWatcher:
         self._lost.clear()
         indices = [i for i in lost if not self._finished[i]]
         exists = await self._store.exists_many([result_key(self._run, i) for i in indices])
-        await self._fetch([i for i, there in zip(indices, exists) if there])
-        self._finish([Outcome(i, error=lost[i]) for i, there in zip(indices, exists) if not there])
+        await self._fetch([(i, 1) for i, there in zip(indices, exists, strict=True) if there])
+        self._finish(
+            [
+                Outcome(i, error=lost[i])
+                for i, there in zip(indices, exists, strict=True)
+                if not there
+            ]
+        )
 
     async def run(self, backend_run: BackendRun) -> None:
         async with anyio.create_task_group() as group:
@@ -197,9 +217,12 @@ class ResultWatcher:
 
     async def _loop(self) -> None:
         delay = 0.0
+        empty_polls = 0
         while not self.complete:
             self._wake = anyio.Event()
             if self._hinted:
+                if len(self._hinted) < FETCH_BATCH:
+                    await anyio.sleep(HINT_GATHER_SECONDS)
                 hinted, self._hinted = self._hinted, []
                 await self._fetch(hinted)
                 continue
@@ -210,7 +233,8 @@ class ResultWatcher:
                 await self._last_look()
                 return
             if self._outstanding:
-                found = await self._discover()
+                found = await self._discover(sweep=empty_polls % SWEEP_EVERY == SWEEP_EVERY - 1)
+                empty_polls = 0 if found else empty_polls + 1
                 await self._fetch(found)
                 head = self._outstanding <= HEAD_POLL_MAX
                 first, longest = HEAD_DELAYS if head else LIST_DELAYS
@@ -224,14 +248,7 @@ class ResultWatcher:
 
     async def _last_look(self) -> None:
         """The backend says all is over: fetch what exists; the rest died without a record."""
-        unfinished = self._unfinished()
-        if len(unfinished) > HEAD_POLL_MAX:
-            keys = await self._store.list_keys(results_prefix(self._run))
-            present = {index_of_result_key(k) for k in keys if not k.endswith(".tmp")}
-        else:
-            exists = await self._store.exists_many([result_key(self._run, i) for i in unfinished])
-            present = {i for i, there in zip(unfinished, exists) if there}
-        await self._fetch([i for i in unfinished if i in present])
+        await self._fetch(await self._discover(sweep=True))
         self._finish(
             [
                 Outcome(
@@ -239,7 +256,6 @@ class ResultWatcher:
                     error=self._lost.get(i)
                     or TaskLost(index=i, reason=NO_RECORD_REASON, run_id=self._run_id),
                 )
-                for i in unfinished
-                if i not in present
+                for i in self._unfinished()
             ]
         )

@@ -10,13 +10,18 @@ Two ways to run it:
 * ``python aioknot_worker.py`` (a Batch job): everything comes from environment variables
   (``AIOKNOT_*`` below); the array index comes from ``AWS_BATCH_JOB_ARRAY_INDEX``, else the
   ``:<i>`` suffix of ``AWS_BATCH_JOB_ID`` (moto sets only the latter).
-* ``python aioknot_worker.py --serve`` (the local backend): reads one JSON task chunk per line on
-  stdin, and reports ``done <index>`` per written record and ``chunk <seconds>`` per chunk on the
-  original stdout; the user's own prints are sent to stderr so they cannot corrupt that channel.
+* ``python aioknot_worker.py --serve`` (the local backend): reads one JSON task chunk per line
+  on stdin, and reports ``done <first> <count>`` per written object and ``chunk <seconds>`` per
+  chunk on the original stdout; the user's prints go to stderr so they cannot corrupt it.
 
 Data layout (relative to the store's root; DESIGN.md):
-    <run>/inputs/<first index:09d>     a segment: many pickled inputs behind an offset table
-    <run>/results/<index:09d>          one record per input: a value or an exception
+    <run>/inputs/<first index:09d>         a segment: many pickled inputs behind an offset table
+    <run>/results/<index:09d>              the record of one input: a value or an exception
+    <run>/results/<first:09d>-<count>      the records of ``count`` consecutive inputs
+
+A record is written as soon as its input finishes. Inputs that finish within a few
+milliseconds of each other (tiny tasks) share one object: one write instead of hundreds, which
+is what makes 10,000 tiny tasks cheap; an input that takes a while gets its own object at once.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ _U64 = struct.Struct("<Q")
 SEGMENT_HEADER_SIZE = len(SEGMENT_MAGIC) + _U64.size
 
 RECORD_MAGIC = b"AKR1"
+GROUP_MAGIC = b"AKG1"
 RECORD_VALUE = b"V"
 RECORD_ERROR = b"E"
 _U32 = struct.Struct("<I")
@@ -51,16 +57,47 @@ def segment_key(run: str, first_index: int) -> str:
     return f"{run}/inputs/{first_index:09d}"
 
 
-def result_key(run: str, index: int) -> str:
-    return f"{run}/results/{index:09d}"
+# Records of tiny inputs are grouped until the group is this old (or the chunk ends) ...
+GROUP_SECONDS = 0.02
+# ... unless inputs take this long each: then every record is written on its own at once.
+SLOW_INPUT_SECONDS = 0.002
+GROUP_MAX_BYTES = 8 * 1024 * 1024
+
+
+def result_key(run: str, first: int, count: int = 1) -> str:
+    name = f"{first:09d}" if count == 1 else f"{first:09d}-{count}"
+    return f"{run}/results/{name}"
 
 
 def results_prefix(run: str) -> str:
     return f"{run}/results/"
 
 
-def index_of_result_key(key: str) -> int:
-    return int(key.rsplit("/", 1)[1])
+def parse_result_key(key: str) -> tuple[int, int]:
+    """``.../results/000000100-50`` -> ``(100, 50)``; a single record's count is 1."""
+    name = key.rsplit("/", 1)[1]
+    first, _, count = name.partition("-")
+    return int(first), int(count or 1)
+
+
+def encode_group(records: list[bytes]) -> bytes:
+    """One object for the records of consecutive inputs (a single record stays as it is)."""
+    if len(records) == 1:
+        return records[0]
+    sizes = struct.pack(f"<{len(records)}Q", *(len(r) for r in records))
+    return b"".join([GROUP_MAGIC, _U32.pack(len(records)), sizes, *records])
+
+
+def decode_group(data: bytes) -> list[bytes]:
+    if data[:4] != GROUP_MAGIC:
+        return [data]
+    (count,) = _U32.unpack_from(data, 4)
+    sizes = struct.unpack_from(f"<{count}Q", data, 8)
+    records, offset = [], 8 + 8 * count
+    for size in sizes:
+        records.append(data[offset : offset + size])
+        offset += size
+    return records
 
 
 def dumps(obj: object) -> bytes:
@@ -99,7 +136,7 @@ def encode_error_record(error: BaseException) -> bytes:
         "traceback": "".join(traceback.format_exception(type(error), error, error.__traceback__)),
     }
     try:
-        pickled = cloudpickle.dumps(error, protocol=5)
+        pickled: bytes = cloudpickle.dumps(error, protocol=5)
         pickle.loads(pickled)  # an exception that pickles but cannot be rebuilt is no use
     except Exception:
         pickled = b""
@@ -191,7 +228,9 @@ class S3Store:
         return response["Body"].read()  # type: ignore[no-any-return]
 
     def write(self, key: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data, **self._owner())
+        self.client.put_object(
+            Bucket=self.bucket, Key=self.prefix + key, Body=data, **self._owner()
+        )
 
 
 def open_store(url: str) -> WorkerStore:
@@ -237,7 +276,28 @@ class Worker:
     ) -> None:
         """Run inputs ``start..stop`` (global indices, one segment) and record each result."""
         store = self.store(store_url)
-        function = self.function(store_url, function_key)
+        pending: list[bytes] = []  # records of inputs first..first+len-1, not yet written
+        first = start
+        opened = 0.0
+        size = 0
+
+        def flush() -> None:
+            nonlocal pending, first, size
+            if pending:
+                store.write(result_key(run, first, len(pending)), encode_group(pending))
+                if on_done is not None:
+                    on_done(first, len(pending))
+                first, pending, size = first + len(pending), [], 0
+
+        try:
+            function = self.function(store_url, function_key)
+        except Exception as error:
+            # Every input gets the reason (a module missing on the worker, say), not a crash.
+            failure = RuntimeError(f"the function could not be loaded on the worker: {error!r}")
+            failure.__cause__ = error
+            pending = [encode_error_record(failure)] * (stop - start)
+            flush()
+            return
         key = segment_key(run, segment_first)
         # Two ranged reads for the whole chunk: its offsets, then its inputs.
         lo, hi = offset_table_range(start - segment_first, stop - segment_first)
@@ -246,6 +306,7 @@ class Worker:
         data = store.read(key, offsets[0], offsets[-1])
         base = offsets[0]
         for position, index in enumerate(range(start, stop)):
+            began = time.perf_counter()
             chunk = data[offsets[position] - base : offsets[position + 1] - base]
             try:
                 argument = pickle.loads(chunk)
@@ -258,9 +319,18 @@ class Worker:
                     ) from error
             except (Exception, SystemExit) as error:
                 record = encode_error_record(error)
-            store.write(result_key(run, index), record)
-            if on_done is not None:
-                on_done(index)
+            finished = time.perf_counter()
+            if not pending:
+                opened = began
+            pending.append(record)
+            size += len(record)
+            if (
+                finished - began >= SLOW_INPUT_SECONDS
+                or finished - opened >= GROUP_SECONDS
+                or size >= GROUP_MAX_BYTES
+            ):
+                flush()
+        flush()
 
 
 def array_index_from_environment(environ: dict[str, str] | os._Environ[str]) -> int:
@@ -323,8 +393,8 @@ def serve() -> int:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
 
-    def report_done(index: int) -> None:
-        channel.write(f"done {index}\n")
+    def report_done(first: int, count: int) -> None:
+        channel.write(f"done {first} {count}\n")
 
     worker = Worker()
     channel.write("ready\n")

@@ -1,0 +1,231 @@
+"""``Knot``: the blocking face of ``AsyncKnot``, for scripts and notebooks (cloudknot's API).
+
+One private event loop runs on a daemon thread (an anyio blocking portal) and owns the
+``AsyncKnot``; every method hands a coroutine to it and waits, or, for ``map``, returns the
+``concurrent.futures.Future`` of the ordered results at once. Because the loop is not the
+caller's, a ``Knot`` works the same from a plain script, from many threads at once and from
+inside a running event loop (Jupyter).
+
+What each blocking call does...
+* from the knot's own loop thread (e.g. a done-callback calling ``knot.map``): raises
+  ``KnotError`` instead of deadlocking;
+* after ``os.fork()``: the child gets a fresh loop and a fresh ``AsyncKnot`` on first use (the
+  parent's thread and worker processes are the parent's; the child never touches them);
+* on Ctrl-C: ``Job.result()`` / ``Future.result()`` wait interruptibly; the run goes on until
+  ``knot.close()`` (which cancels it) or ``job.cancel()``;
+* on cancellation: ``future.cancel()`` / ``job.cancel()`` cancels the task and its run.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import threading
+import weakref
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from typing import Any
+
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from ._exceptions import KnotError
+from ._knot import AsyncKnot
+from ._run import Run
+
+_LIVE_KNOTS: weakref.WeakSet[Knot] = weakref.WeakSet()
+# After a fork, the parent's portal objects are kept here, never finalized: finalizing the
+# portal's context manager would wait on a loop thread that does not exist in the child.
+_ABANDONED_IN_CHILD: list[object] = []
+
+
+class Job:
+    """One ``knot.map`` call: ``.done``, ``.result(timeout=None)``, ``.status``, ``.cancel()``."""
+
+    def __init__(self, name: str, future: concurrent.futures.Future[list[Any]]) -> None:
+        self.name = name
+        self.future = future
+        self.run: Run | None = None  # set once every input is submitted
+
+    @property
+    def id(self) -> str:
+        return self.run.id if self.run is not None else "(submitting)"
+
+    @property
+    def done(self) -> bool:
+        return self.future.done()
+
+    def result(self, timeout: float | None = None) -> list[Any]:
+        """The results in input order; raises the first failure, or ``TimeoutError``."""
+        return self.future.result(timeout)
+
+    def cancel(self) -> bool:
+        return self.future.cancel()
+
+    @property
+    def status(self) -> str:
+        if self.future.cancelled():
+            return "cancelled"
+        if self.future.done():
+            return "failed" if self.future.exception() is not None else "succeeded"
+        return "running" if self.run is not None else "submitting"
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        """``(finished, total)`` inputs so far."""
+        return (self.run.finished, len(self.run)) if self.run is not None else (0, 0)
+
+    def __repr__(self) -> str:
+        finished, total = self.progress
+        return f"<Job {self.id} {self.status} {finished}/{total}>"
+
+
+class Knot:
+    """Run ``func`` over many inputs, blocking: ``knot.map(xs)`` returns a ``Future``.
+
+    >>> knot = Knot(f, name="squares", backend="local")
+    >>> future = knot.map(range(100))
+    >>> future.result()[:3]
+    [0, 1, 4]
+    >>> knot.close()
+    """
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        *,
+        name: str | None = None,
+        backend: str | None = None,
+        **options: Any,
+    ) -> None:
+        # Built here so that a bad name, option or function fails in the caller's thread.
+        self._arguments = (func, name, backend, options)
+        self._async = AsyncKnot(func, name=name, backend=backend, **options)
+        self.name = self._async.name
+        self.jobs: list[Job] = []
+        self._lock = threading.Lock()
+        self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
+        self._portal: BlockingPortal | None = None
+        self._knot_cm: AbstractContextManager[AsyncKnot] | None = None
+        self._pid = os.getpid()
+        self._closed = False
+        _LIVE_KNOTS.add(self)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<Knot {self.name!r} backend={self._async.backend!r} {state}>"
+
+    @property
+    def backend(self) -> str:
+        return self._async.backend
+
+    # -- the private loop ----------------------------------------------------------------
+
+    def _after_fork_in_child(self) -> None:
+        """The parent's loop thread does not exist here: start over on first use."""
+        self._lock = threading.Lock()
+        func, name, backend, options = self._arguments
+        _ABANDONED_IN_CHILD.extend([self._async, self._portal_cm, self._portal, self._knot_cm])
+        self._async = AsyncKnot(func, name=name, backend=backend, **options)
+        self._portal_cm = self._portal = self._knot_cm = None
+        self._pid = os.getpid()
+        self.jobs = []
+
+    def _open(self) -> BlockingPortal:
+        with self._lock:
+            if self._closed:
+                raise KnotError(f"knot {self.name!r} is closed: create a new Knot to run again")
+            if self._portal is not None:
+                if self._portal._event_loop_thread_id == threading.get_ident():
+                    raise KnotError(
+                        f"knot {self.name!r} was called from its own event loop thread (from a "
+                        "done-callback, say), where waiting would deadlock: use AsyncKnot "
+                        "there, or call the Knot from another thread"
+                    )
+                return self._portal
+            portal_cm = start_blocking_portal()
+            portal = portal_cm.__enter__()
+            try:
+                knot_cm = portal.wrap_async_context_manager(self._async)
+                knot_cm.__enter__()
+            except BaseException as error:
+                portal_cm.__exit__(type(error), error, error.__traceback__)
+                raise
+            self._portal_cm, self._portal, self._knot_cm = portal_cm, portal, knot_cm
+            return portal
+
+    def _call(self, func: Callable[..., Any], *args: Any) -> Any:
+        return self._open().call(func, *args)
+
+    # -- the API -------------------------------------------------------------------------
+
+    def map(
+        self, inputs: Iterable[Any], starmap: bool = False
+    ) -> concurrent.futures.Future[list[Any]]:
+        """Submit ``func`` over ``inputs``; returns a ``Future`` of the results in input order.
+
+        A failed input makes the future raise its ``TaskError`` / ``TaskLost``.
+        """
+        portal = self._open()
+        job: Job
+
+        async def map_and_gather() -> list[Any]:
+            run = await self._async.map(inputs, starmap=starmap)
+            job.run = run
+            return await run.gather()
+
+        future = portal.start_task_soon(map_and_gather, name=f"aioknot map of {self.name}")
+        job = Job(self.name, future)
+        self.jobs.append(job)
+        return future
+
+    def view_jobs(self) -> None:
+        """Print one line per job: id, name, status and finished/total inputs."""
+        print(f"{'id':<24} {'name':<24} {'status':<11} done/total")
+        for job in self.jobs:
+            finished, total = job.progress
+            print(f"{job.id:<24} {job.name:<24} {job.status:<11} {finished}/{total}")
+
+    def attach(self, run_id: str) -> Run:
+        """A run of this knot from an earlier session; read it with ``knot.gather(run)``."""
+        run: Run = self._call(self._async.attach, run_id)
+        return run
+
+    def gather(self, run: Run, timeout: float | None = None) -> list[Any]:
+        return self._open().start_task_soon(run.gather).result(timeout)
+
+    def clobber(self) -> int:
+        """Delete everything this knot stored; returns how many objects were deleted."""
+        deleted: int = self._call(self._async.clobber)
+        return deleted
+
+    def close(self) -> None:
+        """Cancel unfinished jobs, stop the workers, and stop the private loop thread."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            portal_cm, knot_cm = self._portal_cm, self._knot_cm
+            self._portal_cm = self._portal = self._knot_cm = None
+        for job in self.jobs:
+            job.future.cancel()
+        try:
+            if knot_cm is not None:
+                knot_cm.__exit__(None, None, None)
+        finally:
+            if portal_cm is not None:
+                portal_cm.__exit__(None, None, None)
+
+    def __enter__(self) -> Knot:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _reset_after_fork() -> None:
+    for knot in list(_LIVE_KNOTS):
+        knot._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
