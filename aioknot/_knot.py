@@ -142,13 +142,13 @@ class AsyncKnot:
 
     async def _open_store(self) -> Store:
         options = self.options
-        if options.bucket is not None or options.backend == "aws":
+        if options.backend == "aws":
+            from ._aws_backend import open_aws_store
+
+            return await open_aws_store(self.name, options)
+        if options.bucket is not None:
             from ._store_s3 import S3Store
 
-            if options.bucket is None:
-                raise ConfigurationError(
-                    "backend='aws' needs a bucket for inputs and results: pass bucket="
-                )
             return await S3Store(
                 options.bucket,
                 endpoint_url=options.endpoint_url,
@@ -163,7 +163,15 @@ class AsyncKnot:
         if self.options.backend == "aws":
             from ._aws_backend import AwsBackend
 
-            backend: Backend = AwsBackend(self.name, self.options, progress=self._progress)
+            assert self._store is not None
+            backend: Backend = AwsBackend(
+                knot=self.name,
+                options=self.options,
+                func=self.func,
+                function=self._function,
+                store=self._store,
+                progress=self._progress,
+            )
             return backend
         from ._local_backend import LocalBackend
 
@@ -340,12 +348,24 @@ class AsyncKnot:
         group.start_soon(self._watch, run)
         return run
 
-    async def clobber(self) -> int:
-        """Delete everything this knot stored (functions, inputs, results, manifests)."""
-        store, _, _ = self._check_open()
+    async def clobber(self, *, environment: bool = False, images: bool = False) -> int:
+        """Delete everything this knot stored (functions, inputs, results, manifests).
+
+        With the AWS backend it also deregisters the knot's job definitions, and with
+        ``environment=True`` deletes the environment stack, with ``images=True`` its images.
+        Returns the number of stored objects deleted.
+        """
+        store, backend, _ = self._check_open()
         for run in list(self._runs.values()):
             await run.cancel()
         deleted = await store.delete_prefix(knot_prefix(self.name) + "/")
         self._function_stored = False
         self._progress(f"deleted {deleted} objects under {knot_prefix(self.name)}/")
+        clobber_backend = getattr(backend, "clobber", None)
+        if clobber_backend is not None:
+            await clobber_backend(environment=environment, images=images)
+        elif environment or images:
+            raise ConfigurationError(
+                f"the {backend.name} backend has no environment or images to delete"
+            )
         return deleted

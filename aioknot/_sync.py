@@ -193,9 +193,11 @@ class Knot:
     def gather(self, run: Run, timeout: float | None = None) -> list[Any]:
         return self._open().start_task_soon(run.gather).result(timeout)
 
-    def clobber(self) -> int:
-        """Delete everything this knot stored; returns how many objects were deleted."""
-        deleted: int = self._call(self._async.clobber)
+    def clobber(self, *, environment: bool = False, images: bool = False) -> int:
+        """Delete what this knot made (see ``AsyncKnot.clobber``); returns objects deleted."""
+        deleted: int = self._open().call(
+            lambda: self._async.clobber(environment=environment, images=images)
+        )
         return deleted
 
     def close(self) -> None:
