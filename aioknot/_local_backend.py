@@ -15,7 +15,9 @@ import math
 import os
 import signal
 import socket
+import struct
 import sys
+import tempfile
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,9 +57,22 @@ class _Range:
     stop: int
 
 
+_RUNNING = struct.Struct("<q")  # the worker's progress file: the index it is running, or -1
+
+
+def _read_running(path: str) -> int:
+    try:
+        with open(path, "rb") as file:
+            (index,) = _RUNNING.unpack(file.read(_RUNNING.size))
+    except (OSError, struct.error):
+        return -1
+    return int(index)
+
+
 @dataclass
 class _WorkerProcess:
     process: anyio.abc.Process
+    progress_path: str
     chunk: _Range | None = None
     next_index: int = 0  # the first index of the chunk not yet reported done
 
@@ -238,14 +253,20 @@ class LocalBackend:
             pass  # the process died; its reader reports the chunk
 
     async def _run_process(self) -> None:
-        environment = {**os.environ}
+        progress_fd, progress_path = tempfile.mkstemp(prefix="aioknot-worker-")
         try:
-            process = await anyio.open_process(
-                [sys.executable, WORKER_PATH, "--serve"], stderr=None, env=environment
-            )
+            os.write(progress_fd, _RUNNING.pack(-1))
+        finally:
+            os.close(progress_fd)
+        command = [sys.executable, WORKER_PATH, "--serve", "--progress-file", progress_path]
+        try:
+            process = await anyio.open_process(command, stderr=None)
+        except BaseException:
+            os.unlink(progress_path)
+            raise
         finally:
             self._starting -= 1
-        worker = _WorkerProcess(process)
+        worker = _WorkerProcess(process, progress_path)
         self._processes.append(worker)
         try:
             assert process.stdout is not None
@@ -264,7 +285,9 @@ class LocalBackend:
                 self._processes.remove(worker)
             if worker in self._idle:
                 self._idle.remove(worker)
-        await self._handle_death(worker, returncode)
+            running = _read_running(progress_path)
+            os.unlink(progress_path)
+        await self._handle_death(worker, returncode, running)
         if not self._closed:
             await self.dispatch()  # replace the process if work is still waiting
 
@@ -284,16 +307,27 @@ class LocalBackend:
         elif kind == "ready":
             await self._assign(worker)
 
-    async def _handle_death(self, worker: _WorkerProcess, returncode: int | None) -> None:
+    async def _handle_death(
+        self, worker: _WorkerProcess, returncode: int | None, running: int
+    ) -> None:
+        """The input that was running is lost; the rest of the chunk goes back to the queue.
+
+        That rest includes inputs that finished but whose grouped records were not yet
+        written: they run again rather than being reported lost.
+        """
         chunk, worker.chunk = worker.chunk, None
         if chunk is None or chunk.run.cancelled or self._closed:
             return
         run = chunk.run
-        lost = worker.next_index
-        run.running -= chunk.stop - lost
-        if lost + 1 < chunk.stop:  # what it had not started goes back to the front
-            self.enqueue(_Range(run, chunk.segment, lost + 1, chunk.stop), front=True)
-            run.queued += chunk.stop - lost - 1
+        unwritten = worker.next_index
+        # Died between inputs (reading, writing): blame the first unwritten one, so that a
+        # process that keeps dying there still makes progress.
+        lost = running if unwritten <= running < chunk.stop else unwritten
+        run.running -= chunk.stop - unwritten
+        for start, stop in ((unwritten, lost), (lost + 1, chunk.stop)):
+            if start < stop:
+                self.enqueue(_Range(run, chunk.segment, start, stop), front=True)
+                run.queued += stop - start
         run.listener.lost(lost, death_reason(returncode), log="this process's stderr")
         run.check_over()
 

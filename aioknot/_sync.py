@@ -41,10 +41,16 @@ _ABANDONED_IN_CHILD: list[object] = []
 class Job:
     """One ``knot.map`` call: ``.done``, ``.result(timeout=None)``, ``.status``, ``.cancel()``."""
 
-    def __init__(self, name: str, future: concurrent.futures.Future[list[Any]]) -> None:
+    def __init__(
+        self, name: str, future: concurrent.futures.Future[list[Any]], runs: list[Run]
+    ) -> None:
         self.name = name
         self.future = future
-        self.run: Run | None = None  # set once every input is submitted
+        self._runs = runs  # holds the run once every input is submitted
+
+    @property
+    def run(self) -> Run | None:
+        return self._runs[0] if self._runs else None
 
     @property
     def id(self) -> str:
@@ -166,16 +172,18 @@ class Knot:
         A failed input makes the future raise its ``TaskError`` / ``TaskLost``.
         """
         portal = self._open()
-        job: Job
+        runs: list[Run] = []  # the task may start before the Job exists: hand the run over
 
         async def map_and_gather() -> list[Any]:
             run = await self._async.map(inputs, starmap=starmap)
-            job.run = run
-            return await run.gather()
+            runs.append(run)
+            try:
+                return await run.gather()
+            finally:
+                await run.cancel()  # the future was cancelled (or the loop stops): so is the run
 
         future = portal.start_task_soon(map_and_gather, name=f"aioknot map of {self.name}")
-        job = Job(self.name, future)
-        self.jobs.append(job)
+        self.jobs.append(Job(self.name, future, runs))
         return future
 
     def view_jobs(self) -> None:

@@ -31,6 +31,7 @@ import os
 import pickle
 import struct
 import sys
+import threading
 import time
 import traceback
 from typing import Any, Protocol
@@ -51,6 +52,7 @@ GROUP_MAGIC = b"AKG1"
 RECORD_VALUE = b"V"
 RECORD_ERROR = b"E"
 _U32 = struct.Struct("<I")
+_I64 = struct.Struct("<q")
 
 
 def segment_key(run: str, first_index: int) -> str:
@@ -193,7 +195,8 @@ class FileStore:
     def write(self, key: str, data: bytes) -> None:
         path = os.path.join(self.root, key)
         # Write then rename: a reader never sees half a record.
-        temporary = f"{path}.{os.getpid()}.tmp"
+        # Unique per process and thread: two writers of one key must not share a temp file.
+        temporary = f"{path}.{os.getpid()}-{threading.get_ident()}.tmp"
         try:
             file = open(temporary, "wb")
         except FileNotFoundError:
@@ -273,6 +276,7 @@ class Worker:
         stop: int,
         starmap: bool,
         on_done: Any = None,
+        on_start: Any = None,
     ) -> None:
         """Run inputs ``start..stop`` (global indices, one segment) and record each result."""
         store = self.store(store_url)
@@ -306,6 +310,8 @@ class Worker:
         data = store.read(key, offsets[0], offsets[-1])
         base = offsets[0]
         for position, index in enumerate(range(start, stop)):
+            if on_start is not None:
+                on_start(index)
             began = time.perf_counter()
             chunk = data[offsets[position] - base : offsets[position + 1] - base]
             try:
@@ -386,12 +392,27 @@ def batch_main(environ: dict[str, str] | os._Environ[str]) -> int:
     return 0
 
 
-def serve() -> int:
-    """The local backend's worker loop: one JSON chunk per stdin line, until stdin closes."""
+def serve(progress_path: str | None = None) -> int:
+    """The local backend's worker loop: one JSON chunk per stdin line, until stdin closes.
+
+    ``progress_path`` names an 8-byte file shared with the parent: the index of the input
+    running now, written before each input (a memory store, not a syscall), so that when this
+    process dies the parent knows exactly which input killed it.
+    """
     # Keep the original stdout for the protocol; the user's prints go to stderr.
     channel = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
+    running = None
+    if progress_path is not None:
+        import mmap
+
+        with open(progress_path, "r+b") as file:
+            running = mmap.mmap(file.fileno(), _I64.size)
+
+    def report_start(index: int) -> None:
+        if running is not None:
+            _I64.pack_into(running, 0, index)
 
     def report_done(first: int, count: int) -> None:
         channel.write(f"done {first} {count}\n")
@@ -410,10 +431,18 @@ def serve() -> int:
             stop=task["stop"],
             starmap=task["starmap"],
             on_done=report_done,
+            on_start=report_start,
         )
+        report_start(-1)
         channel.write(f"chunk {time.perf_counter() - began:.6f}\n")
     return 0
 
 
+def _argument(name: str) -> str | None:
+    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv[:-1] else None
+
+
 if __name__ == "__main__":
-    sys.exit(serve() if "--serve" in sys.argv[1:] else batch_main(os.environ))
+    if "--serve" in sys.argv[1:]:
+        sys.exit(serve(_argument("--progress-file")))
+    sys.exit(batch_main(os.environ))

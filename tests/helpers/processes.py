@@ -1,0 +1,38 @@
+"""Finding the local backend's worker processes, to show that none outlives its run."""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def worker_processes(parent: int | None = None) -> list[int]:
+    """Pids of live ``_worker.py --serve`` processes (children of ``parent`` if given)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as file:
+                argv = file.read().split(b"\0")
+            with open(f"/proc/{entry}/stat") as file:
+                fields = file.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        state, ppid = fields[0], int(fields[1])
+        if state == "Z":
+            continue  # a zombie has exited; it only waits to be reaped
+        if any(arg.endswith(b"_worker.py") for arg in argv) and b"--serve" in argv:
+            if parent is None or ppid == parent:
+                found.append(int(entry))
+    return found
+
+
+def wait_for_no_workers(parent: int, timeout: float = 10.0) -> list[int]:
+    """Wait until ``parent`` has no worker processes left; returns any that remain."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = worker_processes(parent)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)

@@ -1,0 +1,165 @@
+"""The blocking Knot: futures, jobs, threads, a running event loop, fork and close."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import threading
+import time
+
+import pytest
+from helpers.processes import wait_for_no_workers
+
+import aioknot
+from aioknot import Knot, KnotError, TaskError
+
+pytestmark = pytest.mark.usefixtures("aioknot_home")
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def fails_on_two(x: int) -> int:
+    if x == 2:
+        raise KeyError("two")
+    return x
+
+
+def slow(x: float) -> float:
+    time.sleep(x)
+    return x
+
+
+def portal_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if "run_blocking_portal" in repr(t._target)]  # type: ignore[attr-defined]
+
+
+def test_map_returns_a_future_of_the_ordered_results() -> None:
+    with Knot(square, name="squares", backend="local") as knot:
+        future = knot.map(range(100))
+        assert isinstance(future, concurrent.futures.Future)
+        called = threading.Event()
+        totals: list[int] = []
+        future.add_done_callback(lambda f: (totals.append(sum(f.result())), called.set()))
+        assert future.result(timeout=60) == [x * x for x in range(100)]
+        assert called.wait(10) and totals == [sum(x * x for x in range(100))]
+        assert future.done()
+
+
+def test_jobs_and_view_jobs(capsys: pytest.CaptureFixture[str]) -> None:
+    with Knot(square, name="viewed", backend="local") as knot:
+        knot.map(range(10)).result(timeout=60)
+        slow_knot_future = knot.map(range(5))
+        assert len(knot.jobs) == 2
+        job = knot.jobs[0]
+        assert job.done and job.result() == [x * x for x in range(10)]
+        assert job.status == "succeeded" and job.progress == (10, 10)
+        slow_knot_future.result(timeout=60)
+        knot.view_jobs()
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["id", "name", "status", "done/total"]
+    assert out[1].split()[1:] == ["viewed", "succeeded", "10/10"]
+    assert out[1].split()[0] == job.id
+
+
+def test_a_failed_input_makes_the_future_raise() -> None:
+    with Knot(fails_on_two, backend="local") as knot:
+        future = knot.map(range(4))
+        with pytest.raises(TaskError) as caught:
+            future.result(timeout=60)
+        assert caught.value.index == 2 and caught.value.remote_type == "KeyError"
+        assert knot.jobs[0].status == "failed"
+
+
+def test_works_inside_a_running_event_loop() -> None:
+    """As in Jupyter: the caller's loop is running; the knot uses its own."""
+    with Knot(square, backend="local") as knot:
+
+        async def notebook_cell() -> list[int]:
+            return knot.map(range(10)).result(timeout=60)
+
+        assert asyncio.run(notebook_cell()) == [x * x for x in range(10)]
+
+
+def test_works_from_eight_threads_at_once() -> None:
+    results: dict[int, list[int]] = {}
+    with Knot(square, backend="local") as knot:
+
+        def worker(i: int) -> None:
+            results[i] = knot.map(range(i, i + 25)).result(timeout=60)
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(90)
+    assert results == {i: [x * x for x in range(i, i + 25)] for i in range(8)}
+
+
+def test_a_forked_child_gets_a_fresh_loop_without_deadlock() -> None:
+    knot = Knot(square, backend="local")
+    assert knot.map(range(3)).result(timeout=60) == [0, 1, 4]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: must not touch the parent's loop thread
+        code = 1
+        try:
+            value = knot.map(range(5)).result(timeout=60)
+            knot.close()
+            os.write(write, repr(value).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    child_said = os.read(read, 1000).decode()
+    os.close(read)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert child_said == "[0, 1, 4, 9, 16]"
+    assert knot.map(range(3)).result(timeout=60) == [0, 1, 4]  # the parent is unharmed
+    knot.close()
+
+
+def test_close_stops_the_thread_and_the_workers() -> None:
+    before = len(portal_threads())
+    knot = Knot(slow, backend="local", workers=2)
+    future = knot.map([5.0, 5.0])
+    time.sleep(0.5)
+    assert len(portal_threads()) == before + 1
+    knot.close()
+    assert future.cancelled() or future.done()
+    assert len(portal_threads()) == before
+    assert wait_for_no_workers(os.getpid()) == []
+    with pytest.raises(KnotError, match="closed"):
+        knot.map([1])
+
+
+def test_calling_from_the_knots_own_thread_raises_instead_of_deadlocking() -> None:
+    with Knot(square, backend="local") as knot:
+        outcome: concurrent.futures.Future[BaseException | None] = concurrent.futures.Future()
+
+        def callback(future: concurrent.futures.Future[list[int]]) -> None:
+            try:
+                knot.map([1])
+                outcome.set_result(None)
+            except BaseException as error:
+                outcome.set_result(error)
+
+        knot.map([1, 2]).add_done_callback(callback)
+        error = outcome.result(timeout=60)
+        assert isinstance(error, KnotError) and "own event loop thread" in str(error)
+
+
+def test_cancelling_the_future_cancels_the_run() -> None:
+    with Knot(slow, backend="local", workers=1) as knot:
+        future = knot.map([3.0, 3.0])
+        time.sleep(0.5)
+        assert future.cancel() or future.done()
+        assert wait_for_no_workers(os.getpid(), 10) == []
+
+
+def test_bad_options_fail_in_the_callers_thread() -> None:
+    with pytest.raises(aioknot.ConfigurationError, match="workers"):
+        Knot(square, backend="local", workers=0)
