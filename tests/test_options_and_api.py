@@ -1,0 +1,91 @@
+"""Bad names and options fail early and clearly; the public surface is pinned."""
+
+from __future__ import annotations
+
+import pytest
+
+import aioknot
+from aioknot import AsyncKnot, ConfigurationError
+
+
+def f(x: int) -> int:
+    return x
+
+
+def test_the_public_surface_is_exactly_this() -> None:
+    assert aioknot.__all__ == sorted(aioknot.__all__)
+    assert aioknot.__all__ == [
+        "AsyncKnot",
+        "ConfigurationError",
+        "ImageBuildError",
+        "Job",
+        "Knot",
+        "KnotError",
+        "Run",
+        "SerializationError",
+        "StackError",
+        "StoreError",
+        "TaskError",
+        "TaskFailure",
+        "TaskLost",
+        "__version__",
+    ]
+    for name in aioknot.__all__:
+        assert hasattr(aioknot, name)
+    for error in ("ConfigurationError", "SerializationError", "TaskError", "TaskLost"):
+        assert issubclass(getattr(aioknot, error), aioknot.KnotError)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"name": "has space"}, "letters, digits and hyphens"),
+        ({"name": "1starts-with-digit"}, "starting with a letter"),
+        ({"name": "x" * 49}, "1 to 48"),
+        ({"backend": "kubernetes"}, "not a backend"),
+        ({"workers": -1}, "positive whole number"),
+        ({"vcpu": 2}, "Did you mean vcpus"),
+        ({"memmory": 2}, "Did you mean memory"),
+        ({"retries": 11}, "retries"),
+        ({"progress": "yes"}, "callable"),
+    ],
+)
+def test_bad_input_is_a_configuration_error_at_construction(
+    kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        AsyncKnot(f, **{"backend": "local", **kwargs})  # type: ignore[arg-type]
+
+
+def test_the_backend_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIOKNOT_BACKEND", "aws")
+    assert AsyncKnot(f).backend == "aws"
+    monkeypatch.setenv("AIOKNOT_BACKEND", "nope")
+    with pytest.raises(ConfigurationError, match="AIOKNOT_BACKEND"):
+        AsyncKnot(f)
+    monkeypatch.delenv("AIOKNOT_BACKEND")
+    assert AsyncKnot(f).backend == "local"
+
+
+def test_default_names_follow_the_function() -> None:
+    def monte_pi_count(n: int) -> int:
+        return n
+
+    assert AsyncKnot(monte_pi_count).name == "monte-pi-count"
+    assert AsyncKnot(lambda x: x).name == "lambda"
+
+
+async def test_inputs_must_be_iterable(aioknot_home: str) -> None:
+    async with AsyncKnot(f, backend="local") as knot:
+        with pytest.raises(ConfigurationError, match="iterable"):
+            await knot.map(5)  # type: ignore[arg-type]
+        with pytest.raises(ConfigurationError, match="iterable"):
+            knot.amap("abc")
+
+
+async def test_attach_checks_the_run_id(aioknot_home: str) -> None:
+    async with AsyncKnot(f, backend="local") as knot:
+        with pytest.raises(ConfigurationError, match="not a run id"):
+            await knot.attach("../../etc")
+        with pytest.raises(ConfigurationError, match="has no run"):
+            await knot.attach("20200101T000000-abcdef")
