@@ -40,39 +40,51 @@ def check_inputs(inputs: object) -> None:
         )
 
 
-async def _each(inputs: Iterable[object] | AsyncIterable[object]) -> AsyncIterator[object]:
-    if isinstance(inputs, AsyncIterable):
-        async for value in inputs:
-            yield value
-    else:
-        for value in inputs:
-            yield value
+class _Packer:
+    """Accumulates pickled inputs; says when a segment is full and hands it out."""
+
+    def __init__(self) -> None:
+        self.limit = FIRST_SEGMENT_INPUTS
+        self.first = 0
+        self.index = 0
+        self.pending: list[bytes] = []
+        self.size = 0
+        self.opened = 0.0
+
+    def add(self, value: object, starmap: bool) -> bool:
+        """Pickle one input; True when the segment should be closed now."""
+        data = pickle_input(value, self.index, starmap=starmap)
+        if not self.pending:
+            self.opened = time.monotonic()
+        self.pending.append(data)
+        self.size += len(data)
+        self.index += 1
+        return (
+            len(self.pending) >= self.limit
+            or self.size >= MAX_SEGMENT_BYTES
+            or time.monotonic() - self.opened >= MAX_SEGMENT_WAIT_SECONDS
+        )
+
+    def take(self) -> PackedSegment:
+        packed = PackedSegment(Segment(self.first, len(self.pending)), pack_segment(self.pending))
+        self.first, self.pending, self.size = self.index, [], 0
+        self.limit = min(self.limit * 2, MAX_SEGMENT_INPUTS)
+        return packed
 
 
 async def pack_inputs(
     inputs: Iterable[object] | AsyncIterable[object], *, starmap: bool
 ) -> AsyncIterator[PackedSegment]:
     """Yield packed segments in input order; raises ``SerializationError`` naming an input."""
-    limit = FIRST_SEGMENT_INPUTS
-    first = 0
-    pending: list[bytes] = []
-    size = 0
-    opened = time.monotonic()
-    index = 0
-    async for value in _each(inputs):
-        data = pickle_input(value, index, starmap=starmap)
-        if not pending:
-            opened = time.monotonic()
-        pending.append(data)
-        size += len(data)
-        index += 1
-        if (
-            len(pending) >= limit
-            or size >= MAX_SEGMENT_BYTES
-            or time.monotonic() - opened >= MAX_SEGMENT_WAIT_SECONDS
-        ):
-            yield PackedSegment(Segment(first, len(pending)), pack_segment(pending))
-            first, pending, size = index, [], 0
-            limit = min(limit * 2, MAX_SEGMENT_INPUTS)
-    if pending:
-        yield PackedSegment(Segment(first, len(pending)), pack_segment(pending))
+    packer = _Packer()
+    if isinstance(inputs, AsyncIterable):
+        async for value in inputs:
+            if packer.add(value, starmap):
+                yield packer.take()
+    else:
+        # A plain loop: no await per input, so a list of 100,000 costs only the pickling.
+        for value in inputs:
+            if packer.add(value, starmap):
+                yield packer.take()
+    if packer.pending:
+        yield packer.take()

@@ -184,7 +184,9 @@ class LocalBackend:
         self._group = group
 
     async def prepare(self) -> None:
-        return None
+        """Start the worker processes now, while the first inputs are still being packed:
+        an interpreter takes ~40 ms to start, which would otherwise delay the first result."""
+        self._spawn(self.workers - len(self._processes) - self._starting)
 
     def open_run(self, spec: RunSpec, listener: TaskListener) -> LocalRun:
         return LocalRun(self, spec, listener)
@@ -205,10 +207,12 @@ class LocalBackend:
         while self._queue and self._idle:
             await self._assign(self._idle.pop())
         queued_inputs = sum(work.stop - work.start for work in self._queue)
-        wanted = min(queued_inputs, self.workers - len(self._processes) - self._starting)
+        self._spawn(min(queued_inputs, self.workers - len(self._processes) - self._starting))
+
+    def _spawn(self, count: int) -> None:
         if self._group is None:
             raise RuntimeError("the local backend was not started by its knot")
-        for _ in range(max(0, wanted)):
+        for _ in range(max(0, count)):
             self._starting += 1
             self._group.start_soon(self._run_process)
 
