@@ -6,7 +6,6 @@ import itertools
 import json
 import os
 import signal
-import subprocess
 import sys
 import textwrap
 import threading
@@ -136,14 +135,18 @@ async def test_a_function_returning_none_gives_a_record_per_input() -> None:
         assert (await run.status())["succeeded"] == 20
 
 
-async def test_an_unpicklable_input_fails_naming_its_index_before_anything_runs() -> None:
+async def test_an_unpicklable_input_fails_naming_its_index_before_anything_runs(
+    aioknot_home: str,
+) -> None:
     inputs: list[object] = [1, 2, threading.Lock(), 4]  # a lock cannot be pickled
     async with AsyncKnot(square, backend="local") as knot:
         with pytest.raises(SerializationError) as caught:
             await knot.map(inputs)
         assert caught.value.index == 2
         assert "input 2" in str(caught.value) and "lock" in str(caught.value)
-        assert worker_processes(os.getpid()) == []  # nothing was started for it
+    # No input was stored, so nothing was submitted or run.
+    assert not list(Path(aioknot_home).glob("knots/*/runs/*/inputs"))
+    assert not list(Path(aioknot_home).glob("knots/*/runs/*/results"))
 
 
 async def test_a_killed_worker_loses_only_the_input_it_was_running() -> None:
