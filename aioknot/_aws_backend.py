@@ -1,0 +1,478 @@
+"""``backend="aws"``: the knot's store in S3, and its runs as AWS Batch array jobs.
+
+`open_aws_store` finds the account (STS) and opens the knot's bucket: the one named by
+``bucket=`` or ``aioknot-<account>-<region>``, created private, encrypted and tagged when
+missing; every S3 call names the account as the expected bucket owner.
+
+`AwsBackend.prepare` makes a knot ready to submit. If an image must be built it first checks
+that a Docker engine answers, before anything is created. Then, at the same time: the
+environment stack (or the given ``job_queue``), the image (built and pushed, found, or
+prebuilt) and the knot's job definitions; then the knot stack (its job role) only if no
+current job definition already names the role, and a job definition only if no ACTIVE
+revision matches. A repeat knot therefore costs one DescribeStacks, one
+DescribeJobDefinitions and one image lookup, and creates nothing.
+
+Every AWS client is opened on first use, owned by the backend and closed in `aclose`;
+botocore errors become aioknot errors here and in the modules this one drives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import aioboto3
+import anyio
+import anyio.abc
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ._aws_errors import aws_errors, translate
+from ._aws_image import (
+    ImageSettings,
+    ecr_host,
+    image_settings,
+    image_spec,
+    plan_image,
+    produce_image,
+)
+from ._aws_jobs import (
+    definition_key,
+    definition_request,
+    describe_definitions,
+    find_revision,
+    register_definition,
+    role_of_knot_stack,
+)
+from ._aws_options import OPTION_NAMES, RESERVED_TAG_PREFIX, AwsOptions, aws_options
+from ._aws_options import default_bucket_name as _default_bucket_name
+from ._aws_stack import (
+    FINGERPRINT_OUTPUT,
+    default_vpc_subnets,
+    delete_stack,
+    ensure_stack,
+    stack_is_current,
+    template_body,
+)
+from ._aws_template import (
+    ENVIRONMENT_TAG,
+    KNOT_TAG,
+    environment_parameters,
+    environment_tags,
+    environment_template,
+    knot_parameters,
+    knot_stack_name,
+    knot_tags,
+    knot_template,
+)
+from ._aws_watch import AwsRun
+from ._backend import RunSpec, TaskListener
+from ._exceptions import ConfigurationError, KnotError
+from ._names import knot_prefix
+from ._options import KnotOptions
+from ._pickling import PickledFunction
+from ._store import Store
+from ._store_s3 import S3Store
+
+Progress = Callable[[str], None]
+
+BUCKET_TAGS = {f"{RESERVED_TAG_PREFIX}bucket": "aioknot"}
+# Enough connections for the watcher, submission and status at once; Batch answers quickly.
+CLIENT_CONFIG = Config(max_pool_connections=16, retries={"max_attempts": 5, "mode": "standard"})
+
+
+def make_session(profile: str | None, region: str | None) -> aioboto3.Session:
+    """One session per knot (a seam for tests that count calls through its event hooks)."""
+    return aioboto3.Session(profile_name=profile, region_name=region)
+
+
+def knot_aws_options(options: KnotOptions) -> AwsOptions:
+    """The knot's AWS options (already checked by the knot's constructor, so pure)."""
+    known = {name: value for name, value in options.aws.items() if name in OPTION_NAMES}
+    return aws_options(
+        **known, bucket=options.bucket, profile=options.profile, region=options.region
+    )
+
+
+def _session(options: KnotOptions) -> tuple[aioboto3.Session, str]:
+    try:
+        session = make_session(options.profile, options.region)
+    except BotoCoreError as error:  # e.g. a profile that does not exist
+        raise translate(error, "opening the AWS session") from error
+    region = session.region_name
+    if not region:
+        raise ConfigurationError(
+            "backend='aws' needs a region: set AWS_REGION (or AWS_DEFAULT_REGION), add one to "
+            "your profile in ~/.aws/config, or pass region='us-east-1' (say)"
+        )
+    return session, str(region)
+
+
+async def caller_account(session: aioboto3.Session, endpoint_url: str | None) -> str:
+    with aws_errors("asking STS which account the credentials belong to"):
+        async with session.client("sts", endpoint_url=endpoint_url) as sts:
+            identity = await sts.get_caller_identity()
+    return str(identity["Account"])
+
+
+async def open_aws_store(knot: str, options: KnotOptions) -> S3Store:
+    """The knot's S3 store, opened; the default bucket is created when missing."""
+    knot_aws_options(options)
+    image_settings(options.aws)  # bad image options fail here, before any request
+    session, region = _session(options)
+    account = await caller_account(session, options.endpoint_url)
+    default = options.bucket is None
+    location = options.bucket or default_bucket_name(account, region)
+    store = S3Store(
+        location,
+        endpoint_url=options.endpoint_url,
+        region=region,
+        profile=options.profile,
+        expected_owner=account,
+        create_bucket=default,
+        tags={**BUCKET_TAGS, **knot_aws_options(options).tags},
+    )
+    return await store.open()
+
+
+def default_bucket_name(account: str, region: str) -> str:
+    return _default_bucket_name(account, region)
+
+
+def _stack_outputs(stack: Mapping[str, Any]) -> dict[str, str]:
+    outputs = {o["OutputKey"]: str(o["OutputValue"]) for o in stack.get("Outputs") or []}
+    outputs.pop(FINGERPRINT_OUTPUT, None)
+    return outputs
+
+
+def _stack_tags(stack: Mapping[str, Any]) -> dict[str, str]:
+    return {item["Key"]: item["Value"] for item in stack.get("Tags") or []}
+
+
+async def _describe_stack(cloudformation: Any, name: str) -> dict[str, Any] | None:
+    try:
+        response = await cloudformation.describe_stacks(StackName=name)
+    except ClientError as error:
+        if "does not exist" in str(error):
+            return None
+        raise translate(error, f"describing stack {name}") from error
+    except BotoCoreError as error:
+        raise translate(error, f"describing stack {name}") from error
+    stacks: list[dict[str, Any]] = response.get("Stacks", [])
+    return stacks[0] if stacks else None
+
+
+async def concurrently(*calls: Callable[[], Awaitable[None]]) -> None:
+    """Run the calls at once; the first failure cancels the rest and is raised as itself."""
+    errors: list[Exception] = []
+    async with anyio.create_task_group() as group:
+
+        async def one(call: Callable[[], Awaitable[None]]) -> None:
+            try:
+                await call()
+            except Exception as error:
+                errors.append(error)
+                group.cancel_scope.cancel()
+
+        for call in calls:
+            group.start_soon(one, call)
+    if errors:
+        raise errors[0]
+
+
+class AwsBackend:
+    """Runs a knot's function as AWS Batch array jobs (see the module docstring)."""
+
+    name = "aws"
+
+    def __init__(
+        self,
+        *,
+        knot: str,
+        options: KnotOptions,
+        func: Callable[..., Any],
+        function: PickledFunction,
+        store: Store,
+        progress: Progress | None = None,
+    ) -> None:
+        if not isinstance(store, S3Store):
+            raise ConfigurationError(
+                "backend='aws' keeps its data in S3: open it with open_aws_store"
+            )
+        self.knot = knot
+        self.options = knot_aws_options(options)
+        self.image: ImageSettings = image_settings(options.aws)
+        # The import scan is offline; an import that is not installed fails here, at once.
+        self.image_spec = image_spec(self.image, func, function)
+        self._endpoint_url = options.endpoint_url
+        self._store = store
+        self._progress = progress
+        self._session, self.region = _session(options)
+        self.account = store.expected_owner or ""
+        self._clients: dict[str, Any] = {}
+        self._client_lock = anyio.Lock()
+        self._exit_stack = contextlib.AsyncExitStack()
+        self._group: anyio.abc.TaskGroup | None = None
+        self._ready_lock = anyio.Lock()
+        self.job_queue: str | None = None
+        self.job_definition: str | None = None
+        self.image_uri: str | None = None
+        self._closed = False
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def start(self, group: anyio.abc.TaskGroup) -> None:
+        self._group = group
+
+    @property
+    def group(self) -> anyio.abc.TaskGroup:
+        if self._group is None:
+            raise KnotError("the AWS backend was not started by its knot")
+        return self._group
+
+    def _report(self, message: str) -> None:
+        if self._progress is not None:
+            self._progress(message)
+
+    async def client(self, service: str) -> Any:
+        """The backend's client for ``service``, opened on first use, closed in `aclose`."""
+        if self._closed:
+            raise KnotError("the AWS backend is closed")
+        async with self._client_lock:
+            if service not in self._clients:
+                client = self._session.client(
+                    service, endpoint_url=self._endpoint_url, config=CLIENT_CONFIG
+                )
+                self._clients[service] = await self._exit_stack.enter_async_context(client)
+            return self._clients[service]
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._clients.clear()
+        await self._exit_stack.aclose()
+
+    # -- preparing ---------------------------------------------------------------------------
+
+    @property
+    def knot_data_prefix(self) -> str:
+        """The knot's key prefix in the bucket: all its job role may touch."""
+        base = f"{self._store.prefix}/" if self._store.prefix else ""
+        return f"{base}{knot_prefix(self.knot)}/"
+
+    def _knot_stack(self) -> tuple[dict[str, Any], dict[str, str], dict[str, str], str]:
+        template = knot_template(self.options, self.knot)
+        parameters = knot_parameters(bucket=self._store.bucket, prefix=self.knot_data_prefix)
+        tags = knot_tags(self.options, self.knot)
+        identity = json.dumps([template_body(template), parameters, tags], sort_keys=True)
+        fingerprint = hashlib.sha256(identity.encode()).hexdigest()[:16]
+        return template, parameters, tags, fingerprint
+
+    async def ensure_ready(self) -> tuple[str, str]:
+        """The job queue and definition to submit to, preparing (again) if needed."""
+        if self.job_queue is None or self.job_definition is None:
+            await self.prepare()
+        assert self.job_queue is not None and self.job_definition is not None
+        return self.job_queue, self.job_definition
+
+    async def prepare(self) -> None:
+        async with self._ready_lock:
+            if self.job_queue is not None and self.job_definition is not None:
+                return
+            await self._prepare()
+
+    async def _prepare(self) -> None:
+        plan = await plan_image(
+            self.image,
+            self.image_spec,
+            ecr=lambda: self.client("ecr"),
+            account=self.account,
+            region=self.region,
+            tags={**self.options.tags, ENVIRONMENT_TAG: self.options.environment},
+        )
+        _, _, _, fingerprint = self._knot_stack()
+        environment: dict[str, str] = {}
+        found: dict[str, Any] = {}
+
+        async def environment_step() -> None:
+            environment.update(await self._ensure_environment())
+
+        async def image_step() -> None:
+            found["image"] = await produce_image(plan, self.image, self._progress)
+
+        async def role_step() -> None:
+            batch = await self.client("batch")
+            definitions = await describe_definitions(batch, self.knot)
+            found["definitions"] = definitions
+            role = role_of_knot_stack(definitions, fingerprint)
+            knot_outputs = {"JobRoleArn": role} if role else await self._ensure_knot_stack()
+            found["knot_outputs"] = knot_outputs
+
+        await concurrently(environment_step, image_step, role_step)
+        image, definitions = str(found["image"]), found["definitions"]
+        knot_outputs: dict[str, str] = found["knot_outputs"]
+        execution_role = environment.get("JobExecutionRoleArn") or knot_outputs.get(
+            "JobExecutionRoleArn"
+        )
+        if self.options.is_fargate and not execution_role:
+            # An older knot stack had no execution role output: ask the stack itself.
+            knot_outputs = await self._ensure_knot_stack()
+            execution_role = knot_outputs.get("JobExecutionRoleArn")
+        key = definition_key(
+            self.options,
+            image=image,
+            region=self.region,
+            knot_stack=fingerprint,
+            execution_role_arn=execution_role,
+        )
+        arn = find_revision(definitions, key)
+        if arn is None:
+            batch = await self.client("batch")
+            arn = await register_definition(
+                batch,
+                definition_request(
+                    self.knot,
+                    self.options,
+                    image=image,
+                    job_role_arn=knot_outputs["JobRoleArn"],
+                    region=self.region,
+                    knot_stack=fingerprint,
+                    execution_role_arn=execution_role,
+                ),
+            )
+            self._report(f"registered job definition {arn}")
+        self.image_uri = image
+        self.job_queue = environment["JobQueueArn"]
+        self.job_definition = arn
+
+    async def _ensure_environment(self) -> dict[str, str]:
+        """The environment stack's outputs, with one DescribeStacks when it is current."""
+        options = self.options
+        if options.job_queue is not None:
+            return {"JobQueueArn": options.job_queue}
+        cloudformation = await self.client("cloudformation")
+        name = options.environment_stack_name
+        template = environment_template(options)
+        tags = environment_tags(options)
+        stack = await _describe_stack(cloudformation, name)
+        if stack is not None:
+            recorded = {
+                p["ParameterKey"]: str(p.get("ParameterValue", ""))
+                for p in stack.get("Parameters") or []
+            }
+            # The default VPC it was made with stands for the default VPC now: looking it up
+            # again would cost two EC2 calls on every knot for a value that does not change.
+            vpc = recorded.get("VpcId") if options.use_default_vpc else None
+            subnets = recorded.get("SubnetIds", "").split(",") if vpc else []
+            try:
+                parameters = environment_parameters(options, vpc_id=vpc, subnet_ids=subnets)
+            except ConfigurationError:
+                parameters = None
+            if parameters is not None and stack_is_current(
+                stack, template_body(template), parameters, tags
+            ):
+                return _stack_outputs(stack)
+        vpc_id: str | None = None
+        subnet_ids: list[str] = []
+        if options.use_default_vpc:
+            vpc_id, subnet_ids = await default_vpc_subnets(await self.client("ec2"))
+        return await ensure_stack(
+            cloudformation,
+            name=name,
+            template=template,
+            parameters=environment_parameters(options, vpc_id=vpc_id, subnet_ids=subnet_ids),
+            tags=tags,
+            progress=self._progress,
+        )
+
+    async def _ensure_knot_stack(self) -> dict[str, str]:
+        template, parameters, tags, _ = self._knot_stack()
+        return await ensure_stack(
+            await self.client("cloudformation"),
+            name=knot_stack_name(self.knot),
+            template=template,
+            parameters=parameters,
+            tags=tags,
+            progress=self._progress,
+        )
+
+    # -- runs --------------------------------------------------------------------------------
+
+    def open_run(self, spec: RunSpec, listener: TaskListener) -> AwsRun:
+        return AwsRun(self, spec, listener)
+
+    def attach_run(
+        self, spec: RunSpec, listener: TaskListener, manifest: dict[str, object]
+    ) -> AwsRun:
+        jobs = manifest.get("jobs")
+        job_ids = [str(job) for job in jobs] if isinstance(jobs, list) else []
+        if not job_ids:
+            raise ConfigurationError(f"run {spec.run_id} has no Batch jobs in its manifest")
+        return AwsRun(self, spec, listener, job_ids)
+
+    # -- cleanup -----------------------------------------------------------------------------
+
+    async def clobber(self, *, environment: bool = False, images: bool = False) -> None:
+        """Deregister the knot's job definitions; delete its stacks and images if asked.
+
+        Only what carries this knot's (or this environment's) aioknot tag is touched.
+        """
+        batch = await self.client("batch")
+        definitions = await describe_definitions(batch, self.knot, status=None)
+        active = [d for d in definitions if d.get("status") == "ACTIVE"]
+        for definition in active:
+            with aws_errors(f"deregistering job definition {definition['jobDefinitionArn']}"):
+                await batch.deregister_job_definition(jobDefinition=definition["jobDefinitionArn"])
+        self._report(f"deregistered {len(active)} job definitions of knot {self.knot}")
+        self.job_definition = None
+        if images:
+            uris = {str(d.get("containerProperties", {}).get("image", "")) for d in definitions}
+            if self.image_uri:
+                uris.add(self.image_uri)
+            await self._delete_images(uris)
+        if environment:
+            cloudformation = await self.client("cloudformation")
+            await self._delete_stack(
+                cloudformation, knot_stack_name(self.knot), KNOT_TAG, self.knot
+            )
+            if self.options.creates_environment:
+                await self._delete_stack(
+                    cloudformation,
+                    self.options.environment_stack_name,
+                    ENVIRONMENT_TAG,
+                    self.options.environment,
+                )
+            self.job_queue = None
+
+    async def _delete_stack(self, cloudformation: Any, name: str, tag: str, value: str) -> None:
+        stack = await _describe_stack(cloudformation, name)
+        if stack is None:
+            self._report(f"stack {name} does not exist; nothing to delete")
+            return
+        if _stack_tags(stack).get(tag) != value:
+            self._report(f"stack {name} is not tagged {tag}={value}; leaving it alone")
+            return
+        await delete_stack(cloudformation, name=name, progress=self._progress)
+
+    async def _delete_images(self, uris: set[str]) -> None:
+        """Delete the images the knot's definitions named, when they live in this ECR."""
+        host = ecr_host(self.account, self.region) + "/"
+        by_repository: dict[str, list[str]] = {}
+        for uri in sorted(uris):
+            if not uri.startswith(host) or ":" not in uri[len(host) :]:
+                if uri:
+                    self._report(f"image {uri} is not in this account's ECR; not deleting it")
+                continue
+            repository, _, tag = uri[len(host) :].rpartition(":")
+            by_repository.setdefault(repository, []).append(tag)
+        if not by_repository:
+            return
+        ecr = await self.client("ecr")
+        for repository, tags in by_repository.items():
+            for start in range(0, len(tags), 100):  # BatchDeleteImage takes 100 ids a call
+                ids = [{"imageTag": tag} for tag in tags[start : start + 100]]
+                with aws_errors(f"deleting images of ECR repository {repository}"):
+                    await ecr.batch_delete_image(repositoryName=repository, imageIds=ids)
+            self._report(f"deleted {len(tags)} images from ECR repository {repository}")

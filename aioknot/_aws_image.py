@@ -1,0 +1,188 @@
+"""The AWS backend's image step: which worker image a knot runs, and whether it must be built.
+
+`image_settings` validates the image options without any I/O. `plan_image` decides, with one
+registry or ECR request, whether the content-tagged image exists; when it does not, it checks
+that a Docker engine answers *before* the caller creates any AWS resource. `produce_image`
+then builds and pushes (or does nothing) and returns the URI a job definition names.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ._dockerfile import ImageSpec, make_image_spec
+from ._exceptions import ConfigurationError
+from ._image_builder import (
+    DEFAULT_REPOSITORY,
+    Registry,
+    build_and_push,
+    check_engine,
+    ecr_registry_login,
+    image_exists,
+    registry_from_option,
+)
+from ._pickling import PickledFunction
+from ._requirements import image_requirements
+
+_IMAGE_REFERENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    image: str | None = None  # a prebuilt image: nothing is built
+    base_image: str | None = None
+    requirements: tuple[str, ...] | None = None
+    extra_requirements: tuple[str, ...] = ()
+    apt_packages: tuple[str, ...] = ()
+    dockerfile_lines: tuple[str, ...] = ()
+    rebuild: bool = False
+    registry: Registry | None = None  # None: the account's ECR
+    docker_host: str | None = None
+
+
+def _strings(raw: Mapping[str, Any], name: str) -> tuple[str, ...] | None:
+    value = raw.get(name)
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not all(isinstance(v, str) for v in value):
+        raise ConfigurationError(f"{name} must be a list of strings, e.g. {name}=['...']")
+    return tuple(value)
+
+
+def image_settings(raw: Mapping[str, Any]) -> ImageSettings:
+    """The image options among a knot's options, checked (no I/O)."""
+    image = raw.get("image")
+    if image is not None and (not isinstance(image, str) or not _IMAGE_REFERENCE.match(image)):
+        raise ConfigurationError(
+            f"image must be an image URI such as '123456789012.dkr.ecr.us-east-1.amazonaws.com/"
+            f"aioknot:tag', got {image!r}"
+        )
+    rebuild = raw.get("rebuild", False)
+    if not isinstance(rebuild, bool):
+        raise ConfigurationError(f"rebuild must be True or False, got {rebuild!r}")
+    registry = raw.get("registry")
+    if registry is not None and not isinstance(registry, str):
+        raise ConfigurationError(
+            f"registry must be a string such as 'host:5000/repo', got {registry!r}"
+        )
+    docker_host = raw.get("docker_host")
+    if docker_host is not None and not isinstance(docker_host, (str, os.PathLike)):
+        raise ConfigurationError(f"docker_host must be a Docker URL string, got {docker_host!r}")
+    building = {
+        name
+        for name in (
+            "base_image",
+            "requirements",
+            "extra_requirements",
+            "apt_packages",
+            "dockerfile_lines",
+        )
+        if raw.get(name)
+    }
+    if image is not None and (building or rebuild):
+        raise ConfigurationError(
+            f"image= names a prebuilt image, so {', '.join(sorted(building) or ['rebuild'])} "
+            "would have no effect: drop them, or drop image= to let aioknot build the image"
+        )
+    base_image = raw.get("base_image")
+    if base_image is not None and not isinstance(base_image, str):
+        raise ConfigurationError(f"base_image must be an image reference, got {base_image!r}")
+    return ImageSettings(
+        image=image,
+        base_image=base_image,
+        requirements=_strings(raw, "requirements"),
+        extra_requirements=_strings(raw, "extra_requirements") or (),
+        apt_packages=_strings(raw, "apt_packages") or (),
+        dockerfile_lines=_strings(raw, "dockerfile_lines") or (),
+        rebuild=rebuild,
+        registry=registry_from_option(registry),
+        docker_host=os.fspath(docker_host) if docker_host is not None else None,
+    )
+
+
+def image_spec(
+    settings: ImageSettings, func: Callable[..., Any], function: PickledFunction
+) -> ImageSpec | None:
+    """What goes into the knot's image (offline: scans the function's imports); None for a
+    prebuilt image."""
+    if settings.image is not None:
+        return None
+    requirements = image_requirements(
+        func,
+        requirements=settings.requirements,
+        extra_requirements=settings.extra_requirements,
+        by_value_modules=function.modules_by_value,
+    )
+    return make_image_spec(
+        requirements,
+        base_image=settings.base_image,
+        apt_packages=settings.apt_packages,
+        dockerfile_lines=settings.dockerfile_lines,
+    )
+
+
+def ecr_host(account: str, region: str) -> str:
+    suffix = ".amazonaws.com.cn" if region.startswith("cn-") else ".amazonaws.com"
+    return f"{account}.dkr.ecr.{region}{suffix}"
+
+
+@dataclass
+class ImagePlan:
+    spec: ImageSpec | None
+    registry: Registry | None
+    uri: str
+    build: bool  # whether build_and_push must run
+
+
+async def plan_image(
+    settings: ImageSettings,
+    spec: ImageSpec | None,
+    *,
+    ecr: Callable[[], Any],
+    account: str,
+    region: str,
+    tags: Mapping[str, str],
+) -> ImagePlan:
+    """Where the image is and whether it must be built; checks the engine if it must.
+
+    ``ecr`` opens (or returns) the backend's ECR client, only when ECR is the registry.
+    """
+    if spec is None:
+        assert settings.image is not None
+        return ImagePlan(None, None, settings.image, build=False)
+    registry = settings.registry
+    ecr_client = None
+    if registry is None:
+        ecr_client = await ecr()
+        # Looked up before logging in: an existing image needs no login, and the login would
+        # create the repository, which must wait until we know the engine answers.
+        registry = Registry(host=ecr_host(account, region), repository=DEFAULT_REPOSITORY, ecr=True)
+    exists = not settings.rebuild and await image_exists(registry, spec.tag, ecr_client=ecr_client)
+    if exists:
+        return ImagePlan(spec, registry, registry.image_uri(spec.tag), build=False)
+    await check_engine(settings.docker_host)
+    if ecr_client is not None:
+        registry = await ecr_registry_login(ecr_client, DEFAULT_REPOSITORY, tags)
+    return ImagePlan(spec, registry, registry.image_uri(spec.tag), build=True)
+
+
+async def produce_image(
+    plan: ImagePlan, settings: ImageSettings, progress: Callable[[str], None] | None
+) -> str:
+    """Build and push the planned image if it must be; the URI either way."""
+    if not plan.build:
+        if progress is not None and plan.spec is not None:
+            progress(f"image {plan.uri} is already in the registry; nothing to build")
+        return plan.uri
+    assert plan.spec is not None and plan.registry is not None
+    return await build_and_push(
+        plan.spec,
+        plan.registry,
+        docker_host=settings.docker_host,
+        nocache=settings.rebuild,
+        progress=progress,
+    )

@@ -1,0 +1,350 @@
+"""Batch job definitions and array-job submission: what a knot registers and how a run is cut.
+
+**Job definitions** are registered through the Batch API (not the stack), one name per knot
+(``aioknot-<knot>``), one revision per distinct (image, resources, environment, job role). A
+revision carries a tag with the hash of those, so an unchanged knot finds its ACTIVE revision
+with one DescribeJobDefinitions and registers nothing. The retry strategy retries what the
+infrastructure did to a job (a Spot instance reclaimed: ``Host EC2*``) and nothing else: a
+function that raised is recorded by the worker, which then exits 0.
+
+**Submission** cuts a run's stored segments into array jobs. The first job goes as soon as the
+first segment is stored (time to first result); later segments gather into jobs of up to
+``JOB_MAX_INPUTS`` inputs, so 50,000 inputs take 4 SubmitJob calls. A job of more than
+10,000 inputs (Batch's array limit) gives each child ``chunk`` consecutive inputs. A job of
+one input is a plain job. The container overrides carry only the run's keys and the compact
+segment list (``first:count,...``), a few hundred characters whatever the input count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ._aws_errors import is_throttling, translate
+from ._aws_options import RESERVED_TAG_PREFIX, AwsOptions
+from ._aws_template import KNOT_TAG
+from ._backend import RunSpec, Segment
+from ._worker import format_segments, parse_segments
+
+DEFINITION_FORMAT = 1
+DEFINITION_PREFIX = "aioknot-"
+DEFINITION_TAG = f"{RESERVED_TAG_PREFIX}definition"
+# Which knot stack (template + parameters) the revision's job role came from: a revision with
+# the current fingerprint names a usable role, so a repeat map need not describe that stack.
+KNOT_STACK_TAG = f"{RESERVED_TAG_PREFIX}knot-stack"
+LOG_GROUP = "/aws/batch/job"
+# The image's entrypoint is the worker; any argument but --serve runs one Batch child.
+WORKER_COMMAND = ["--batch"]
+
+MAX_ARRAY_SIZE = 10_000  # Batch's limit on children per array job
+JOB_MAX_INPUTS = 2 * MAX_ARRAY_SIZE  # inputs per job after the first (children take 2 each)
+SUBMIT_ATTEMPTS = 8
+SUBMIT_RETRY_DELAY = 0.5  # seconds before the first retry of a throttled SubmitJob; doubles
+
+# Infrastructure failures worth another attempt; everything else (the worker crashed, ran out
+# of memory, timed out) would only fail again. At most 5 rules (Batch's limit).
+RETRY_RULES: tuple[dict[str, str], ...] = (
+    {"onStatusReason": "Host EC2*", "action": "RETRY"},
+    {"onReason": "CannotInspectContainerError*", "action": "RETRY"},
+    {"onReason": "DockerTimeoutError*", "action": "RETRY"},
+    {"onReason": "*", "action": "EXIT"},
+)
+
+
+def definition_name(knot: str) -> str:
+    return f"{DEFINITION_PREFIX}{knot}"
+
+
+def retry_strategy(retries: int) -> dict[str, Any]:
+    # moto answers HTTP 500 to a definition without one, and Batch's default retries nothing.
+    return {"attempts": retries, "evaluateOnExit": [dict(rule) for rule in RETRY_RULES]}
+
+
+def definition_environment(options: AwsOptions, region: str) -> list[dict[str, str]]:
+    # Batch sets the region in its containers itself; saying it here makes the worker's S3
+    # client sign for the bucket's region on any runner (moto's containers get nothing).
+    variables = {"AWS_DEFAULT_REGION": region, **options.env}
+    return [{"name": name, "value": variables[name]} for name in sorted(variables)]
+
+
+def container_properties(
+    options: AwsOptions,
+    *,
+    image: str,
+    job_role_arn: str,
+    region: str,
+    execution_role_arn: str | None = None,
+) -> dict[str, Any]:
+    resources = [
+        {"type": "VCPU", "value": f"{options.vcpus:g}"},
+        {"type": "MEMORY", "value": str(options.memory)},
+    ]
+    if options.gpus:
+        resources.append({"type": "GPU", "value": str(options.gpus)})
+    properties: dict[str, Any] = {
+        "image": image,
+        "command": list(WORKER_COMMAND),
+        "jobRoleArn": job_role_arn,
+        "resourceRequirements": resources,
+        "environment": definition_environment(options, region),
+    }
+    if options.is_fargate:
+        properties["executionRoleArn"] = execution_role_arn
+        # Public subnets without a NAT gateway: the task needs an address to reach ECR and S3.
+        properties["networkConfiguration"] = {"assignPublicIp": "ENABLED"}
+        properties["fargatePlatformConfiguration"] = {"platformVersion": "LATEST"}
+    return properties
+
+
+def definition_key(
+    options: AwsOptions,
+    *,
+    image: str,
+    region: str,
+    knot_stack: str,
+    execution_role_arn: str | None = None,
+) -> str:
+    """The hash a revision is found by: everything that shapes it except the role's ARN, which
+    the knot stack's fingerprint stands for (so it is known without describing the stack)."""
+    identity = {
+        "format": DEFINITION_FORMAT,
+        "image": image,
+        "vcpus": options.vcpus,
+        "memory": options.memory,
+        "gpus": options.gpus,
+        "timeout": options.timeout,
+        "retries": options.retries,
+        "rules": RETRY_RULES,
+        "environment": definition_environment(options, region),
+        "fargate": options.is_fargate,
+        "execution_role": execution_role_arn,
+        "knot_stack": knot_stack,
+    }
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def definition_request(
+    knot: str,
+    options: AwsOptions,
+    *,
+    image: str,
+    job_role_arn: str,
+    region: str,
+    knot_stack: str,
+    execution_role_arn: str | None = None,
+) -> dict[str, Any]:
+    """The RegisterJobDefinition arguments for this knot's current revision."""
+    key = definition_key(
+        options,
+        image=image,
+        region=region,
+        knot_stack=knot_stack,
+        execution_role_arn=execution_role_arn,
+    )
+    request: dict[str, Any] = {
+        "jobDefinitionName": definition_name(knot),
+        "type": "container",
+        "containerProperties": container_properties(
+            options,
+            image=image,
+            job_role_arn=job_role_arn,
+            region=region,
+            execution_role_arn=execution_role_arn,
+        ),
+        "retryStrategy": retry_strategy(options.retries),
+        "platformCapabilities": ["FARGATE" if options.is_fargate else "EC2"],
+        "tags": {**options.tags, KNOT_TAG: knot, DEFINITION_TAG: key, KNOT_STACK_TAG: knot_stack},
+    }
+    if options.timeout is not None:
+        request["timeout"] = {"attemptDurationSeconds": options.timeout}
+    return request
+
+
+def is_knots(definition: Mapping[str, Any], knot: str) -> bool:
+    return bool(definition.get("tags", {}).get(KNOT_TAG) == knot)
+
+
+async def describe_definitions(
+    batch: Any, knot: str, *, status: str | None = "ACTIVE"
+) -> list[dict[str, Any]]:
+    """The knot's job definition revisions (tagged as the knot's), newest first."""
+    arguments: dict[str, Any] = {"jobDefinitionName": definition_name(knot)}
+    if status is not None:
+        arguments["status"] = status
+    found: list[dict[str, Any]] = []
+    try:
+        while True:
+            response = await batch.describe_job_definitions(**arguments)
+            found.extend(response.get("jobDefinitions", []))
+            token = response.get("nextToken")
+            if not token:
+                break
+            arguments["nextToken"] = token
+    except (ClientError, BotoCoreError) as error:
+        raise translate(error, f"describing the job definitions of knot {knot!r}") from error
+    mine = [d for d in found if is_knots(d, knot)]
+    return sorted(mine, key=lambda d: int(d.get("revision", 0)), reverse=True)
+
+
+def find_revision(definitions: Sequence[Mapping[str, Any]], key: str) -> str | None:
+    for definition in definitions:
+        if definition.get("tags", {}).get(DEFINITION_TAG) == key:
+            return str(definition["jobDefinitionArn"])
+    return None
+
+
+def role_of_knot_stack(definitions: Sequence[Mapping[str, Any]], knot_stack: str) -> str | None:
+    """The job role of a revision registered with this knot stack fingerprint, if any."""
+    for definition in definitions:
+        if definition.get("tags", {}).get(KNOT_STACK_TAG) == knot_stack:
+            role = definition.get("containerProperties", {}).get("jobRoleArn")
+            if role:
+                return str(role)
+    return None
+
+
+async def register_definition(batch: Any, request: Mapping[str, Any]) -> str:
+    try:
+        response = await batch.register_job_definition(**request)
+    except (ClientError, BotoCoreError) as error:
+        raise translate(
+            error, f"registering job definition {request['jobDefinitionName']}"
+        ) from error
+    return str(response["jobDefinitionArn"])
+
+
+# --- submission -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobShape:
+    """What one submitted job covers: consecutive stored segments, ``chunk`` inputs a child."""
+
+    segments: tuple[tuple[int, int], ...]
+    chunk: int
+
+    @classmethod
+    def of(cls, segments: Sequence[Segment]) -> JobShape:
+        pairs = tuple((segment.first, segment.count) for segment in segments)
+        count = sum(c for _, c in pairs)
+        return cls(pairs, max(1, math.ceil(count / MAX_ARRAY_SIZE)))
+
+    @property
+    def first(self) -> int:
+        return self.segments[0][0]
+
+    @property
+    def stop(self) -> int:
+        first, count = self.segments[-1]
+        return first + count
+
+    @property
+    def count(self) -> int:
+        return self.stop - self.first
+
+    @property
+    def size(self) -> int:
+        """Array children; 0 for a plain job (one input: Batch's arrays start at 2)."""
+        children = math.ceil(self.count / self.chunk)
+        return children if children >= 2 else 0
+
+    def child_inputs(self, child: int) -> range:
+        start = self.first + child * self.chunk
+        return range(start, min(start + self.chunk, self.stop))
+
+    def child_of(self, index: int) -> int:
+        return (index - self.first) // self.chunk
+
+    def environment(self, spec: RunSpec) -> list[dict[str, str]]:
+        variables = {
+            **dict(spec.store_environment),
+            "AIOKNOT_STORE": spec.store_url,
+            "AIOKNOT_RUN": spec.run_prefix,
+            "AIOKNOT_FUNCTION": spec.function_key,
+            "AIOKNOT_STARMAP": "1" if spec.starmap else "0",
+            "AIOKNOT_SEGMENTS": format_segments(list(self.segments)),
+            "AIOKNOT_CHUNK": str(self.chunk),
+        }
+        return [{"name": name, "value": value} for name, value in variables.items()]
+
+    @classmethod
+    def from_environment(cls, environment: Sequence[Mapping[str, str]]) -> JobShape | None:
+        """The shape of a submitted job, read back from its description (re-attaching)."""
+        variables = {item.get("name"): item.get("value") for item in environment}
+        segments, chunk = variables.get("AIOKNOT_SEGMENTS"), variables.get("AIOKNOT_CHUNK")
+        if not segments:
+            return None
+        return cls(tuple(parse_segments(segments)), int(chunk or 1))
+
+
+def submit_request(
+    spec: RunSpec, shape: JobShape, *, number: int, queue: str, definition: str
+) -> dict[str, Any]:
+    request: dict[str, Any] = {
+        # Batch's pattern: letters, digits, hyphens and underscores, up to 128.
+        "jobName": f"{spec.knot}-{spec.run_id}-{number}"[:128],
+        "jobQueue": queue,
+        "jobDefinition": definition,
+        "containerOverrides": {"environment": shape.environment(spec)},
+        "tags": {KNOT_TAG: spec.knot, f"{RESERVED_TAG_PREFIX}run": spec.run_id},
+    }
+    if shape.size:
+        request["arrayProperties"] = {"size": shape.size}
+    return request
+
+
+class JobBatcher:
+    """Decides which stored segments go out together as one job, and when."""
+
+    def __init__(self, max_inputs: int = JOB_MAX_INPUTS) -> None:
+        self.max_inputs = max_inputs
+        self.pending: list[Segment] = []
+        self.jobs = 0
+
+    @property
+    def pending_inputs(self) -> int:
+        return sum(segment.count for segment in self.pending)
+
+    def add(self, segment: Segment) -> list[list[Segment]]:
+        """Take one stored segment; return the groups to submit now."""
+        if self.jobs == 0 and not self.pending:
+            self.jobs += 1
+            return [[segment]]  # the first inputs start at once
+        ready = []
+        if self.pending and self.pending_inputs + segment.count > self.max_inputs:
+            ready.append(self._take())
+        self.pending.append(segment)
+        if self.pending_inputs >= self.max_inputs:
+            ready.append(self._take())
+        return ready
+
+    def flush(self) -> list[Segment]:
+        return self._take() if self.pending else []
+
+    def _take(self) -> list[Segment]:
+        group, self.pending = self.pending, []
+        self.jobs += 1
+        return group
+
+
+async def submit_job(batch: Any, request: Mapping[str, Any]) -> str:
+    """SubmitJob, waiting out throttling with jittered exponential backoff; returns the job id."""
+    for attempt in range(SUBMIT_ATTEMPTS):
+        try:
+            response = await batch.submit_job(**request)
+            return str(response["jobId"])
+        except (ClientError, BotoCoreError) as error:
+            if not is_throttling(error) or attempt == SUBMIT_ATTEMPTS - 1:
+                raise translate(error, f"submitting job {request['jobName']}") from error
+        # Full jitter keeps many clients from retrying in step (Batch allows ~50 TPS).
+        await anyio.sleep(SUBMIT_RETRY_DELAY * 2**attempt * (0.5 + random.random() / 2))
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,535 @@
+"""The AWS Batch backend against a moto server (simple Batch mode: jobs end at submit time).
+
+Every test uses a prebuilt ``image=`` so no Docker engine is needed; the real-container run is
+tests/test_aws_end_to_end.py. Calls are counted through botocore's event hooks on every
+session aioknot opens (`Calls`). Paths moto cannot take (jobs still queued or running,
+throttling, pagination) run `AwsRun` against `FakeBatch`, which answers in Batch's shapes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aioboto3
+import anyio
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from conftest import FAKE_CREDENTIALS, MotoServer, start_moto_server, stop_moto_server
+
+import aioknot
+from aioknot import _aws_jobs, _aws_stack, _aws_watch
+from aioknot._aws_jobs import JOB_MAX_INPUTS, MAX_ARRAY_SIZE, JobBatcher, JobShape
+from aioknot._aws_watch import AwsRun, status_counts
+from aioknot._backend import RunSpec, Segment
+from aioknot._exceptions import ConfigurationError, TaskLost
+from aioknot._watch import NO_RECORD_REASON
+
+REGION = "us-east-1"
+ACCOUNT = "123456789012"
+IMAGE = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/aioknot:prebuilt"
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+class Calls:
+    """Every AWS API call made by any aioboto3 session, as (service, operation)."""
+
+    def __init__(self) -> None:
+        self.made: list[tuple[str, str]] = []
+        self.submits: list[dict[str, Any]] = []
+
+    def record(self, model: Any, **_: Any) -> None:
+        self.made.append((model.service_model.service_name, model.name))
+
+    def params(self, params: dict[str, Any], **_: Any) -> None:
+        self.submits.append(dict(params))
+
+    def count(self, service: str | None = None, operation: str | None = None) -> int:
+        return sum(
+            1
+            for s, o in self.made
+            if (service is None or s == service) and (operation is None or o == operation)
+        )
+
+    def of(self, service: str) -> Counter[str]:
+        return Counter(o for s, o in self.made if s == service)
+
+    def clear(self) -> None:
+        self.made.clear()
+        self.submits.clear()
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
+    counter = Calls()
+    original = aioboto3.Session
+
+    class CountingSession(original):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.events.register("before-call", counter.record)
+            self.events.register("provide-client-params.batch.SubmitJob", counter.params)
+
+    monkeypatch.setattr(aioboto3, "Session", CountingSession)
+    return counter
+
+
+@pytest.fixture(autouse=True)
+def fast_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_aws_watch, "FIRST_POLL_SECONDS", 0.05)
+    monkeypatch.setattr(_aws_watch, "MAX_POLL_SECONDS", 0.5)
+    monkeypatch.setattr(_aws_stack, "FIRST_POLL_INTERVAL", 0.01)
+    monkeypatch.setattr(_aws_stack, "MAX_POLL_INTERVAL", 0.05)
+
+
+@pytest.fixture
+def simple_batch(aws: MotoServer) -> Iterator[MotoServer]:
+    aws.configure({"batch": {"use_docker": False}})
+    try:
+        yield aws
+    finally:
+        aws.configure({"batch": {"use_docker": True}})
+
+
+def boto(service: str, server: MotoServer) -> Any:
+    return boto3.client(service, endpoint_url=server.url, region_name=REGION)
+
+
+def knot(func: Any = square, **options: Any) -> aioknot.AsyncKnot:
+    options.setdefault("image", IMAGE)
+    options.setdefault("name", "squares")
+    return aioknot.AsyncKnot(func, backend="aws", **options)
+
+
+# --- against moto ---------------------------------------------------------------------------
+
+
+async def test_simple_mode_succeeded_without_record_is_lost_promptly(
+    simple_batch: MotoServer, calls: Calls
+) -> None:
+    async with knot() as k:
+        run = await k.map(range(5))
+        started = time.monotonic()
+        outcomes = await run.gather(return_exceptions=True)
+        waited = time.monotonic() - started
+    assert all(isinstance(o, TaskLost) for o in outcomes)
+    assert [o.index for o in outcomes] == list(range(5))
+    assert {o.reason for o in outcomes} == {NO_RECORD_REASON}
+    assert waited < 3.0  # the first poll after the last SubmitJob sees every job over
+    # A bucket of its own, private and encrypted, and every object call names the owner.
+    s3 = boto("s3", simple_batch)
+    bucket = f"aioknot-{ACCOUNT}-{REGION}"
+    assert s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"][
+        "BlockPublicAcls"
+    ]
+    assert s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]
+    s3.close()
+
+
+async def test_repeat_knot_reuses_stacks_and_job_definition(
+    simple_batch: MotoServer, calls: Calls
+) -> None:
+    async with knot() as k:
+        await (await k.map(range(3))).gather(return_exceptions=True)
+    first = calls.of("cloudformation")
+    assert first["CreateStack"] == 2  # the environment and the knot's job role
+    assert calls.count("batch", "RegisterJobDefinition") == 1
+
+    calls.clear()
+    async with knot() as k:
+        await (await k.map(range(3))).gather(return_exceptions=True)
+        # A second map of the same knot prepares nothing again.
+        before = len(calls.made)
+        await (await k.map(range(2))).gather(return_exceptions=True)
+        second_map = Counter(o for s, o in calls.made[before:] if s != "s3")
+    assert calls.of("cloudformation") == Counter({"DescribeStacks": 1})
+    assert calls.of("ec2") == Counter()
+    assert calls.count("batch", "RegisterJobDefinition") == 0
+    assert calls.count("batch", "DescribeJobDefinitions") == 1
+    assert calls.count("ecr") == 0  # a prebuilt image needs no lookup
+    assert calls.count("sts") == 1
+    assert set(second_map) <= {"SubmitJob", "DescribeJobs"}
+
+    # Another knot shares the environment stack and makes only its own job role.
+    calls.clear()
+    async with knot(name="cubes") as k:
+        await (await k.map(range(2))).gather(return_exceptions=True)
+    assert calls.of("cloudformation")["CreateStack"] == 1
+    cfn = boto("cloudformation", simple_batch)
+    names = {s["StackName"] for s in cfn.describe_stacks()["Stacks"]}
+    cfn.close()
+    assert names == {"aioknot-default", "aioknot-knot-squares", "aioknot-knot-cubes"}
+
+
+async def test_changed_resources_register_a_new_revision(
+    simple_batch: MotoServer, calls: Calls
+) -> None:
+    async with knot() as k:
+        await k.map([1])
+    async with knot(memory=4096) as k:
+        await k.map([1])
+    async with knot(memory=4096) as k:
+        await k.map([1])
+    assert calls.count("batch", "RegisterJobDefinition") == 2
+    definitions = [s["jobDefinition"] for s in calls.submits]
+    assert definitions[0].endswith(":1") and definitions[1].endswith(":2")
+    assert definitions[2] == definitions[1]
+    batch = boto("batch", simple_batch)
+    described = batch.describe_job_definitions(jobDefinitionName="aioknot-squares")
+    batch.close()
+    revision = next(d for d in described["jobDefinitions"] if d["revision"] == 2)
+    assert revision["retryStrategy"]["evaluateOnExit"][0]["onStatusReason"] == "Host EC2*"
+    assert revision["containerProperties"]["jobRoleArn"].startswith("arn:aws:iam::")
+    assert {"type": "MEMORY", "value": "4096"} in revision["containerProperties"][
+        "resourceRequirements"
+    ]
+
+
+def _submitted(calls: Calls) -> list[tuple[int, int, int]]:
+    """(array size or 0, chunk, inputs) of each SubmitJob, and the overrides' sizes."""
+    shapes = []
+    for request in calls.submits:
+        env = {e["name"]: e["value"] for e in request["containerOverrides"]["environment"]}
+        inputs = sum(int(p.split(":")[1]) for p in env["AIOKNOT_SEGMENTS"].split(","))
+        size = request.get("arrayProperties", {}).get("size", 0)
+        shapes.append((size, int(env["AIOKNOT_CHUNK"]), inputs))
+        assert len(str(request["containerOverrides"])) < 2048
+    return shapes
+
+
+@pytest.mark.parametrize(
+    ("inputs", "expected"),
+    [
+        (1, [(0, 1, 1)]),
+        (3, [(3, 1, 3)]),
+        (10_000, [(16, 1, 16), (9_984, 1, 9_984)]),
+        (25_000, [(16, 1, 16), (9_996, 2, 19_992), (4_992, 1, 4_992)]),
+    ],
+)
+@pytest.mark.timeout(300)
+async def test_array_submission_sizes(
+    simple_batch: MotoServer, calls: Calls, inputs: int, expected: list[tuple[int, int, int]]
+) -> None:
+    async with knot() as k:
+        run = await k.map(range(inputs))
+        assert len(run.backend_run.job_ids) == len(expected)  # type: ignore[union-attr]
+    assert calls.count("batch", "SubmitJob") == len(expected)
+    assert _submitted(calls) == expected
+    assert "arrayProperties" not in calls.submits[0] or inputs > 1
+
+
+async def test_failed_children_are_lost_with_reason_and_log(
+    monkeypatch: pytest.MonkeyPatch, calls: Calls
+) -> None:
+    server = start_moto_server({"MOTO_SIMPLE_BATCH_FAIL_AFTER": "0"})
+    try:
+        server.configure({"batch": {"use_docker": False}})
+        for key, value in FAKE_CREDENTIALS.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", server.url)
+        async with knot() as k:
+            run = await k.map(range(4))
+            outcomes = await run.gather(return_exceptions=True)
+            single = await (await k.map([7])).gather(return_exceptions=True)
+    finally:
+        stop_moto_server(server)
+    for index, outcome in enumerate(outcomes):
+        assert isinstance(outcome, TaskLost)
+        assert outcome.index == index
+        assert "FAILED" in outcome.reason and ":" + str(index) in outcome.reason
+        assert outcome.log is not None and outcome.log.startswith("aioknot-squares/default/")
+    assert calls.count("batch", "ListJobs") >= 1
+    assert isinstance(single[0], TaskLost) and "FAILED" in single[0].reason
+
+
+async def test_logs_read_every_attempt_of_the_child(simple_batch: MotoServer) -> None:
+    async with knot() as k:
+        run = await k.map(range(3))
+        await run.gather(return_exceptions=True)
+        batch = boto("batch", simple_batch)
+        child = f"{run.backend_run.job_ids[0]}:2"  # type: ignore[union-attr]
+        stream = batch.describe_jobs(jobs=[child])["jobs"][0]["container"]["logStreamName"]
+        batch.close()
+        logs = boto("logs", simple_batch)
+        logs.create_log_group(logGroupName="/aws/batch/job")
+        logs.create_log_stream(logGroupName="/aws/batch/job", logStreamName=stream)
+        now = int(time.time() * 1000)
+        logs.put_log_events(
+            logGroupName="/aws/batch/job",
+            logStreamName=stream,
+            logEvents=[{"timestamp": now, "message": "hello"}, {"timestamp": now, "message": "2"}],
+        )
+        logs.close()
+        assert await run.logs(2) == ["hello", "2"]
+        assert await run.logs(0) == []  # its stream was never written
+
+
+async def test_attach_reads_job_shapes_back_from_batch(simple_batch: MotoServer) -> None:
+    async with knot() as k:
+        run = await k.map(range(40))
+        await run.gather(return_exceptions=True)
+        again = await k.attach(run.id)
+        assert again.backend_run is not None
+        assert await again.backend_run.status() == {
+            "queued": 0,
+            "starting": 0,
+            "running": 0,
+            "exited": 40,
+        }
+
+
+async def test_clobber_leaves_nothing_tagged_behind(simple_batch: MotoServer, calls: Calls) -> None:
+    ecr = boto("ecr", simple_batch)
+    ecr.create_repository(repositoryName="aioknot")
+    manifest = (
+        '{"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",'
+        ' "config": {"digest": "sha256:' + "0" * 64 + '", "size": 1, "mediaType": '
+        '"application/vnd.docker.container.image.v1+json"}, "layers": []}'
+    )
+    ecr.put_image(repositoryName="aioknot", imageManifest=manifest, imageTag="prebuilt")
+    ecr.put_image(repositoryName="aioknot", imageManifest=manifest, imageTag="other")
+    progress: list[str] = []
+    async with knot(progress=progress.append) as k:
+        await (await k.map(range(3))).gather(return_exceptions=True)
+        await k.clobber(environment=True, images=True)
+    cfn = boto("cloudformation", simple_batch)
+    live = [
+        s
+        for s in cfn.describe_stacks()["Stacks"]
+        if s["StackStatus"] != "DELETE_COMPLETE"
+        and any(t["Key"].startswith("aioknot:") for t in s.get("Tags", []))
+    ]
+    cfn.close()
+    assert live == []
+    batch = boto("batch", simple_batch)
+    active = batch.describe_job_definitions(jobDefinitionName="aioknot-squares", status="ACTIVE")
+    batch.close()
+    assert active["jobDefinitions"] == []
+    tags = [i["imageTags"] for i in ecr.describe_images(repositoryName="aioknot")["imageDetails"]]
+    ecr.close()
+    assert tags == [["other"]]  # only the knot's image went
+    s3 = boto("s3", simple_batch)
+    listed = s3.list_objects_v2(Bucket=f"aioknot-{ACCOUNT}-{REGION}", Prefix="knots/squares/")
+    s3.close()
+    assert listed.get("KeyCount", 0) == 0
+    assert any("deleting stack aioknot-default" in line for line in progress)
+    assert any("deregistered 1 job definitions" in line for line in progress)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"name": "no_underscores"},
+        {"memory": "lots"},
+        {"compute_type": "FARGATE", "vcpus": 3},
+        {"env": {"AWS_SECRET_ACCESS_KEY": "x"}},
+        {"job_queue": "not-an-arn"},
+        {"memroy": 4096},
+    ],
+)
+async def test_bad_option_fails_before_any_call(
+    aws: MotoServer, calls: Calls, options: dict[str, Any]
+) -> None:
+    with pytest.raises(ConfigurationError):
+        knot(**options)
+    assert calls.made == []
+
+
+async def test_bad_image_option_fails_before_any_call(aws: MotoServer, calls: Calls) -> None:
+    k = knot(image="not an image")
+    with pytest.raises(ConfigurationError, match="image"):
+        async with k:
+            pass
+    assert calls.made == []
+
+
+# --- pure parts -----------------------------------------------------------------------------
+
+
+def test_batcher_first_job_goes_at_once_then_jobs_fill_up() -> None:
+    batcher = JobBatcher()
+    segments, first = [], 0
+    for count in [16, 32, 64, 128, 256, 512] + [1000] * 48 + [992]:
+        segments.append(Segment(first, count))
+        first += count
+    groups = [group for segment in segments for group in batcher.add(segment)]
+    groups.append(batcher.flush())
+    shapes = [JobShape.of(group) for group in groups if group]
+    assert shapes[0].count == 16
+    assert len(shapes) <= 5 and sum(s.count for s in shapes) == first == 50_000
+    assert all(s.count <= JOB_MAX_INPUTS and s.size <= MAX_ARRAY_SIZE for s in shapes)
+
+
+def test_job_shape_children_cover_inputs_exactly() -> None:
+    shape = JobShape.of([Segment(100, 10_000), Segment(10_100, 5)])
+    assert (shape.chunk, shape.size) == (2, 5_003)
+    covered = [i for child in range(shape.size) for i in shape.child_inputs(child)]
+    assert covered == list(range(100, 10_105))
+    assert shape.child_of(10_104) == 5_002
+    assert JobShape.of([Segment(7, 1)]).size == 0  # one input: a plain job
+
+
+def test_status_counts_from_status_summary() -> None:
+    array = JobShape.of([Segment(0, 10)])
+    chunked = JobShape.of([Segment(10, 15_000)])
+    plain = JobShape.of([Segment(15_010, 1)])
+    counts = status_counts(
+        [
+            (array, "RUNNING", {"RUNNABLE": 3, "RUNNING": 5, "SUCCEEDED": 1, "FAILED": 1}),
+            (chunked, "PENDING", {"PENDING": 7_500}),
+            (plain, "STARTING", {}),
+        ]
+    )
+    assert counts == {"queued": 3 + 15_000, "starting": 1, "running": 5, "exited": 2}
+
+
+# --- AwsRun against a fake Batch -------------------------------------------------------------
+
+
+class FakeBatch:
+    """Answers DescribeJobs/ListJobs from ``self.jobs`` and records what it is asked."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.throttle = 0
+        self.page = 2
+
+    async def submit_job(self, **request: Any) -> dict[str, Any]:
+        self.calls.append(("submit_job", request))
+        if self.throttle:
+            self.throttle -= 1
+            raise ClientError(
+                {"Error": {"Code": "TooManyRequestsException", "Message": "slow down"}},
+                "SubmitJob",
+            )
+        job_id = f"job{len(self.jobs)}"
+        size = request.get("arrayProperties", {}).get("size", 0)
+        self.jobs[job_id] = {"jobId": job_id, "status": "RUNNABLE", "size": size}
+        return {"jobId": job_id}
+
+    async def describe_jobs(self, jobs: list[str]) -> dict[str, Any]:
+        assert len(jobs) <= 100
+        self.calls.append(("describe_jobs", {"jobs": jobs}))
+        out = []
+        for job_id in jobs:
+            if job_id in self.jobs:
+                job = self.jobs[job_id]
+                described = {"jobId": job_id, "status": job["status"]}
+                if job.get("summary") is not None:
+                    described["arrayProperties"] = {"statusSummary": job["summary"]}
+                if job.get("container"):
+                    described["container"] = job["container"]
+                described["statusReason"] = job.get("reason")
+                out.append(described)
+        return {"jobs": out}
+
+    async def list_jobs(self, **arguments: Any) -> dict[str, Any]:
+        self.calls.append(("list_jobs", arguments))
+        parent = self.jobs[arguments["arrayJobId"]]
+        failed = sorted(parent.get("failed", []))
+        start = int(arguments.get("nextToken", 0))
+        page = failed[start : start + self.page]
+        response: dict[str, Any] = {
+            "jobSummaryList": [{"jobId": f"{parent['jobId']}:{i}"} for i in page]
+        }
+        if start + self.page < len(failed):
+            response["nextToken"] = str(start + self.page)
+        return response
+
+    async def cancel_job(self, jobId: str, reason: str) -> None:  # noqa: N803
+        self.calls.append(("cancel_job", {"jobId": jobId}))
+
+    async def terminate_job(self, jobId: str, reason: str) -> None:  # noqa: N803
+        self.calls.append(("terminate_job", {"jobId": jobId}))
+
+
+class FakeTarget:
+    knot = "fake"
+
+    def __init__(self, batch: FakeBatch, group: Any) -> None:
+        self.batch = batch
+        self._group = group
+
+    async def client(self, service: str) -> Any:
+        return self.batch
+
+    async def ensure_ready(self) -> tuple[str, str]:
+        return "queue", "definition"
+
+    @property
+    def group(self) -> Any:
+        return self._group
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.losses: dict[int, tuple[str, str | None, int | None]] = {}
+
+    def done(self, first: int, count: int) -> None:
+        pass
+
+    def lost(self, index: int, reason: str, *, log: Any = None, exit_code: Any = None) -> None:
+        self.losses[index] = (reason, log, exit_code)
+
+
+SPEC = RunSpec(
+    knot="fake",
+    run_id="20261121T000000-abcdef",
+    run_prefix="knots/fake/runs/20261121T000000-abcdef",
+    function_key="knots/fake/functions/x.pkl",
+    store_url="s3://bucket",
+    starmap=False,
+)
+
+
+@contextlib.asynccontextmanager
+async def fake_run() -> AsyncIterator[tuple[AwsRun, FakeBatch, Listener]]:
+    """An AwsRun over a FakeBatch, with a task group for its flush timer (in the test's task:
+    a task group cannot live in a fixture, whose teardown runs in another task)."""
+    batch = FakeBatch()
+    listener = Listener()
+    async with anyio.create_task_group() as group:
+        run = AwsRun(FakeTarget(batch, group), SPEC, listener)
+        yield run, batch, listener
+        group.cancel_scope.cancel()
+
+
+async def test_throttled_submit_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_aws_jobs, "SUBMIT_RETRY_DELAY", 0.001)
+    async with fake_run() as (run, batch, _):
+        batch.throttle = 3
+        await run.submit([Segment(0, 3)], last=True)
+    assert [name for name, _ in batch.calls].count("submit_job") == 4
+    assert run.job_ids == ["job0"]
+
+
+async def test_cancel_cancels_queued_and_terminates_running() -> None:
+    async with fake_run() as (run, batch, _):
+        await run.submit([Segment(0, 16)], last=False)
+        await run.submit([Segment(16, 32)], last=True)
+        batch.jobs["job0"]["summary"] = {"RUNNABLE": 10, "RUNNING": 6}
+        batch.jobs["job1"]["summary"] = {"RUNNING": 32}
+        await run.cancel()
+    stops = sorted((n, a["jobId"]) for n, a in batch.calls if n in ("cancel_job", "terminate_job"))
+    assert stops == [("cancel_job", "job0"), ("terminate_job", "job0"), ("terminate_job", "job1")]
+
+
+async def test_failed_children_listed_across_pages() -> None:
+    async with fake_run() as (run, batch, listener):
+        await run.submit([Segment(0, 15_000)], last=True)  # chunk 2: 7,500 children
+        job = batch.jobs["job0"]
+        job["failed"] = [0, 3, 7_499]
+        job["summary"] = {"FAILED": 3, "SUCCEEDED": 7_497}
+        job["status"] = "FAILED"
+        await run.watch()
+    assert sorted(listener.losses) == [0, 1, 6, 7, 14_998, 14_999]
+    assert all("FAILED" in reason for reason, _, _ in listener.losses.values())
+    assert [n for n, _ in batch.calls].count("list_jobs") == 2  # two pages
