@@ -264,7 +264,9 @@ class LocalBackend:
             os.close(progress_fd)
         command = [sys.executable, WORKER_PATH, "--serve", "--progress-file", progress_path]
         try:
-            process = await anyio.open_process(command, stderr=None)
+            # Shielded: a spawn cancelled half-way would leave a process with open pipes.
+            with anyio.CancelScope(shield=True):
+                process = await anyio.open_process(command, stderr=None)
         except BaseException:
             os.unlink(progress_path)
             raise
