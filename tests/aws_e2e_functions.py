@@ -1,0 +1,20 @@
+"""Functions the end-to-end AWS test runs in real containers.
+
+They live in a module of their own, with only the imports they need, because a function from
+a local module travels by value and its module's imports decide the worker image: the test
+module's own imports (pytest, aioknot) must not end up in the image.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def hypotenuse(pair: tuple[float, float]) -> float:
+    return math.hypot(*pair)
+
+
+def refuse_three(x: int) -> int:
+    if x == 3:
+        raise ValueError(f"three is right out (got {x})")
+    return int(math.pow(x, 2))

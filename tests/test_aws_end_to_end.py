@@ -1,0 +1,168 @@
+"""The whole AWS path on this machine: a real image build, a real registry, real containers.
+
+moto's Batch (default mode) runs every array child as a container of the image aioknot built
+and pushed to the local registry; inside, the real worker reads its inputs from moto's S3 and
+writes its records there. Nothing is faked between ``AsyncKnot(func, backend="aws")`` and the
+results except AWS itself.
+
+How the worker gets credentials: on AWS the job role does it, through the ECS agent's
+credentials endpoint, whose address Batch puts in ``AWS_CONTAINER_CREDENTIALS_RELATIVE_URI``.
+moto's Batch has no such agent, so this test runs one: a loopback HTTP server answering the
+endpoint's JSON with moto's test credentials, named by ``AWS_CONTAINER_CREDENTIALS_FULL_URI``
+in the knot's ``env=``. That is the same botocore path a real job takes, and no credential
+ever travels in an environment variable (the options refuse them).
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from aws_e2e_functions import hypotenuse, refuse_three
+from conftest import FAKE_CREDENTIALS, MotoServer, start_moto_server, stop_moto_server
+from infra.containers import ContainerStack
+
+import aioknot
+from aioknot import _aws_stack, _aws_watch
+from aioknot._aws_image import image_settings, image_spec
+from aioknot._pickling import pickle_function
+
+pytestmark = [pytest.mark.containers, pytest.mark.timeout(900)]
+
+
+class _Credentials(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 (the handler's API)
+        body = json.dumps(
+            {
+                "AccessKeyId": FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                "SecretAccessKey": FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                "Token": FAKE_CREDENTIALS["AWS_SESSION_TOKEN"],
+                "Expiration": "2099-01-01T00:00:00Z",
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def job_role_endpoint() -> Iterator[str]:
+    """A stand-in for the ECS agent's credentials endpoint (the job role, on AWS)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Credentials)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v2/credentials/job-role"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.fixture
+def batch_moto(
+    container_stack: ContainerStack, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[MotoServer]:
+    server = start_moto_server(
+        {
+            "DOCKER_HOST": container_stack.docker_host,
+            # Job containers share the host's network, so they reach moto on loopback.
+            "MOTO_DOCKER_NETWORK_MODE": "host",
+            # docker-py in moto pulls the job image with this login, as a Batch host would.
+            "DOCKER_CONFIG": container_stack.docker_config,
+        }
+    )
+    for key, value in FAKE_CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", server.url)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setattr(_aws_watch, "FIRST_POLL_SECONDS", 0.5)
+    monkeypatch.setattr(_aws_watch, "MAX_POLL_SECONDS", 2.0)
+    monkeypatch.setattr(_aws_stack, "FIRST_POLL_INTERVAL", 0.05)
+    try:
+        yield server
+    finally:
+        stop_moto_server(server)
+
+
+def knot_options(stack: ContainerStack, repository: str, credentials: str) -> dict[str, Any]:
+    user, password = stack.registry_user, stack.registry_password
+    return {
+        "backend": "aws",
+        "registry": f"{user}:{password}@{stack.registry}/{repository}",
+        "docker_host": stack.docker_host,
+        "env": {"AWS_CONTAINER_CREDENTIALS_FULL_URI": credentials},
+    }
+
+
+async def test_real_containers_end_to_end(
+    batch_moto: MotoServer, container_stack: ContainerStack, job_role_endpoint: str
+) -> None:
+    # A fresh repository: the first knot must build and push, whatever earlier runs left.
+    repository = f"aioknot-e2e-{uuid.uuid4().hex[:8]}"
+    options = knot_options(container_stack, repository, job_role_endpoint)
+
+    first_log: list[str] = []
+    pairs = [(3.0, 4.0), (5.0, 12.0), (8.0, 15.0), (7.0, 24.0)]
+    async with aioknot.AsyncKnot(
+        hypotenuse, name="e2e-hypot", progress=first_log.append, **options
+    ) as knot:
+        results = sorted([value async for value in knot.amap(pairs)])
+        assert results == [5.0, 13.0, 17.0, 25.0]
+        run = await knot.map([(6.0, 8.0)])  # one input: a plain job
+        assert await run.gather() == [10.0]
+        lines = await run.logs(0)
+        assert any("aioknot worker: inputs 0..0" in line for line in lines), lines
+    assert any(line.startswith("building ") for line in first_log), first_log
+    assert any(line.startswith("pushed ") for line in first_log), first_log
+
+    # Another function with the same imports: the same image, nothing built or pushed.
+    second_log: list[str] = []
+    async with aioknot.AsyncKnot(
+        refuse_three, name="e2e-refuse", progress=second_log.append, **options
+    ) as knot:
+        run = await knot.map([1, 2, 3, 4])
+        outcomes = await run.gather(return_exceptions=True)
+    assert outcomes[:2] == [1, 4] and outcomes[3] == 16
+    error = outcomes[2]
+    assert isinstance(error, aioknot.TaskError) and error.index == 2
+    assert error.remote_type == "ValueError"
+    assert "three is right out" in error.remote_message
+    # The traceback is the container's: the worker's frame, then the function's (whose source
+    # file is not in the image, so the line number stands without its text).
+    assert "/opt/aioknot/aioknot_worker.py" in error.remote_traceback
+    assert "in refuse_three" in error.remote_traceback
+    assert not any(line.startswith(("building ", "pushed ")) for line in second_log), second_log
+    assert any("already in the registry" in line for line in second_log), second_log
+
+    # The blocking face, through a Future.
+    with aioknot.Knot(refuse_three, name="e2e-refuse", **options) as sync_knot:
+        assert sync_knot.map([5, 6]).result(timeout=300) == [25, 36]
+        with pytest.raises(aioknot.TaskError, match="three is right out"):
+            sync_knot.map([3]).result(timeout=300)
+
+
+def test_an_added_import_makes_a_new_image_tag(tmp_path: Any, monkeypatch: Any) -> None:
+    module = tmp_path / "with_six.py"
+    module.write_text("import math\nimport six\n\ndef f(x):\n    return math.sqrt(x), six.PY3\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from with_six import f  # type: ignore[import-not-found]
+
+    settings = image_settings({})
+    plain = image_spec(settings, hypotenuse, pickle_function(hypotenuse))
+    other = image_spec(settings, refuse_three, pickle_function(refuse_three))
+    more = image_spec(settings, f, pickle_function(f))
+    assert plain is not None and other is not None and more is not None
+    assert plain.tag == other.tag  # same imports, same image
+    assert more.tag != plain.tag
+    assert any(line.startswith("six==") for line in more.requirements)
