@@ -199,7 +199,9 @@ class Knot:
         return run
 
     def gather(self, run: Run, timeout: float | None = None) -> list[Any]:
-        return self._open().start_task_soon(run.gather).result(timeout)
+        """The results of an attached run, in input order (blocking)."""
+        values: list[Any] = self._open().start_task_soon(run.gather).result(timeout)
+        return values
 
     def clobber(self, *, environment: bool = False, images: bool = False) -> int:
         """Delete what this knot made (see ``AsyncKnot.clobber``); returns objects deleted."""

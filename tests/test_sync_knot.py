@@ -163,3 +163,35 @@ def test_cancelling_the_future_cancels_the_run() -> None:
 def test_bad_options_fail_in_the_callers_thread() -> None:
     with pytest.raises(aioknot.ConfigurationError, match="workers"):
         Knot(square, backend="local", workers=0)
+
+
+def test_ctrl_c_interrupts_a_wait_and_close_cleans_up(tmp_path: object) -> None:
+    """SIGINT while the main thread waits on a result: KeyboardInterrupt, then close() works."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import os, sys, time, aioknot
+        def slow(x):
+            time.sleep(30)
+        knot = aioknot.Knot(slow, backend="local", workers=1)
+        future = knot.map([1, 2])
+        print("waiting", flush=True)
+        try:
+            future.result()
+        except KeyboardInterrupt:
+            knot.close()
+            print("interrupted", flush=True)
+        """
+    )
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "waiting"
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    out, _ = process.communicate(timeout=30)
+    assert out.strip() == "interrupted" and process.returncode == 0
+    assert wait_for_no_workers(process.pid, 5) == []
