@@ -78,15 +78,24 @@ class TaskError(TaskFailure):
         )
 
     def __reduce__(self) -> tuple[object, ...]:
-        # Keyword-only __init__: make instances survive pickling (the sync face, user code).
-        return (_rebuild_task_error, (self.__dict__.copy(),))
+        # Keyword-only __init__: rebuild through it so a pickled copy reads the same.
+        # The original exception is left behind: it may not pickle where it is going.
+        return (
+            _rebuild_task_error,
+            (self.index, self.remote_type, self.remote_message, self.remote_traceback, self.run_id),
+        )
 
 
-def _rebuild_task_error(state: dict[str, object]) -> TaskError:
-    error = TaskError.__new__(TaskError)
-    error.__dict__.update(state)
-    Exception.__init__(error, f"input {state['index']} raised {state['remote_type']}")
-    return error
+def _rebuild_task_error(
+    index: int, remote_type: str, remote_message: str, remote_traceback: str, run_id: str | None
+) -> TaskError:
+    return TaskError(
+        index=index,
+        remote_type=remote_type,
+        remote_message=remote_message,
+        remote_traceback=remote_traceback,
+        run_id=run_id,
+    )
 
 
 class TaskLost(TaskFailure):

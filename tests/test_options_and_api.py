@@ -89,3 +89,16 @@ async def test_attach_checks_the_run_id(aioknot_home: str) -> None:
             await knot.attach("../../etc")
         with pytest.raises(ConfigurationError, match="has no run"):
             await knot.attach("20200101T000000-abcdef")
+
+
+def test_task_failures_survive_pickling() -> None:
+    import pickle
+
+    error = aioknot.TaskError(
+        index=3, remote_type="ValueError", remote_message="m", remote_traceback="Traceback...\n"
+    )
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.index, copy.remote_type, str(copy)) == (3, "ValueError", str(error))
+    lost = aioknot.TaskLost(index=1, reason="killed", log="stream", exit_code=137)
+    copy_lost = pickle.loads(pickle.dumps(lost))
+    assert (copy_lost.index, copy_lost.reason, copy_lost.exit_code) == (1, "killed", 137)
