@@ -16,7 +16,7 @@ import sysconfig
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from types import ModuleType
+from types import CodeType, ModuleType
 
 import cloudpickle
 
@@ -57,13 +57,26 @@ def is_local_module(module: ModuleType) -> bool:
     return top not in _installed_top_level_names()
 
 
+def _names_used(code: CodeType) -> set[str]:
+    """Global names a code object (and the functions nested in it) refers to."""
+    names = set(code.co_names)
+    for constant in code.co_consts:
+        if isinstance(constant, CodeType):
+            names |= _names_used(constant)
+    return names
+
+
 def _local_modules_of(func: Callable[..., object]) -> list[ModuleType]:
-    """The local top-level modules the function lives in or refers to through its globals."""
+    """The local top-level modules the function lives in or uses through its globals."""
     candidates: list[ModuleType] = []
     own = sys.modules.get(getattr(func, "__module__", "") or "")
     if own is not None:
         candidates.append(own)
-    for value in getattr(func, "__globals__", {}).values():
+    code = getattr(func, "__code__", None)
+    namespace = getattr(func, "__globals__", {})
+    # Only the modules the function names: a script's other imports are not shipped anyway.
+    for name in _names_used(code) if isinstance(code, CodeType) else ():
+        value = namespace.get(name)
         if isinstance(value, ModuleType):
             candidates.append(value)
     found: dict[str, ModuleType] = {}
