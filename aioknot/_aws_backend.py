@@ -47,8 +47,13 @@ from ._aws_jobs import (
     register_definition,
     role_of_knot_stack,
 )
-from ._aws_options import OPTION_NAMES, RESERVED_TAG_PREFIX, AwsOptions, aws_options
-from ._aws_options import default_bucket_name as _default_bucket_name
+from ._aws_options import (
+    OPTION_NAMES,
+    RESERVED_TAG_PREFIX,
+    AwsOptions,
+    aws_options,
+    default_bucket_name,
+)
 from ._aws_stack import (
     FINGERPRINT_OUTPUT,
     default_vpc_subnets,
@@ -136,10 +141,6 @@ async def open_aws_store(knot: str, options: KnotOptions) -> S3Store:
         tags={**BUCKET_TAGS, **knot_aws_options(options).tags},
     )
     return await store.open()
-
-
-def default_bucket_name(account: str, region: str) -> str:
-    return _default_bucket_name(account, region)
 
 
 def _stack_outputs(stack: Mapping[str, Any]) -> dict[str, str]:
