@@ -35,7 +35,6 @@ from ._aws_image import (
     ImageSettings,
     ecr_host,
     image_settings,
-    image_spec,
     plan_image,
     produce_image,
 )
@@ -75,10 +74,10 @@ from ._aws_template import (
 )
 from ._aws_watch import AwsRun
 from ._backend import RunSpec, TaskListener
+from ._dockerfile import ImageSpec
 from ._exceptions import ConfigurationError, KnotError
 from ._names import knot_prefix
 from ._options import KnotOptions
-from ._pickling import PickledFunction
 from ._store import Store
 from ._store_s3 import S3Store
 
@@ -194,8 +193,7 @@ class AwsBackend:
         *,
         knot: str,
         options: KnotOptions,
-        func: Callable[..., Any],
-        function: PickledFunction,
+        image_spec: ImageSpec | None,
         store: Store,
         progress: Progress | None = None,
     ) -> None:
@@ -206,8 +204,8 @@ class AwsBackend:
         self.knot = knot
         self.options = knot_aws_options(options)
         self.image: ImageSettings = image_settings(options.aws)
-        # The import scan is offline; an import that is not installed fails here, at once.
-        self.image_spec = image_spec(self.image, func, function)
+        # Scanned by the knot's constructor (offline), so a missing import failed early.
+        self.image_spec = image_spec
         self._endpoint_url = options.endpoint_url
         self._store = store
         self._progress = progress

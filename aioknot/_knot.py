@@ -12,6 +12,7 @@ import contextlib
 import enum
 import json
 import logging
+import math
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import Any
@@ -19,7 +20,8 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from ._backend import Backend, RunSpec
+from ._backend import Backend, RunSpec, Segment
+from ._dockerfile import ImageSpec
 from ._exceptions import ConfigurationError, KnotError
 from ._inputs import check_inputs, pack_inputs
 from ._names import (
@@ -72,6 +74,13 @@ class AsyncKnot:
         self.name = validate_knot_name(name) if name is not None else default_knot_name(func)
         self.options: KnotOptions = parse_options(backend, options)
         self._function: PickledFunction = pickle_function(func)
+        # For AWS, the image's requirements come from the function's imports: scanned here,
+        # offline, so an import that is not installed fails before anything is created.
+        self._image_spec: ImageSpec | None = None
+        if self.options.backend == "aws":
+            from ._aws_image import image_settings, image_spec
+
+            self._image_spec = image_spec(image_settings(self.options.aws), func, self._function)
         self._state = _State.UNOPENED
         self._exit_stack = contextlib.AsyncExitStack()
         self._group: anyio.abc.TaskGroup | None = None
@@ -167,8 +176,7 @@ class AsyncKnot:
             backend: Backend = AwsBackend(
                 knot=self.name,
                 options=self.options,
-                func=self.func,
-                function=self._function,
+                image_spec=self._image_spec,
                 store=self._store,
                 progress=self._progress,
             )
@@ -230,21 +238,50 @@ class AsyncKnot:
         self._function_stored = True
 
     async def _submit(self, run: Run, inputs: Inputs) -> None:
-        """Store the inputs segment by segment, submitting each as soon as it is stored."""
+        """Store the inputs segment by segment, submitting each as soon as it is stored.
+
+        Storing never waits for the backend: while it is still getting ready (a stack, an
+        image), stored segments queue up and are submitted together the moment it is.
+        """
         store, _, _ = self._check_open()
-        assert run.backend_run is not None
+        backend_run = run.backend_run
+        assert backend_run is not None
         await self._store_function(store)
-        wrote_manifest = False
-        async for packed in pack_inputs(inputs, starmap=run._spec.starmap):
-            await store.put(segment_key(run._spec.run_prefix, packed.segment.first), packed.data)
-            if not wrote_manifest:
-                await run._write_manifest()  # re-attachable from the first segment on
-                wrote_manifest = True
+        send, receive = anyio.create_memory_object_stream[Segment](math.inf)
+        failure: list[BaseException] = []  # raised as itself, not as an ExceptionGroup
+
+        async def store_segments() -> None:
+            async with send:
+                try:
+                    first = True
+                    async for packed in pack_inputs(inputs, starmap=run._spec.starmap):
+                        key = segment_key(run._spec.run_prefix, packed.segment.first)
+                        await store.put(key, packed.data)
+                        if first:  # re-attachable from the first segment on
+                            await run._write_manifest()
+                            first = False
+                        await send.send(packed.segment)
+                except Exception as error:
+                    failure.append(error)
+
+        async with anyio.create_task_group() as group, receive:
+            group.start_soon(store_segments)
             await self._wait_prepared()
-            run._stored(packed.segment)
-            await run.backend_run.submit([packed.segment], last=False)
-        await self._wait_prepared()
-        await run.backend_run.submit([], last=True)
+            async for segment in receive:
+                ready = [segment]
+                while True:  # everything stored meanwhile goes in one submission
+                    try:
+                        ready.append(receive.receive_nowait())
+                    except anyio.WouldBlock:
+                        break
+                    except anyio.EndOfStream:
+                        break
+                for stored in ready:
+                    run._stored(stored)  # before submitting: the watcher must expect them
+                await backend_run.submit(ready, last=False)
+        if failure:
+            raise failure[0]
+        await backend_run.submit([], last=True)
         run._submission_finished()
         await run._write_manifest()
 
@@ -339,8 +376,6 @@ class AsyncKnot:
         run = Run(spec, store, backend.name, retain=True)
         run.created = float(manifest["created"])
         run.backend_run = backend.attach_run(spec, run.watcher, manifest)
-        from ._backend import Segment
-
         for first, count in manifest["segments"]:
             run._stored(Segment(first, count))
         run._submission_finished()

@@ -99,10 +99,14 @@ def parse_options(backend: str | None, options: Mapping[str, Any]) -> KnotOption
             hint = f" Did you mean {close[0]}=?" if close else ""
             raise ConfigurationError(f"{name}= is not an option of a knot.{hint}")
     aws = dict(rest)
-    # Check the AWS options now, whichever the backend, so a typo never waits for the cloud.
+    # Check the AWS and image options now, whichever the backend, so that a typo never waits
+    # for the cloud (and a local knot's options are valid when AIOKNOT_BACKEND=aws).
     aws_options(
         **{name: value for name, value in aws.items() if name in OPTION_NAMES},
         profile=parsed.profile,
         region=parsed.region,
     )
+    from ._aws_image import image_settings
+
+    image_settings({name: value for name, value in aws.items() if name in IMAGE_OPTIONS})
     return KnotOptions(**{**parsed.__dict__, "aws": aws})

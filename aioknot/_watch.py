@@ -218,6 +218,10 @@ class ResultWatcher:
     async def _loop(self) -> None:
         delay = 0.0
         empty_polls = 0
+        # The store is polled on its own clock: a hint, a loss or a submission wakes the loop
+        # to handle that event only, never to poll early (hints would otherwise trigger a
+        # LIST or HEADs each, and cost more requests than the results themselves).
+        next_poll = anyio.current_time()
         while not self.complete:
             self._wake = anyio.Event()
             if self._hinted:
@@ -232,18 +236,18 @@ class ResultWatcher:
             if self._backend_over and self._submission_over:
                 await self._last_look()
                 return
-            if self._outstanding:
+            if self._outstanding and anyio.current_time() >= next_poll:
                 found = await self._discover(sweep=empty_polls % SWEEP_EVERY == SWEEP_EVERY - 1)
                 empty_polls = 0 if found else empty_polls + 1
                 await self._fetch(found)
                 head = self._outstanding <= HEAD_POLL_MAX
                 first, longest = HEAD_DELAYS if head else LIST_DELAYS
                 delay = first if found else min(max(delay, first) * BACKOFF, longest)
-                if self.complete:
-                    return
-            else:
-                delay = math.inf  # nothing to look for until more is submitted
-            with anyio.move_on_after(delay):
+                next_poll = anyio.current_time() + delay
+                continue
+            # Nothing outstanding: nothing to look for until more is submitted.
+            wait = next_poll - anyio.current_time() if self._outstanding else math.inf
+            with anyio.move_on_after(max(wait, 0.0)):
                 await self._wake.wait()
 
     async def _last_look(self) -> None:
