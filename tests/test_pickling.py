@@ -106,13 +106,15 @@ def test_a_local_module_that_is_not_installed_travels_by_value(tmp_path: Path) -
             with aioknot.Knot(mylib.scaled, backend="local") as knot:
                 print(knot.map(range(4)).result(timeout=60))
         """,
-        **{"mylib.py": """
+        **{
+            "mylib.py": """
         FACTOR = 7
         def helper(x):
             return x * FACTOR
         def scaled(x):
             return helper(x) + 1
-        """},
+        """
+        },
     )
     assert out == "[1, 8, 15, 22]"
 

@@ -49,9 +49,7 @@ def test_a_segment_gives_each_input_back_with_two_ranged_reads() -> None:
     segment = pack_segment(inputs)
     for start, stop in [(0, 1), (2, 4), (0, 5), (4, 5)]:
         lo, hi = offset_table_range(start, stop)
-        offsets = [
-            int.from_bytes(segment[i : i + 8], "little") for i in range(lo, hi, 8)
-        ]
+        offsets = [int.from_bytes(segment[i : i + 8], "little") for i in range(lo, hi, 8)]
         data = segment[offsets[0] : offsets[-1]]
         base = offsets[0]
         values = [
