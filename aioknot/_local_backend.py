@@ -34,6 +34,9 @@ WORKER_PATH = str(Path(_worker.__file__).resolve())
 # A chunk should take about this long: long enough that pipe round trips are noise, short
 # enough that the tail of a run is shared out evenly.
 TARGET_CHUNK_SECONDS = 0.05
+# ... and the tail of a run is not split into chunks of less than this much work: below it
+# the round trip costs more than the balance gains.
+MIN_CHUNK_SECONDS = 0.005
 MAX_CHUNK = 2_000
 OWNER_POLL_SECONDS = 1.0
 
@@ -120,8 +123,10 @@ class LocalRun:
         fair_share = math.ceil(self.queued / workers) if self.queued else 1
         if self.seconds_per_input is None:
             return 1  # measure first: the first chunk of a run is one input
-        by_time = int(TARGET_CHUNK_SECONDS / max(self.seconds_per_input, 1e-7))
-        return max(1, min(MAX_CHUNK, by_time, fair_share))
+        per_input = max(self.seconds_per_input, 1e-7)
+        by_time = int(TARGET_CHUNK_SECONDS / per_input)
+        floor = int(MIN_CHUNK_SECONDS / per_input)
+        return max(1, min(MAX_CHUNK, by_time, max(fair_share, floor)))
 
     def measured(self, seconds: float, count: int) -> None:
         per_input = seconds / max(count, 1)

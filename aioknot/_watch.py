@@ -23,7 +23,14 @@ import anyio
 from ._backend import BackendRun
 from ._exceptions import TaskError, TaskFailure, TaskLost
 from ._store import Store
-from ._worker import decode_group, decode_record, parse_result_key, result_key, results_prefix
+from ._worker import (
+    decode_group,
+    decode_record,
+    decode_values,
+    parse_result_key,
+    result_key,
+    results_prefix,
+)
 
 # HEAD each outstanding key while there are at most this many; LIST sweeps beyond.
 HEAD_POLL_MAX = 32
@@ -37,27 +44,32 @@ HINT_GATHER_SECONDS = 0.005
 NO_RECORD_REASON = "the backend reports the task over, but it wrote no result"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # slots, not frozen: tens of thousands are made per run
 class Outcome:
     index: int
     value: Any = None
     error: TaskFailure | None = None
 
 
+def unreadable(index: int, error: Exception, run_id: str) -> Outcome:
+    """The result exists but cannot be unpickled here (its class is not importable, say)."""
+    return Outcome(
+        index,
+        error=TaskError(
+            index=index,
+            remote_type=type(error).__name__,
+            remote_message=f"the result could not be unpickled on this machine: {error}",
+            remote_traceback="",
+            run_id=run_id,
+        ),
+    )
+
+
 def outcome_from_record(index: int, data: bytes, run_id: str) -> Outcome:
     try:
         ok, payload = decode_record(data)
     except Exception as error:  # e.g. a value whose class cannot be imported here
-        return Outcome(
-            index,
-            error=TaskError(
-                index=index,
-                remote_type=type(error).__name__,
-                remote_message=f"the result could not be unpickled on this machine: {error}",
-                remote_traceback="",
-                run_id=run_id,
-            ),
-        )
+        return unreadable(index, error, run_id)
     if ok:
         return Outcome(index, value=payload)
     info, exception = payload
@@ -161,11 +173,31 @@ class ResultWatcher:
             batch = wanted[start : start + FETCH_BATCH]
             datas = await self._store.get_many([result_key(self._run, *o) for o in batch])
             outcomes = []
-            for (first, _), data in zip(batch, datas, strict=True):
-                for offset, record in enumerate(decode_group(data)):
-                    if not self._finished[first + offset]:
-                        outcomes.append(outcome_from_record(first + offset, record, self._run_id))
+            for (first, count), data in zip(batch, datas, strict=True):
+                outcomes.extend(self._outcomes_of(first, count, data))
             self._finish(outcomes)
+
+    def _outcomes_of(self, first: int, count: int, data: bytes) -> list[Outcome]:
+        finished = self._finished
+        try:
+            values = decode_values(data)
+        except Exception as error:  # e.g. a value whose class cannot be imported here
+            return [
+                unreadable(first + offset, error, self._run_id)
+                for offset in range(count)
+                if not finished[first + offset]
+            ]
+        if values is not None:
+            return [
+                Outcome(first + offset, value)
+                for offset, value in enumerate(values)
+                if not finished[first + offset]
+            ]
+        return [
+            outcome_from_record(first + offset, record, self._run_id)
+            for offset, record in enumerate(decode_group(data))
+            if not finished[first + offset]
+        ]
 
     def _unfinished(self) -> list[int]:
         return [i for i in range(self._low, self._submitted) if not self._finished[i]]

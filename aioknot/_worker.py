@@ -49,6 +49,7 @@ SEGMENT_HEADER_SIZE = len(SEGMENT_MAGIC) + _U64.size
 
 RECORD_MAGIC = b"AKR1"
 GROUP_MAGIC = b"AKG1"
+VALUES_MAGIC = b"AKV1"  # consecutive inputs that all returned: one pickle of their values
 RECORD_VALUE = b"V"
 RECORD_ERROR = b"E"
 _U32 = struct.Struct("<I")
@@ -64,7 +65,7 @@ GROUP_SECONDS = 0.02
 # ... unless inputs take this long each: then every record is written on its own at once.
 # So a record waits at most ~40 ms, and a 3 ms task no longer costs a PUT of its own.
 SLOW_INPUT_SECONDS = 0.02
-GROUP_MAX_BYTES = 8 * 1024 * 1024
+GROUP_MAX_INPUTS = 10_000
 
 
 def result_key(run: str, first: int, count: int = 1) -> str:
@@ -89,6 +90,40 @@ def encode_group(records: list[bytes]) -> bytes:
         return records[0]
     sizes = struct.pack(f"<{len(records)}Q", *(len(r) for r in records))
     return b"".join([GROUP_MAGIC, _U32.pack(len(records)), sizes, *records])
+
+
+def encode_results(first: int, results: list[tuple[bool, Any]]) -> bytes:
+    """One object for consecutive inputs' results: ``(True, value)`` or ``(False, record)``.
+
+    When every input returned, the values are pickled as one list (one C call instead of a
+    record each, which is most of the cost of a tiny task); otherwise one record each.
+    """
+    if all(ok for ok, _ in results):
+        try:
+            return VALUES_MAGIC + dumps([value for _, value in results])
+        except Exception:
+            pass  # some value cannot be pickled: find which, below
+    records = []
+    for offset, (ok, payload) in enumerate(results):
+        if not ok:
+            records.append(payload)
+            continue
+        try:
+            records.append(encode_value_record(payload))
+        except Exception as error:
+            failure = TypeError(
+                f"the function's result for input {first + offset} cannot be pickled: {error}"
+            )
+            records.append(encode_error_record(failure))
+    return encode_group(records)
+
+
+def decode_values(data: bytes) -> list[Any] | None:
+    """The values of a values object, or None when ``data`` holds records instead."""
+    if data[:4] != VALUES_MAGIC:
+        return None
+    values: list[Any] = pickle.loads(data[4:])
+    return values
 
 
 def decode_group(data: bytes) -> list[bytes]:
@@ -281,18 +316,20 @@ class Worker:
     ) -> None:
         """Run inputs ``start..stop`` (global indices, one segment) and record each result."""
         store = self.store(store_url)
-        pending: list[bytes] = []  # records of inputs first..first+len-1, not yet written
+        # Results of inputs first..first+len-1 not yet written. Values are pickled when they
+        # are written (within ~40 ms), as a process pool pickles a chunk's results at its end.
+        pending: list[tuple[bool, Any]] = []
         first = start
         opened = 0.0
-        size = 0
 
         def flush() -> None:
-            nonlocal pending, first, size
+            nonlocal pending, first
             if pending:
-                store.write(result_key(run, first, len(pending)), encode_group(pending))
+                data = encode_results(first, pending)
+                store.write(result_key(run, first, len(pending)), data)
                 if on_done is not None:
                     on_done(first, len(pending))
-                first, pending, size = first + len(pending), [], 0
+                first, pending = first + len(pending), []
 
         try:
             function = self.function(store_url, function_key)
@@ -300,7 +337,7 @@ class Worker:
             # Every input gets the reason (a module missing on the worker, say), not a crash.
             failure = RuntimeError(f"the function could not be loaded on the worker: {error!r}")
             failure.__cause__ = error
-            pending = [encode_error_record(failure)] * (stop - start)
+            pending = [(False, encode_error_record(failure))] * (stop - start)
             flush()
             return
         key = segment_key(run, segment_first)
@@ -317,24 +354,20 @@ class Worker:
             chunk = data[offsets[position] - base : offsets[position + 1] - base]
             try:
                 argument = pickle.loads(chunk)
-                value = function(*argument) if starmap else function(argument)
-                try:
-                    record = encode_value_record(value)
-                except Exception as error:
-                    raise TypeError(
-                        f"the function's result for input {index} cannot be pickled: {error}"
-                    ) from error
+                result: tuple[bool, Any] = (
+                    True,
+                    function(*argument) if starmap else function(argument),
+                )
             except (Exception, SystemExit) as error:
-                record = encode_error_record(error)
+                result = (False, encode_error_record(error))
             finished = time.perf_counter()
             if not pending:
                 opened = began
-            pending.append(record)
-            size += len(record)
+            pending.append(result)
             if (
                 finished - began >= SLOW_INPUT_SECONDS
                 or finished - opened >= GROUP_SECONDS
-                or size >= GROUP_MAX_BYTES
+                or len(pending) >= GROUP_MAX_INPUTS
             ):
                 flush()
         flush()

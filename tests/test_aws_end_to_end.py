@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import pytest
 from aws_e2e_functions import hypotenuse, refuse_three
 from conftest import FAKE_CREDENTIALS, MotoServer, start_moto_server, stop_moto_server
@@ -121,7 +122,12 @@ async def test_real_containers_end_to_end(
         assert results == [5.0, 13.0, 17.0, 25.0]
         run = await knot.map([(6.0, 8.0)])  # one input: a plain job
         assert await run.gather() == [10.0]
-        lines = await run.logs(0)
+        # The record is written before the container exits; its log is copied after.
+        lines: list[str] = []
+        with anyio.move_on_after(30):
+            while not any("aioknot worker: inputs 0..0" in line for line in lines):
+                await anyio.sleep(0.5)
+                lines = await run.logs(0)
         assert any("aioknot worker: inputs 0..0" in line for line in lines), lines
     assert any(line.startswith("building ") for line in first_log), first_log
     assert any(line.startswith("pushed ") for line in first_log), first_log

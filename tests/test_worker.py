@@ -18,6 +18,7 @@ from aioknot._worker import (
     array_index_from_environment,
     decode_group,
     decode_record,
+    decode_values,
     encode_error_record,
     encode_group,
     encode_value_record,
@@ -133,12 +134,13 @@ def test_batch_mode_runs_its_chunk_of_a_run_in_a_real_process(tmp_path: Path) ->
         "AWS_BATCH_JOB_ID": "parent-job:1",  # child 1 of chunk 3: inputs 3, 4 and 5
     }
     subprocess.run([sys.executable, _worker.__file__], env=environment, check=True, cwd=tmp_path)
-    results = sorted(os.listdir(tmp_path / run / "results"))
     values = {}
-    for name in results:
+    for name in sorted(os.listdir(tmp_path / run / "results")):
         first, _ = parse_result_key(f"x/{name}")
-        for offset, record in enumerate(decode_group(store.read(f"{run}/results/{name}"))):
-            values[first + offset] = decode_record(record)[1]
+        data = store.read(f"{run}/results/{name}")
+        decoded = decode_values(data)  # inputs that all returned: one list of values
+        assert decoded is not None
+        values.update({first + offset: value for offset, value in enumerate(decoded)})
     assert values == {3: 6, 4: 8, 5: 10}
 
 
@@ -158,7 +160,25 @@ def test_a_function_that_cannot_be_loaded_gives_every_input_the_reason(tmp_path:
     )
     (name,) = os.listdir(tmp_path / run / "results")
     records = decode_group(store.read(f"{run}/results/{name}"))
-    assert len(records) == 2
+    assert len(records) == 2 and decode_values(store.read(f"{run}/results/{name}")) is None
     for record in records:
         ok, (info, _) = decode_record(record)
         assert not ok and "could not be loaded on the worker" in info["message"]
+
+
+def test_results_of_a_group_with_an_error_or_an_unpicklable_value_are_records() -> None:
+    import threading
+
+    from aioknot._worker import encode_results
+
+    try:
+        raise OSError("disk")
+    except OSError as error:
+        failed = encode_error_record(error)
+    mixed = encode_results(10, [(True, 1), (False, failed), (True, threading.Lock())])
+    assert decode_values(mixed) is None
+    records = [decode_record(r) for r in decode_group(mixed)]
+    assert records[0] == (True, 1)
+    assert records[1][1][0]["type"] == "OSError"
+    assert "input 12 cannot be pickled" in records[2][1][0]["message"]
+    assert decode_values(encode_results(0, [(True, None), (True, "x")])) == [None, "x"]
