@@ -8,9 +8,11 @@ The original error stays attached as ``__cause__`` (``raise ... from``).
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
+from botocore.parsers import ResponseParserError
 
 from ._exceptions import ConfigurationError, KnotError
 
@@ -43,8 +45,12 @@ def is_throttling(error: BaseException) -> bool:
     return isinstance(error, ClientError) and error_code(error) in THROTTLING_ERRORS
 
 
-def translate(error: Exception, doing: str) -> KnotError:
-    """Our error for a botocore error raised while ``doing`` (e.g. "submitting job x")."""
+def translate(error: Exception, doing: str, failure: type[KnotError] = KnotError) -> KnotError:
+    """Our error for a botocore error raised while ``doing`` (e.g. "submitting job x").
+
+    Credentials and region problems are ``ConfigurationError``; anything else is ``failure``
+    (``StackError`` for CloudFormation, say).
+    """
     if isinstance(error, NoCredentialsError):
         return ConfigurationError(
             f"no AWS credentials while {doing}: configure them the standard way (environment, "
@@ -61,14 +67,20 @@ def translate(error: Exception, doing: str) -> KnotError:
                 f"AWS refused {doing} ({code}: {error_message(error)}): check the credentials, "
                 "profile and region, and that they may use Batch, ECR, S3 and CloudWatch Logs"
             )
-        return KnotError(f"{doing} failed: {code}: {error_message(error)}")
-    return KnotError(f"{doing} failed: {error}")
+        return failure(f"{doing} failed: {code}: {error_message(error)}")
+    if isinstance(error, ResponseParserError):
+        found = re.search(r'"message": "([^"]*)"', str(error))
+        if found:
+            return failure(f"{doing} failed: {found.group(1)}")
+    return failure(f"{doing} failed: {error}")
 
 
 @contextlib.contextmanager
-def aws_errors(doing: str) -> Iterator[None]:
+def aws_errors(doing: str, failure: type[KnotError] = KnotError) -> Iterator[None]:
     """Translate botocore errors raised inside the block; ours pass through untouched."""
     try:
         yield
-    except (ClientError, BotoCoreError) as error:
-        raise translate(error, doing) from error
+    # An endpoint that answers a failure in the wrong protocol (moto, for a resource it
+    # refuses) surfaces as ResponseParserError, which is no BotoCoreError.
+    except (ClientError, BotoCoreError, ResponseParserError) as error:
+        raise translate(error, doing, failure) from error

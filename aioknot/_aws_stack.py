@@ -19,15 +19,14 @@ import contextlib
 import hashlib
 import json
 import logging
-import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-from botocore.parsers import ResponseParserError
+from botocore.exceptions import ClientError
 
-from ._exceptions import ConfigurationError, KnotError, StackError
+from ._aws_errors import aws_errors, error_code, error_message
+from ._exceptions import ConfigurationError, StackError
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -64,17 +63,6 @@ RECREATE = frozenset(
 STACK_TYPE = "AWS::CloudFormation::Stack"
 # Resources CloudFormation stopped because another one failed: not a cause.
 CANCELLED_REASONS = ("Resource creation cancelled", "Resource update cancelled")
-CREDENTIAL_ERRORS = frozenset(
-    {
-        "AccessDenied",
-        "AccessDeniedException",
-        "ExpiredToken",
-        "ExpiredTokenException",
-        "InvalidClientTokenId",
-        "SignatureDoesNotMatch",
-        "UnrecognizedClientException",
-    }
-)
 
 
 # --- pure helpers ---------------------------------------------------------------------------
@@ -190,48 +178,13 @@ def _report(progress: Progress | None, message: str) -> None:
 # --- errors -------------------------------------------------------------------------------
 
 
-def _error_code(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code", ""))
-
-
-def _error_message(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Message", ""))
-
-
-def _translate(error: Exception, doing: str) -> KnotError:
-    if isinstance(error, NoCredentialsError):
-        return ConfigurationError(
-            f"no AWS credentials while {doing}: configure them the standard way (environment, "
-            "~/.aws/credentials, SSO) or pass profile='...'"
-        )
-    if isinstance(error, ClientError):
-        code, message = _error_code(error), _error_message(error)
-        if code in CREDENTIAL_ERRORS:
-            return ConfigurationError(
-                f"AWS refused {doing} ({code}: {message}): check the credentials, profile and "
-                "region, and that they may use CloudFormation, IAM, EC2 and Batch"
-            )
-        return StackError(f"{doing} failed: {code}: {message}")
-    if isinstance(error, ResponseParserError):
-        found = re.search(r'"message": "([^"]*)"', str(error))
-        if found:
-            return StackError(f"{doing} failed: {found.group(1)}")
-    return StackError(f"{doing} failed: {error}")
-
-
-@contextlib.contextmanager
-def _aws_errors(doing: str) -> Iterator[None]:
-    """The one boundary where botocore's errors become ours."""
-    try:
-        yield
-    # An endpoint that answers a failure in the wrong protocol (moto, for a resource it
-    # refuses) surfaces as ResponseParserError, which is no BotoCoreError.
-    except (ClientError, BotoCoreError, ResponseParserError) as error:
-        raise _translate(error, doing) from error
+def _aws_errors(doing: str) -> contextlib.AbstractContextManager[None]:
+    """The one boundary where botocore's errors become ours: StackError by default."""
+    return aws_errors(doing, StackError)
 
 
 def _is_missing(error: ClientError) -> bool:
-    return _error_code(error) == "ValidationError" and "does not exist" in _error_message(error)
+    return error_code(error) == "ValidationError" and "does not exist" in error_message(error)
 
 
 # --- AWS calls ------------------------------------------------------------------------------
@@ -364,7 +317,7 @@ async def _create(
                 OnFailure="ROLLBACK",
             )
         except ClientError as error:
-            if _error_code(error) == "AlreadyExistsException":
+            if error_code(error) == "AlreadyExistsException":
                 return None
             raise
     cursor = _EventCursor(response["StackId"], name)
@@ -397,7 +350,7 @@ async def _update(
                 Tags=_tag_list(tags),
             )
         except ClientError as error:
-            message = _error_message(error)
+            message = error_message(error)
             if "No updates are to be performed" in message:
                 return dict(stack)
             if "can not be updated" in message:

@@ -26,13 +26,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import json
 import os
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -42,14 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from infra.containers import ContainerStack, ensure_container_stack  # noqa: E402
-
-FAKE_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_REGION": "us-east-1",
-}
+from infra.moto import FAKE_CREDENTIALS, MotoServer, start_moto_server, stop_moto_server  # noqa: E402
 
 
 def monte_pi_count(n: int) -> int:
@@ -61,37 +50,11 @@ def monte_pi_count(n: int) -> int:
 # --- the moto server ----------------------------------------------------------------------------
 
 
-def start_moto(stack: ContainerStack) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    env = {**os.environ, **FAKE_CREDENTIALS, "DOCKER_HOST": stack.docker_host}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise SystemExit(f"moto server did not start on {url}") from None
-            time.sleep(0.1)
-    config = json.dumps({"batch": {"use_docker": False}}).encode()
-    request = urllib.request.Request(
-        f"{url}/moto-api/config",
-        data=config,
-        method="POST",
-        headers={"Content-Type": "application/json"},
-    )
-    urllib.request.urlopen(request, timeout=30).close()
-    return process, url
+def start_moto(stack: ContainerStack) -> MotoServer:
+    """A moto server that runs Batch jobs in simple mode (nothing to run: submission is timed)."""
+    server = start_moto_server({"DOCKER_HOST": stack.docker_host})
+    server.configure({"batch": {"use_docker": False}})
+    return server
 
 
 # --- counting and timing ------------------------------------------------------------------------
@@ -262,12 +225,11 @@ def main() -> None:
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     stack = ensure_container_stack()
-    process, url = start_moto(stack)
+    server = start_moto(stack)
     try:
-        asyncio.run(main_async(stack, url, arguments.inputs, arguments.cold))
+        asyncio.run(main_async(stack, server.url, arguments.inputs, arguments.cold))
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        stop_moto_server(server)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import anyio
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from conftest import FAKE_CREDENTIALS, MotoServer, start_moto_server, stop_moto_server
+from infra.moto import FAKE_CREDENTIALS, MotoServer, start_moto_server, stop_moto_server
 
 import aioknot
 from aioknot import _aws_jobs, _aws_stack, _aws_watch

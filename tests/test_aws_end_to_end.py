@@ -25,8 +25,8 @@ from typing import Any
 import anyio
 import pytest
 from aws_e2e_functions import hypotenuse, refuse_three
-from conftest import FAKE_CREDENTIALS, MotoServer, start_moto_server, stop_moto_server
 from infra.containers import ContainerStack
+from infra.moto import FAKE_CREDENTIALS, MotoServer, start_moto_server, stop_moto_server
 
 import aioknot
 from aioknot import _aws_stack, _aws_watch

@@ -17,7 +17,7 @@ from typing import Any
 import aioboto3
 import pytest
 from botocore.exceptions import ClientError
-from conftest import MotoServer
+from infra.moto import MotoServer
 
 from aioknot import _aws_stack
 from aioknot._aws_options import AwsOptions, aws_options

@@ -27,8 +27,8 @@ import aiodocker
 import boto3
 import pytest
 from aiodocker.exceptions import DockerError
-from conftest import FAKE_CREDENTIALS, start_moto_server, stop_moto_server
 from infra.containers import ContainerStack
+from infra.moto import FAKE_CREDENTIALS, start_moto_server, stop_moto_server
 
 # The first session on a fresh machine installs packages and runs debootstrap (~1 min).
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(600)]
