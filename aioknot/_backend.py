@@ -90,3 +90,26 @@ class Backend(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+class EndedRun:
+    """A re-attached run that is known to be over (it was cancelled): nothing more will come."""
+
+    def __init__(self, job_ids: list[str]) -> None:
+        self._job_ids = job_ids
+
+    @property
+    def job_ids(self) -> list[str]:
+        return self._job_ids
+
+    async def submit(self, segments: Sequence[Segment], *, last: bool) -> None:
+        raise RuntimeError("a run that is over takes no new inputs")
+
+    async def watch(self) -> None:
+        return None
+
+    async def status(self) -> dict[str, int]:
+        return {}
+
+    async def cancel(self) -> None:
+        return None

@@ -8,10 +8,18 @@ cost only tens of PUTs; a segment is also closed early when its inputs arrive sl
 
 from __future__ import annotations
 
+import contextlib
 import pickle
+import queue
+import threading
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import anyio.to_thread
 
 from ._backend import Segment
 from ._exceptions import ConfigurationError
@@ -24,6 +32,9 @@ MAX_SEGMENT_INPUTS = 1_000
 MAX_SEGMENT_BYTES = 16 * 1024 * 1024
 # Inputs that trickle in (a slow generator) are flushed after this long, so they start.
 MAX_SEGMENT_WAIT_SECONDS = 0.25
+# The event loop is given back at least this often while inputs are pickled or pulled.
+LOOP_SLICE_SECONDS = 0.005
+PULL_QUEUE_SIZE = 1_024  # inputs pulled ahead from a sync iterator (and taken per batch)
 
 
 @dataclass(frozen=True)
@@ -45,7 +56,8 @@ def check_inputs(inputs: object) -> None:
 class _Packer:
     """Accumulates pickled inputs; says when a segment is full and hands it out."""
 
-    def __init__(self) -> None:
+    def __init__(self, starmap: bool) -> None:
+        self.starmap = starmap
         self.limit = FIRST_SEGMENT_INPUTS
         self.first = 0
         self.index = 0
@@ -53,30 +65,27 @@ class _Packer:
         self.size = 0
         self.opened = 0.0
 
-    def add(self, value: object, starmap: bool) -> bool:
+    def add(self, value: object) -> bool:
         """Pickle one input; True when the segment should be closed now."""
         try:
             # The common case inline (most of a tiny task's client cost is right here);
             # pickle_input handles starmap, cloudpickle fallback and the error message.
-            data = _fast_dumps(value, 5) if not starmap else b""
+            data = _fast_dumps(value, 5) if not self.starmap else b""
         except Exception:
             data = b""
         if not data:
-            data = pickle_input(value, self.index, starmap=starmap)
+            data = pickle_input(value, self.index, starmap=self.starmap)
         pending = self.pending
         if not pending:
             self.opened = time.monotonic()
         pending.append(data)
         self.size += len(data)
         self.index += 1
-        return (
-            len(pending) >= self.limit
-            or self.size >= MAX_SEGMENT_BYTES
-            or (
-                len(pending) % 64 == 0
-                and time.monotonic() - self.opened >= MAX_SEGMENT_WAIT_SECONDS
-            )
-        )
+        return len(pending) >= self.limit or self.size >= MAX_SEGMENT_BYTES or self.overdue()
+
+    def overdue(self) -> bool:
+        """Inputs that trickle in are stored after a short wait, so that they start."""
+        return bool(self.pending) and time.monotonic() - self.opened >= MAX_SEGMENT_WAIT_SECONDS
 
     def take(self) -> PackedSegment:
         packed = PackedSegment(Segment(self.first, len(self.pending)), pack_segment(self.pending))
@@ -85,19 +94,166 @@ class _Packer:
         return packed
 
 
+Store = Callable[[PackedSegment], Awaitable[None]]
+
+
 async def pack_inputs(
-    inputs: Iterable[object] | AsyncIterable[object], *, starmap: bool
-) -> AsyncIterator[PackedSegment]:
-    """Yield packed segments in input order; raises ``SerializationError`` naming an input."""
-    packer = _Packer()
-    if isinstance(inputs, AsyncIterable):
-        async for value in inputs:
-            if packer.add(value, starmap):
-                yield packer.take()
+    inputs: Iterable[object] | AsyncIterable[object], *, starmap: bool, store: Store
+) -> None:
+    """Pack the inputs into segments and ``store`` each, in input order.
+
+    Raises ``SerializationError`` naming an input that cannot be pickled, and whatever the
+    inputs' own iteration raises, as itself.
+    """
+    packer = _Packer(starmap)
+    if isinstance(inputs, (list, tuple, range)):
+        await _pack_in_memory(inputs, packer, store)
     else:
-        # A plain loop: no await per input, so a list of 100,000 costs only the pickling.
-        for value in inputs:
-            if packer.add(value, starmap):
-                yield packer.take()
+        await _pack_stream(inputs, packer, store)
     if packer.pending:
-        yield packer.take()
+        await store(packer.take())
+
+
+async def _pack_in_memory(inputs: Sequence[object], packer: _Packer, store: Store) -> None:
+    """Inputs already in memory: a plain loop, with a checkpoint now and then so that a
+    long list never holds the event loop for more than a few milliseconds."""
+    since = time.monotonic()
+    for value in inputs:
+        if packer.add(value):
+            await store(packer.take())
+            since = time.monotonic()
+        elif packer.index % 256 == 0 and time.monotonic() - since > LOOP_SLICE_SECONDS:
+            await anyio.lowlevel.checkpoint()
+            since = time.monotonic()
+
+
+class _Pulled:
+    """Inputs pulled from a sync iterator by a thread of their own, through a bounded queue.
+
+    The thread may block inside the iterator (a generator reading files, waiting on
+    something) without blocking the event loop or holding back the inputs it already gave.
+    """
+
+    _END = object()
+
+    def __init__(self, inputs: Iterable[object]) -> None:
+        self._iterator = iter(inputs)
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=PULL_QUEUE_SIZE)
+        self._stop = threading.Event()
+        self._ended = False  # the end marker was taken
+        self.error: BaseException | None = None
+
+    def pull_all(self) -> None:
+        """In a worker thread: put every input on the queue, then the end marker."""
+        try:
+            for value in self._iterator:
+                if not self._put(value):
+                    return
+        except Exception as error:
+            self.error = error
+        self._put(self._END)
+
+    def _put(self, item: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def next_batch(self) -> list[object] | None:
+        """In a worker thread: wait for an input, then take all that are ready; None at the end."""
+        if self._ended:
+            return None
+        batch = [self._queue.get()]
+        while len(batch) < PULL_QUEUE_SIZE:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        if batch[-1] is self._END:
+            batch.pop()
+            self._ended = True
+            return batch or None
+        return batch
+
+    def stop(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(self._END)  # wakes a next_batch that waits
+
+
+async def _pack_stream(
+    inputs: Iterable[object] | AsyncIterable[object], packer: _Packer, store: Store
+) -> None:
+    """Inputs that are produced as they go (generators, async iterables).
+
+    A sync iterator is pulled by a thread of its own, so a slow generator never blocks the
+    event loop; a timer stores a part-full segment once it has waited
+    ``MAX_SEGMENT_WAIT_SECONDS``, so a trickle of inputs starts running.
+    """
+    failure: list[BaseException] = []  # raised as itself after the group, not wrapped
+    lock = anyio.Lock()  # segments are stored one at a time, in order
+    send, receive = anyio.create_memory_object_stream[list[object]](4)
+
+    async def produce(group: anyio.abc.TaskGroup) -> None:
+        async with send:
+            try:
+                if isinstance(inputs, AsyncIterable):
+                    async for value in inputs:
+                        await send.send([value])
+                    return
+                pulled = _Pulled(inputs)
+
+                async def pull_in_thread() -> None:
+                    # Abandoned on cancel: the iterator may block; stop() ends it later.
+                    await anyio.to_thread.run_sync(pulled.pull_all, abandon_on_cancel=True)
+
+                group.start_soon(pull_in_thread)
+                try:
+                    while True:
+                        batch = await anyio.to_thread.run_sync(
+                            pulled.next_batch, abandon_on_cancel=True
+                        )
+                        if batch is None:
+                            break
+                        await send.send(batch)
+                finally:
+                    pulled.stop()
+                if pulled.error is not None:
+                    raise pulled.error
+            except Exception as error:
+                failure.append(error)
+
+    async def consume(group: anyio.abc.TaskGroup) -> None:
+        try:
+            async with receive:
+                async for batch in receive:
+                    async with lock:
+                        for value in batch:
+                            if packer.add(value):
+                                await store(packer.take())
+        except Exception as error:
+            failure.append(error)
+        group.cancel_scope.cancel()  # the timer's work is over too
+
+    async def flush_overdue() -> None:
+        while True:
+            wait = MAX_SEGMENT_WAIT_SECONDS
+            if packer.pending:
+                wait -= time.monotonic() - packer.opened
+            await anyio.sleep(max(wait, 0.001))
+            async with lock:
+                if packer.overdue():
+                    # Shielded: the group is cancelled when the inputs end, and a segment
+                    # taken from the packer must be stored whole.
+                    with anyio.CancelScope(shield=True):
+                        await store(packer.take())
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(produce, group)
+        group.start_soon(flush_overdue)
+        group.start_soon(consume, group)
+    if failure:
+        raise failure[0]

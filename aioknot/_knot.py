@@ -20,10 +20,10 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from ._backend import Backend, RunSpec, Segment
+from ._backend import Backend, EndedRun, RunSpec, Segment
 from ._dockerfile import ImageSpec
 from ._exceptions import ConfigurationError, KnotError
-from ._inputs import check_inputs, pack_inputs
+from ._inputs import PackedSegment, check_inputs, pack_inputs
 from ._names import (
     default_home,
     default_knot_name,
@@ -37,7 +37,7 @@ from ._names import (
 )
 from ._options import KnotOptions, parse_options
 from ._pickling import PickledFunction, pickle_function
-from ._run import Run
+from ._run import CANCELLED_REASON, Run
 from ._store import Store
 from ._worker import segment_key
 
@@ -89,7 +89,7 @@ class AsyncKnot:
         self._function_stored = False
         self._prepared = anyio.Event()
         self._prepare_error: BaseException | None = None
-        self._runs: weakref.WeakValueDictionary[str, Run] = weakref.WeakValueDictionary()
+        self._runs: weakref.WeakSet[Run] = weakref.WeakSet()  # to cancel on close
 
     @property
     def backend(self) -> str:
@@ -143,7 +143,7 @@ class AsyncKnot:
             return
         self._state = _State.CLOSED
         with anyio.CancelScope(shield=True):
-            for run in list(self._runs.values()):
+            for run in list(self._runs):
                 # Readers still waiting on a run get TaskLost("cancelled"), not a hang.
                 with contextlib.suppress(Exception):
                     await run.cancel()
@@ -225,7 +225,7 @@ class AsyncKnot:
         )
         run = Run(spec, store, backend.name, retain=retain, return_exceptions=return_exceptions)
         run.backend_run = backend.open_run(spec, run.watcher)
-        self._runs[run_id] = run
+        self._runs.add(run)
         return run
 
     async def _store_function(self, store: Store) -> None:
@@ -250,17 +250,16 @@ class AsyncKnot:
         send, receive = anyio.create_memory_object_stream[Segment](math.inf)
         failure: list[BaseException] = []  # raised as itself, not as an ExceptionGroup
 
+        async def store_segment(packed: PackedSegment) -> None:
+            await store.put(segment_key(run._spec.run_prefix, packed.segment.first), packed.data)
+            if packed.segment.first == 0:  # re-attachable from the first segment on
+                await run._write_manifest()
+            await send.send(packed.segment)
+
         async def store_segments() -> None:
             async with send:
                 try:
-                    first = True
-                    async for packed in pack_inputs(inputs, starmap=run._spec.starmap):
-                        key = segment_key(run._spec.run_prefix, packed.segment.first)
-                        await store.put(key, packed.data)
-                        if first:  # re-attachable from the first segment on
-                            await run._write_manifest()
-                            first = False
-                        await send.send(packed.segment)
+                    await pack_inputs(inputs, starmap=run._spec.starmap, store=store_segment)
                 except Exception as error:
                     failure.append(error)
 
@@ -291,6 +290,7 @@ class AsyncKnot:
             await run.watcher.run(run.backend_run)
         except Exception as error:
             run._fail(error)
+            await run.cancel()  # nobody can collect its results: stop its tasks
 
     async def map(
         self, inputs: Inputs, *, starmap: bool = False, return_exceptions: bool = False
@@ -339,6 +339,7 @@ class AsyncKnot:
                     await self._submit(run, inputs)
                 except Exception as error:
                     run._fail(error)
+                    await run.cancel()
 
         group.start_soon(self._watch, run)
         group.start_soon(submit_in_background)
@@ -375,11 +376,16 @@ class AsyncKnot:
         )
         run = Run(spec, store, backend.name, retain=True)
         run.created = float(manifest["created"])
-        run.backend_run = backend.attach_run(spec, run.watcher, manifest)
+        if manifest.get("cancelled"):
+            # Whatever has no record will never get one.
+            run.backend_run = EndedRun(list(manifest.get("jobs", [])))
+            run.watcher.no_record_reason = CANCELLED_REASON
+        else:
+            run.backend_run = backend.attach_run(spec, run.watcher, manifest)
         for first, count in manifest["segments"]:
             run._stored(Segment(first, count))
         run._submission_finished()
-        self._runs[run_id] = run
+        self._runs.add(run)
         group.start_soon(self._watch, run)
         return run
 
@@ -391,7 +397,7 @@ class AsyncKnot:
         Returns the number of stored objects deleted.
         """
         store, backend, _ = self._check_open()
-        for run in list(self._runs.values()):
+        for run in list(self._runs):
             await run.cancel()
         deleted = await store.delete_prefix(knot_prefix(self.name) + "/")
         self._function_stored = False

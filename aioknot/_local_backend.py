@@ -39,6 +39,9 @@ TARGET_CHUNK_SECONDS = 0.05
 MIN_CHUNK_SECONDS = 0.005
 MAX_CHUNK = 2_000
 OWNER_POLL_SECONDS = 1.0
+# Runs this process is running now: a run re-attached in its own process is over when it is
+# no longer here (the process is alive, so its pid says nothing).
+_LIVE_RUN_IDS: set[str] = set()
 
 
 def death_reason(returncode: int | None) -> str:
@@ -78,6 +81,7 @@ class _WorkerProcess:
     progress_path: str
     chunk: _Range | None = None
     next_index: int = 0  # the first index of the chunk not yet reported done
+    killed: bool = False  # by cancel_run: it takes no more work, and its death blames no one
 
 
 class LocalRun:
@@ -91,6 +95,7 @@ class LocalRun:
         self.last_submitted = False
         self.cancelled = False
         self._over = anyio.Event()
+        _LIVE_RUN_IDS.add(spec.run_id)
 
     @property
     def job_ids(self) -> list[str]:
@@ -107,6 +112,7 @@ class LocalRun:
     def check_over(self) -> None:
         if self.cancelled or (self.last_submitted and self.queued == 0 and self.running == 0):
             self._over.set()
+            _LIVE_RUN_IDS.discard(self.spec.run_id)
 
     async def watch(self) -> None:
         await self._over.wait()
@@ -137,7 +143,8 @@ class LocalRun:
 class AttachedLocalRun:
     """A local run re-attached from its manifest: over once the process that ran it is gone."""
 
-    def __init__(self, manifest: dict[str, object]) -> None:
+    def __init__(self, run_id: str, manifest: dict[str, object]) -> None:
+        self._run_id = run_id
         owner = manifest.get("owner")
         self._owner = owner if isinstance(owner, dict) else {}
 
@@ -151,6 +158,8 @@ class AttachedLocalRun:
     def _owner_alive(self) -> bool:
         if self._owner.get("host") != socket.gethostname():
             return True  # cannot tell from here: trust the store
+        if self._owner.get("pid") == os.getpid():
+            return self._run_id in _LIVE_RUN_IDS
         try:
             os.kill(int(self._owner.get("pid", 0)), 0)
         except ProcessLookupError:
@@ -199,7 +208,7 @@ class LocalBackend:
     def attach_run(
         self, spec: RunSpec, listener: TaskListener, manifest: dict[str, object]
     ) -> AttachedLocalRun:
-        return AttachedLocalRun(manifest)
+        return AttachedLocalRun(spec.run_id, manifest)
 
     def enqueue(self, work: _Range, *, front: bool = False) -> None:
         if front:
@@ -238,6 +247,8 @@ class LocalBackend:
         return None
 
     async def _assign(self, worker: _WorkerProcess) -> None:
+        if worker.killed:
+            return  # its end is near; the chunk it would get stays queued
         chunk = self._next_chunk()
         if chunk is None:
             self._idle.append(worker)
@@ -270,8 +281,10 @@ class LocalBackend:
         command = [sys.executable, WORKER_PATH, "--serve", "--progress-file", progress_path]
         try:
             # Shielded: a spawn cancelled half-way would leave a process with open pipes.
+            # A session of its own: the terminal's Ctrl-C (SIGINT to the foreground process
+            # group) interrupts the client's wait, not the workers' tasks.
             with anyio.CancelScope(shield=True):
-                process = await anyio.open_process(command, stderr=None)
+                process = await anyio.open_process(command, stderr=None, start_new_session=True)
         except BaseException:
             os.unlink(progress_path)
             raise
@@ -331,6 +344,13 @@ class LocalBackend:
             return
         run = chunk.run
         unwritten = worker.next_index
+        if worker.killed:
+            # Killed for another run's cancel just after it took this chunk: run it again.
+            run.running -= chunk.stop - unwritten
+            if unwritten < chunk.stop:
+                self.enqueue(_Range(run, chunk.segment, unwritten, chunk.stop), front=True)
+                run.queued += chunk.stop - unwritten
+            return
         # Died between inputs (reading, writing): blame the first unwritten one, so that a
         # process that keeps dying there still makes progress.
         lost = running if unwritten <= running < chunk.stop else unwritten
@@ -339,7 +359,9 @@ class LocalBackend:
             if start < stop:
                 self.enqueue(_Range(run, chunk.segment, start, stop), front=True)
                 run.queued += stop - start
-        run.listener.lost(lost, death_reason(returncode), log="this process's stderr")
+        run.listener.lost(
+            lost, death_reason(returncode), log="this process's stderr", exit_code=returncode
+        )
         run.check_over()
 
     async def cancel_run(self, run: LocalRun) -> None:
@@ -347,6 +369,7 @@ class LocalBackend:
         run.queued = 0
         for worker in list(self._processes):
             if worker.chunk is not None and worker.chunk.run is run:
+                worker.killed = True
                 worker.process.kill()
         run.running = 0
 

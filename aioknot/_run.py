@@ -7,6 +7,7 @@ A ``Run`` is handed out once every input is stored and submitted (``knot.map``),
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -51,6 +52,7 @@ class Run:
         self._segments: list[Segment] = []
         self._total: int | None = None
         self._failure: BaseException | None = None  # submission or watching failed
+        self._cancelled = False
         self._counts = {"succeeded": 0, "failed": 0, "lost": 0}
         self.watcher = ResultWatcher(store, spec.run_prefix, spec.run_id, self._collect)
         self.backend_run: BackendRun | None = None
@@ -133,6 +135,7 @@ class Run:
             "function": self._spec.function_key,
             "starmap": self._spec.starmap,
             "complete": self._total is not None,
+            "cancelled": self._cancelled,
             "total": self._total,
             "segments": [[s.first, s.count] for s in self._segments],
             "jobs": self.backend_run.job_ids if self.backend_run else [],
@@ -152,9 +155,9 @@ class Run:
     async def _next_completed(self, position: int) -> int | None:
         """The index completed at ``position``, waiting for it; None once the run is over."""
         while True:
+            self._raise_failure()  # a failed run (its inputs raised, say) ends every reader
             if position - self._consumed < len(self._completed):
                 return self._completed[position - self._consumed]
-            self._raise_failure()
             if self._total is not None and self.finished >= self._total:
                 return None
             await self._changed.wait()
@@ -182,6 +185,7 @@ class Run:
         if ordered:
             index = 0
             while True:
+                self._raise_failure()
                 while index not in self._outcomes:
                     self._raise_failure()
                     if self._total is not None and index >= self._total:
@@ -215,6 +219,7 @@ class Run:
         while not (self._total is not None and self.finished >= self._total):
             self._raise_failure()
             await self._changed.wait()
+        self._raise_failure()
         outcomes = [self._outcomes[i] for i in range(self._total)]
         return [self._deliver(outcome, keep_going) for outcome in outcomes]
 
@@ -238,10 +243,19 @@ class Run:
             counts.update(await self.backend_run.status())
         return counts
 
+    @property
+    def _all_finished(self) -> bool:
+        return self._total is not None and self.finished >= self._total
+
     async def cancel(self) -> None:
-        """Stop every input that has not finished; each becomes ``TaskLost("cancelled")``."""
-        if self.done:
+        """Stop every input that has not finished; each becomes ``TaskLost("cancelled")``.
+
+        Also after the run failed (its inputs raised mid-way, the store failed): whatever
+        was submitted stops too. The manifest says so, for whoever re-attaches.
+        """
+        if self._all_finished or self._cancelled:
             return
+        self._cancelled = True
         with anyio.CancelScope(shield=True):
             if self.backend_run is not None:
                 await self.backend_run.cancel()
@@ -249,6 +263,9 @@ class Run:
             if self._total is None:
                 self._total = self.submitted
             self._notify()
+            if self.submitted:
+                with contextlib.suppress(Exception):  # the run is stopped either way
+                    await self._write_manifest()
 
     async def logs(self, index: int) -> list[str]:
         """The log lines of the task that ran input ``index`` (backends that keep logs)."""

@@ -136,12 +136,16 @@ class Knot:
         self._pid = os.getpid()
         self.jobs = []
 
+    @staticmethod
+    def _in_loop_thread(portal: BlockingPortal) -> bool:
+        return portal._event_loop_thread_id == threading.get_ident()
+
     def _open(self) -> BlockingPortal:
         with self._lock:
             if self._closed:
                 raise KnotError(f"knot {self.name!r} is closed: create a new Knot to run again")
             if self._portal is not None:
-                if self._portal._event_loop_thread_id == threading.get_ident():
+                if self._in_loop_thread(self._portal):
                     raise KnotError(
                         f"knot {self.name!r} was called from its own event loop thread (from a "
                         "done-callback, say), where waiting would deadlock: use AsyncKnot "
@@ -215,6 +219,12 @@ class Knot:
         with self._lock:
             if self._closed:
                 return
+            if self._portal is not None and self._in_loop_thread(self._portal):
+                raise KnotError(
+                    f"knot {self.name!r} cannot be closed from its own event loop thread (a "
+                    "done-callback, say): closing waits for that thread. Close it from "
+                    "another thread"
+                )
             self._closed = True
             portal_cm, knot_cm = self._portal_cm, self._knot_cm
             self._portal_cm = self._portal = self._knot_cm = None

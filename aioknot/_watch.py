@@ -96,6 +96,7 @@ class ResultWatcher:
         self._run = run_prefix
         self._run_id = run_id
         self._emit = emit
+        self.no_record_reason = NO_RECORD_REASON  # what an input without a record died of
         self._finished = bytearray()  # 1 where the input's outcome was emitted
         self._submitted = 0
         self._outstanding = 0
@@ -290,7 +291,7 @@ class ResultWatcher:
                 Outcome(
                     i,
                     error=self._lost.get(i)
-                    or TaskLost(index=i, reason=NO_RECORD_REASON, run_id=self._run_id),
+                    or TaskLost(index=i, reason=self.no_record_reason, run_id=self._run_id),
                 )
                 for i in self._unfinished()
             ]

@@ -358,7 +358,7 @@ class Worker:
                     True,
                     function(*argument) if starmap else function(argument),
                 )
-            except (Exception, SystemExit) as error:
+            except BaseException as error:  # KeyboardInterrupt too: the user's code raised it
                 result = (False, encode_error_record(error))
             finished = time.perf_counter()
             if not pending:
@@ -433,10 +433,16 @@ def serve(progress_path: str | None = None) -> int:
     running now, written before each input (a memory store, not a syscall), so that when this
     process dies the parent knows exactly which input killed it.
     """
-    # Keep the original stdout for the protocol; the user's prints go to stderr.
+    # Keep the original stdin and stdout for the protocol: the user's prints go to stderr and
+    # the user's input() reads an empty stdin, so neither can corrupt the task channel.
     channel = os.fdopen(os.dup(1), "w", buffering=1)
+    tasks = os.fdopen(os.dup(0), "r")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    sys.stdin = open(os.devnull)
     running = None
     if progress_path is not None:
         import mmap
@@ -453,7 +459,7 @@ def serve(progress_path: str | None = None) -> int:
 
     worker = Worker()
     channel.write("ready\n")
-    for line in sys.stdin:
+    for line in tasks:
         task = json.loads(line)
         began = time.perf_counter()
         worker.run_chunk(

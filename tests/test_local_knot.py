@@ -10,7 +10,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
@@ -159,21 +159,55 @@ async def test_a_killed_worker_loses_only_the_input_it_was_running() -> None:
     assert [v for i, v in enumerate(values) if i != 3] == [0, 1, 2, 4, 5, 6, 7]
 
 
+def busy_workers(knot: AsyncKnot) -> list[int]:
+    """Pids of the knot's worker processes running an input now (and not being killed)."""
+    backend = knot._backend
+    return [
+        w.process.pid
+        for w in backend._processes  # type: ignore[union-attr]
+        if w.chunk is not None and not w.killed
+    ]
+
+
+def running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            return file.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+async def wait_until_gone(pids: list[int]) -> list[int]:
+    """Wait up to 5 s for the processes to end (another process's end cannot be awaited)."""
+    for _ in range(100):
+        if not any(running(pid) for pid in pids):
+            break
+        await anyio.sleep(0.05)
+    return [pid for pid in pids if running(pid)]
+
+
 async def test_leaving_amap_early_stops_its_workers() -> None:
     async with AsyncKnot(sleepy, backend="local", workers=2) as knot:
         async for _ in knot.amap([0.01] + [5.0] * 6):
+            busy = busy_workers(knot)
             break
-        # The generator is closed when the loop is left; its run is cancelled at once.
-        await anyio.sleep(0.2)
-        assert await anyio.to_thread.run_sync(wait_for_no_workers, os.getpid(), 5.0) == []
+        # The generator is closed when the loop is left; its run is cancelled at once: the
+        # processes running its inputs are killed (idle pool processes stay for later runs).
+        assert await wait_until_gone(busy) == []
+        assert busy_workers(knot) == [] and not knot._backend._queue  # type: ignore[union-attr]
+    assert await anyio.to_thread.run_sync(wait_for_no_workers, os.getpid(), 5.0) == []
 
 
 async def test_cancelling_the_consuming_task_stops_its_workers() -> None:
     async with AsyncKnot(sleepy, backend="local", workers=2) as knot:
+        busy: list[int] = []
         with anyio.move_on_after(1.0):
             async for _ in knot.amap([5.0] * 4):
                 pass
-        assert await anyio.to_thread.run_sync(wait_for_no_workers, os.getpid(), 5.0) == []
+        busy = [w.process.pid for w in knot._backend._processes]  # type: ignore[union-attr]
+        assert busy_workers(knot) == []
+        assert await wait_until_gone(busy) == []  # both were running its inputs
+    assert await anyio.to_thread.run_sync(wait_for_no_workers, os.getpid(), 5.0) == []
 
 
 async def test_closing_the_knot_leaves_no_process() -> None:
@@ -297,3 +331,104 @@ async def test_local_backend_with_the_s3_store(aws: object) -> None:
     async with aioboto3.Session().client("s3") as s3:
         listed = await s3.list_objects_v2(Bucket="local-on-s3", Prefix="work/knots/square/")
         assert listed["KeyCount"] > 0
+
+
+def raises_keyboard_interrupt(x: int) -> int:
+    if x == 1:
+        raise KeyboardInterrupt("from the function")
+    return x
+
+
+def exits_hard(x: int) -> int:
+    if x == 1:
+        os._exit(3)
+    return x
+
+
+def reads_stdin(x: int) -> str:
+    return input()  # must not eat the worker's task channel
+
+
+async def test_a_base_exception_from_the_function_is_a_task_error() -> None:
+    async with AsyncKnot(raises_keyboard_interrupt, backend="local", workers=1) as knot:
+        values = await (await knot.map(range(3))).gather(return_exceptions=True)
+    assert values[0] == 0 and values[2] == 2
+    assert isinstance(values[1], TaskError) and values[1].remote_type == "KeyboardInterrupt"
+
+
+async def test_a_worker_that_exits_hard_gives_task_lost_with_the_exit_code() -> None:
+    async with AsyncKnot(exits_hard, backend="local", workers=1) as knot:
+        values = await (await knot.map(range(3))).gather(return_exceptions=True)
+    assert values[0] == 0 and values[2] == 2
+    assert isinstance(values[1], TaskLost) and values[1].exit_code == 3
+
+
+async def test_the_function_reading_stdin_gets_nothing_and_the_worker_survives() -> None:
+    async with AsyncKnot(reads_stdin, backend="local", workers=1) as knot:
+        values = await (await knot.map(range(3))).gather(return_exceptions=True)
+    assert all(isinstance(v, TaskError) and v.remote_type == "EOFError" for v in values)
+
+
+async def test_a_trickle_of_async_inputs_starts_before_the_segment_fills() -> None:
+    """The generator waits for the first result: without the flush timer this deadlocks."""
+    first_result = anyio.Event()
+
+    async def inputs() -> AsyncIterator[int]:
+        for i in range(3):
+            yield i
+        await first_result.wait()
+        yield 3
+
+    async with AsyncKnot(square, backend="local") as knot:
+        seen = []
+        with anyio.fail_after(20):
+            async for value in knot.amap(inputs()):
+                seen.append(value)
+                first_result.set()
+    assert sorted(seen) == [0, 1, 4, 9]
+
+
+async def test_a_blocking_sync_generator_does_not_block_the_event_loop() -> None:
+    """Pulled in a worker thread: it may block (on I/O, here on the first result)."""
+    first_result = threading.Event()
+
+    def inputs() -> Iterator[int]:
+        yield from range(3)
+        assert first_result.wait(20), "the first result never came while inputs blocked"
+        yield 3
+
+    async with AsyncKnot(square, backend="local") as knot:
+        seen = []
+        with anyio.fail_after(30):
+            async for value in knot.amap(inputs()):
+                seen.append(value)
+                first_result.set()
+    assert sorted(seen) == [0, 1, 4, 9]
+
+
+async def test_amap_over_inputs_that_raise_midway_stops_what_was_submitted() -> None:
+    def inputs() -> Iterator[float]:
+        yield from [0.5] * 20
+        raise ValueError("the inputs broke")
+
+    async with AsyncKnot(sleepy, backend="local", workers=2) as knot:
+        with pytest.raises(ValueError, match="the inputs broke"):
+            async for _ in knot.amap(inputs()):
+                pass
+        # The 20 stored inputs were cancelled, not left to run.
+        assert busy_workers(knot) == [] and not knot._backend._queue  # type: ignore[union-attr]
+
+
+async def test_attaching_in_the_same_process_a_run_that_was_cancelled(
+    aioknot_home: str,
+) -> None:
+    async with AsyncKnot(sleepy, name="cancelled-run", backend="local", workers=1) as knot:
+        run = await knot.map([0.0, 5.0, 5.0])
+        async for _ in run.items():
+            break
+    async with AsyncKnot(sleepy, name="cancelled-run", backend="local") as knot:
+        attached = await knot.attach(run.id)
+        with anyio.fail_after(10):
+            values = await attached.gather(return_exceptions=True)
+    assert values[0] == 0.0
+    assert all(isinstance(v, TaskLost) and "cancelled" in v.reason for v in values[1:])

@@ -195,3 +195,60 @@ def test_ctrl_c_interrupts_a_wait_and_close_cleans_up(tmp_path: object) -> None:
     out, _ = process.communicate(timeout=30)
     assert out.strip() == "interrupted" and process.returncode == 0
     assert wait_for_no_workers(process.pid, 5) == []
+
+
+def test_ctrl_c_at_the_terminal_leaves_the_workers_running() -> None:
+    """A terminal sends SIGINT to the whole process group: the workers must not die of it."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import time, aioknot
+        def slow(x):
+            time.sleep(1.5)
+            return x
+        knot = aioknot.Knot(slow, backend="local", workers=2)
+        future = knot.map([1, 2])
+        print("waiting", flush=True)
+        try:
+            future.result()
+        except KeyboardInterrupt:
+            print(future.result(timeout=30), flush=True)  # the run went on
+        knot.close()
+        """
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "waiting"
+    time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGINT)
+    out, _ = process.communicate(timeout=60)
+    assert out.strip() == "[1, 2]" and process.returncode == 0
+
+
+def test_close_from_a_done_callback_raises_and_leaves_the_knot_closable() -> None:
+    knot = Knot(square, backend="local")
+    outcome: concurrent.futures.Future[BaseException | None] = concurrent.futures.Future()
+
+    def callback(future: concurrent.futures.Future[list[int]]) -> None:
+        try:
+            knot.close()
+            outcome.set_result(None)
+        except BaseException as error:
+            outcome.set_result(error)
+
+    knot.map([1]).add_done_callback(callback)
+    error = outcome.result(timeout=60)
+    assert isinstance(error, KnotError) and "own event loop thread" in str(error)
+    before = len(portal_threads())
+    knot.close()  # from this thread it works, and stops everything
+    assert len(portal_threads()) == before - 1
+    assert wait_for_no_workers(os.getpid()) == []
