@@ -98,8 +98,22 @@ def simple_batch(aws: MotoServer) -> Iterator[MotoServer]:
         aws.configure({"batch": {"use_docker": True}})
 
 
+_OPEN_CLIENTS: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_boto_clients() -> Iterator[None]:
+    """Close the test's boto3 clients: an unclosed one leaks sockets that warn at some later
+    garbage collection, in whichever test happens to run then."""
+    yield
+    while _OPEN_CLIENTS:
+        _OPEN_CLIENTS.pop().close()
+
+
 def boto(service: str, server: MotoServer) -> Any:
-    return boto3.client(service, endpoint_url=server.url, region_name=REGION)
+    client = boto3.client(service, endpoint_url=server.url, region_name=REGION)
+    _OPEN_CLIENTS.append(client)
+    return client
 
 
 def knot(func: Any = square, **options: Any) -> aioknot.AsyncKnot:
