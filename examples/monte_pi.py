@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 import time
 
 import aioknot
@@ -45,8 +46,12 @@ def blocking_face(tasks: int, points: int) -> float:
     """The same with the blocking ``Knot`` and a ``concurrent.futures.Future``."""
     with aioknot.Knot(monte_pi_count, name="pi-calc") as knot:
         future = knot.map([points] * tasks)
-        future.add_done_callback(lambda f: print(f"done-callback: {len(f.result())} counts"))
+        called = threading.Event()  # callbacks run on the knot's own thread
+        future.add_done_callback(
+            lambda f: (print(f"done-callback: {len(f.result())} counts"), called.set())
+        )
         counts = future.result()
+        called.wait(10)
         knot.view_jobs()
     return 4.0 * sum(counts) / (tasks * points)
 
