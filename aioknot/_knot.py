@@ -271,9 +271,7 @@ class AsyncKnot:
                 while True:  # everything stored meanwhile goes in one submission
                     try:
                         ready.append(receive.receive_nowait())
-                    except anyio.WouldBlock:
-                        break
-                    except anyio.EndOfStream:
+                    except (anyio.WouldBlock, anyio.EndOfStream):
                         break
                 for stored in ready:
                     run._stored(stored)  # before submitting: the watcher must expect them

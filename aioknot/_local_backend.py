@@ -78,7 +78,6 @@ def _read_running(path: str) -> int:
 @dataclass
 class _WorkerProcess:
     process: anyio.abc.Process
-    progress_path: str
     chunk: _Range | None = None
     next_index: int = 0  # the first index of the chunk not yet reported done
     killed: bool = False  # by cancel_run: it takes no more work, and its death blames no one
@@ -290,7 +289,7 @@ class LocalBackend:
             raise
         finally:
             self._starting -= 1
-        worker = _WorkerProcess(process, progress_path)
+        worker = _WorkerProcess(process)
         self._processes.append(worker)
         try:
             assert process.stdout is not None

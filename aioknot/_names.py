@@ -70,10 +70,6 @@ def function_key(knot: str, digest: str) -> str:
     return f"{knot_prefix(knot)}/functions/{digest}.pkl"
 
 
-def runs_prefix(knot: str) -> str:
-    return f"{knot_prefix(knot)}/runs/"
-
-
 def run_prefix(knot: str, run_id: str) -> str:
     return f"{knot_prefix(knot)}/runs/{run_id}"
 

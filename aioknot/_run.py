@@ -223,12 +223,6 @@ class Run:
         outcomes = [self._outcomes[i] for i in range(self._total)]
         return [self._deliver(outcome, keep_going) for outcome in outcomes]
 
-    async def wait(self) -> None:
-        """Wait until every input has an outcome (a value, an error or a loss)."""
-        while not self.done:
-            await self._changed.wait()
-        self._raise_failure()
-
     # -- status, cancel, logs ------------------------------------------------------------
 
     async def status(self) -> dict[str, int]:

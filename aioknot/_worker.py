@@ -38,8 +38,6 @@ from typing import Any, Protocol
 
 import cloudpickle
 
-WORKER_FORMAT = 1
-
 # A segment: magic, input count, (count + 1) absolute offsets, then the pickled inputs.
 # Absolute offsets let a worker read the two offsets around its own input with one ranged GET
 # without knowing the count, then its input (or a contiguous chunk) with a second one.
