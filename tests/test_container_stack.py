@@ -141,6 +141,7 @@ async def test_push_with_moto_ecr_token(
     with pytest.raises(urllib.error.HTTPError) as refused:
         registry_get(container_stack, "/v2/", auth=False)
     assert refused.value.code == 401
+    refused.value.close()  # an HTTPError holds the response's socket until closed
 
     tag = uuid.uuid4().hex[:12]
     ref = f"{container_stack.registry}/aioknot-smoke:{tag}"
