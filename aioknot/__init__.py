@@ -14,6 +14,7 @@ from ._exceptions import (
     TaskError,
     TaskFailure,
     TaskLost,
+    WatchTimeout,
 )
 from ._knot import AsyncKnot
 from ._run import Run
@@ -34,5 +35,6 @@ __all__ = [
     "TaskError",
     "TaskFailure",
     "TaskLost",
+    "WatchTimeout",
     "__version__",
 ]

@@ -207,6 +207,8 @@ class AwsBackend:
         # Scanned by the knot's constructor (offline), so a missing import failed early.
         self.image_spec = image_spec
         self._endpoint_url = options.endpoint_url
+        # Seconds without one successful answer before watching a run gives up (jobs go on).
+        self.watch_timeout = options.watch_timeout
         self._store = store
         self._progress = progress
         self._session, self.region = _session(options)

@@ -9,6 +9,8 @@
     │   └── TaskLost                the task died without a result (killed, OOM, spot, timeout)
     ├── StoreError                  the store (S3 or a local directory) refused a request
     ├── StackError                  the environment stack failed; lists each failed resource
+    ├── WatchTimeout                a sustained outage ended the watch of a run: its jobs keep
+    │                               running, and the run can be re-attached later
     └── ImageBuildError             the worker image could not be built or pushed
 
 Errors of the libraries underneath (botocore, aiodocker, OSError) are translated into these at
@@ -147,6 +149,19 @@ class StackError(KnotError):
         self.failures = list(failures)
         lines = [message] + [f"  {rid} ({rtype}): {reason}" for rid, rtype, reason in failures]
         super().__init__("\n".join(lines))
+
+
+class WatchTimeout(KnotError, TimeoutError):
+    """Watching a run saw no successful answer from the backend or the store for too long.
+
+    Nothing was cancelled: the run's jobs keep running and its results keep being stored.
+    ``run_id`` names the run to re-attach (``await knot.attach(run_id)``) once the service
+    answers again; ``__cause__`` is the last error seen.
+    """
+
+    def __init__(self, message: str, *, run_id: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
 
 
 class ImageBuildError(KnotError):

@@ -20,7 +20,21 @@ BACKENDS = ("local", "aws")
 DEFAULT_BACKEND = "local"  # never spend money by accident: AWS is asked for by name
 
 # Options every backend understands; the AWS backend's own are checked by _aws_options.
-COMMON_OPTIONS = ("bucket", "endpoint_url", "profile", "region", "directory", "progress")
+COMMON_OPTIONS = (
+    "bucket",
+    "endpoint_url",
+    "profile",
+    "region",
+    "directory",
+    "progress",
+    "watch_timeout",
+    "retention_days",
+)
+# How long watching a run goes on without one successful look at the backend before it gives
+# up (the jobs keep running; the run can be re-attached). Transient errors are retried until.
+DEFAULT_WATCH_TIMEOUT = 15 * 60.0
+# How long a run's data (inputs, results, manifest) is kept, unless AIOKNOT_RETENTION_DAYS.
+DEFAULT_RETENTION_DAYS = 7
 LOCAL_OPTIONS = ("workers",)
 # How the AWS backend gets its worker image (checked by the image builder).
 IMAGE_OPTIONS = (
@@ -46,6 +60,8 @@ class KnotOptions:
     directory: str | None = None  # the local store's root (default: AIOKNOT_HOME / cache)
     workers: int | None = None  # local worker processes (default: os.cpu_count())
     progress: Callable[[str], None] | None = None
+    watch_timeout: float = DEFAULT_WATCH_TIMEOUT  # seconds without one successful poll
+    retention_days: int = DEFAULT_RETENTION_DAYS  # days a run's stored data is kept
     aws: Mapping[str, Any] = field(default_factory=dict)  # validated by the AWS backend
 
 
@@ -67,6 +83,25 @@ def _optional_str(options: dict[str, Any], name: str) -> str | None:
     return os.fspath(value) if value is not None else None
 
 
+def _retention_days(value: object) -> int:
+    source = "retention_days="
+    if value is None:
+        text = os.environ.get("AIOKNOT_RETENTION_DAYS")
+        if not text:
+            return DEFAULT_RETENTION_DAYS
+        source = "AIOKNOT_RETENTION_DAYS"
+        try:
+            value = int(text)
+        except ValueError:
+            value = text
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigurationError(
+            f"{source} must be a whole number of days of at least 1, got {value!r} "
+            f"(the default is {DEFAULT_RETENTION_DAYS})"
+        )
+    return value
+
+
 def parse_options(backend: str | None, options: Mapping[str, Any]) -> KnotOptions:
     chosen = resolve_backend(backend)
     rest = dict(options)
@@ -80,6 +115,17 @@ def parse_options(backend: str | None, options: Mapping[str, Any]) -> KnotOption
     progress = rest.pop("progress", None)
     if progress is not None and not callable(progress):
         raise ConfigurationError("progress= must be a callable taking one message string")
+    watch_timeout = rest.pop("watch_timeout", DEFAULT_WATCH_TIMEOUT)
+    if (
+        not isinstance(watch_timeout, (int, float))
+        or isinstance(watch_timeout, bool)
+        or not watch_timeout > 0
+    ):
+        raise ConfigurationError(
+            f"watch_timeout= must be a positive number of seconds, got {watch_timeout!r} "
+            f"(the default is {DEFAULT_WATCH_TIMEOUT:g}: 15 minutes)"
+        )
+    retention_days = _retention_days(rest.pop("retention_days", None))
     parsed = KnotOptions(
         backend=chosen,
         bucket=_optional_str(rest, "bucket"),
@@ -89,6 +135,8 @@ def parse_options(backend: str | None, options: Mapping[str, Any]) -> KnotOption
         directory=_optional_str(rest, "directory"),
         workers=workers,
         progress=progress,
+        watch_timeout=float(watch_timeout),
+        retention_days=retention_days,
     )
     from ._aws_options import OPTION_NAMES, aws_options
 

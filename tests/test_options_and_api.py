@@ -28,6 +28,7 @@ def test_the_public_surface_is_exactly_this() -> None:
         "TaskError",
         "TaskFailure",
         "TaskLost",
+        "WatchTimeout",
         "__version__",
     ]
     for name in aioknot.__all__:

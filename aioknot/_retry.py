@@ -1,0 +1,131 @@
+"""Transient failures, told apart from real ones, and retried on the caller's clock.
+
+botocore retries a few times on its own; that covers a blip, not a throttling burst, a
+minute of 503s or a credential being refreshed. Every store and control-plane call a run
+depends on goes through `retry_transient`, which keeps retrying *transient* failures
+(throttling, 5xx, connection errors, expired or refreshing credentials) with jittered backoff
+until the caller's outage window is spent, then raises the last error as it is, for the
+caller's one error boundary to translate. Anything else is raised at once: retrying a wrong
+bucket name or a refused permission only delays the message the user needs.
+"""
+
+from __future__ import annotations
+
+import builtins
+import random
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
+
+import anyio
+
+T = TypeVar("T")
+
+# Error codes that say "not now" rather than "no" (AWS's own list for its SDKs' retries,
+# plus the credential codes a refresh cures).
+TRANSIENT_CODES = frozenset(
+    {
+        # throttling
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "ProvisionedThroughputExceededException",
+        "BandwidthLimitExceeded",
+        "SlowDown",
+        "EC2ThrottledException",
+        "PriorRequestNotComplete",
+        # the service's own trouble
+        "InternalError",
+        "InternalFailure",
+        "InternalServerError",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "ServerException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "TransactionInProgressException",
+        # credentials being refreshed (an SSO token, an assumed role's session)
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "RequestExpired",
+        "IDPCommunicationError",
+    }
+)
+TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether ``error`` (botocore, aiohttp or OS level) may well not happen next time."""
+    # Imported here: the worker-free parts of the library need not pay for botocore.
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionError,
+        CredentialRetrievalError,
+        HTTPClientError,
+        IncompleteReadError,
+        ResponseStreamingError,
+    )
+
+    if isinstance(error, ClientError):
+        details = error.response.get("Error", {})
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return str(details.get("Code", "")) in TRANSIENT_CODES or status in TRANSIENT_STATUS
+    if isinstance(
+        error,
+        (
+            ConnectionError,  # botocore's: endpoint unreachable, closed, read/connect timeouts
+            HTTPClientError,
+            IncompleteReadError,
+            ResponseStreamingError,
+            CredentialRetrievalError,
+        ),
+    ):
+        return True
+    try:
+        import aiohttp
+    except ImportError:  # pragma: no cover - aiobotocore depends on it
+        aiohttp = None  # type: ignore[assignment]
+    if aiohttp is not None and isinstance(
+        error, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
+    ):
+        return True
+    # The builtin (reset, refused, aborted), not botocore's of the same name.
+    return isinstance(error, (builtins.ConnectionError, TimeoutError))
+
+
+def backoff_delays(
+    first: float = 0.2, longest: float = 5.0, factor: float = 2.0
+) -> Iterator[float]:
+    """Pauses that grow by ``factor`` up to ``longest``, each jittered to 50-100% of its size
+    so that many clients (or many children) that failed together do not retry together."""
+    delay = first
+    while True:
+        yield random.uniform(delay / 2, delay)
+        delay = min(delay * factor, longest)
+
+
+async def retry_transient(
+    call: Callable[[], Awaitable[T]],
+    *,
+    give_up_after: float,
+    first: float = 0.2,
+    longest: float = 5.0,
+) -> T:
+    """``await call()``, retried while it fails transiently, for at most ``give_up_after``
+    seconds since its first failure; then the last error is raised as it is."""
+    failing_since: float | None = None
+    for delay in backoff_delays(first, longest):
+        try:
+            return await call()
+        except Exception as error:
+            if not is_transient(error):
+                raise
+            now = anyio.current_time()
+            if failing_since is None:
+                failing_since = now
+            if now - failing_since + delay > give_up_after:
+                raise
+        await anyio.sleep(delay)
+    raise AssertionError("unreachable: backoff_delays never ends")
