@@ -45,9 +45,20 @@ class TaskListener(Protocol):
         ...
 
     def lost(
-        self, index: int, reason: str, *, log: str | None = None, exit_code: int | None = None
+        self,
+        index: int,
+        reason: str,
+        *,
+        log: str | None = None,
+        exit_code: int | None = None,
+        job_id: str | None = None,
+        attempts: int | None = None,
     ) -> None:
-        """The backend saw the task of ``index`` end without (perhaps) writing a record."""
+        """The backend saw the task of ``index`` end, perhaps without writing a record.
+
+        Only a hint: the input becomes ``TaskLost`` (with these details) if no record holding
+        it exists, grouped records included; a record found later wins.
+        """
         ...
 
 

@@ -103,7 +103,10 @@ def _rebuild_task_error(
 class TaskLost(TaskFailure):
     """A task died without writing a result: killed, out of memory, spot reclaim, timeout.
 
-    ``reason`` is what the scheduler said; ``log`` says where the task's log is, when known.
+    ``reason`` is what the scheduler said; ``log`` says where the task's log is, when known;
+    ``exit_code`` is the process's exit code (negative: the signal that killed it locally);
+    ``job_id`` names the Batch job (``<array job>:<child>``) that ran it and ``attempts`` how
+    many attempts Batch made, when the backend knows.
     """
 
     def __init__(
@@ -114,24 +117,59 @@ class TaskLost(TaskFailure):
         log: str | None = None,
         exit_code: int | None = None,
         run_id: str | None = None,
+        job_id: str | None = None,
+        attempts: int | None = None,
     ) -> None:
         self.reason = reason
         self.log = log
         self.exit_code = exit_code
-        where = f" (log: {log})" if log else ""
+        self.job_id = job_id
+        self.attempts = attempts
+        details = []
+        if job_id:
+            details.append(f"job {job_id}")
+        if attempts:
+            details.append(f"{attempts} attempt{'s' if attempts != 1 else ''}")
+        if exit_code is not None:
+            details.append(f"exit code {exit_code}")
+        if log:
+            details.append(f"log: {log}")
+        where = f" ({', '.join(details)})" if details else ""
         super().__init__(f"input {index} was lost: {reason}{where}", index=index, run_id=run_id)
 
     def __reduce__(self) -> tuple[object, ...]:
         return (
             _rebuild_task_lost,
-            (self.index, self.reason, self.log, self.exit_code, self.run_id),
+            (
+                self.index,
+                self.reason,
+                self.log,
+                self.exit_code,
+                self.run_id,
+                self.job_id,
+                self.attempts,
+            ),
         )
 
 
 def _rebuild_task_lost(
-    index: int, reason: str, log: str | None, exit_code: int | None, run_id: str | None
+    index: int,
+    reason: str,
+    log: str | None,
+    exit_code: int | None,
+    run_id: str | None,
+    job_id: str | None = None,
+    attempts: int | None = None,
 ) -> TaskLost:
-    return TaskLost(index=index, reason=reason, log=log, exit_code=exit_code, run_id=run_id)
+    return TaskLost(
+        index=index,
+        reason=reason,
+        log=log,
+        exit_code=exit_code,
+        run_id=run_id,
+        job_id=job_id,
+        attempts=attempts,
+    )
 
 
 class StoreError(KnotError):

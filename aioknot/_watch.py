@@ -126,10 +126,23 @@ class ResultWatcher:
         self._wake.set()
 
     def lost(
-        self, index: int, reason: str, *, log: str | None = None, exit_code: int | None = None
+        self,
+        index: int,
+        reason: str,
+        *,
+        log: str | None = None,
+        exit_code: int | None = None,
+        job_id: str | None = None,
+        attempts: int | None = None,
     ) -> None:
         self._lost[index] = TaskLost(
-            index=index, reason=reason, log=log, exit_code=exit_code, run_id=self._run_id
+            index=index,
+            reason=reason,
+            log=log,
+            exit_code=exit_code,
+            run_id=self._run_id,
+            job_id=job_id,
+            attempts=attempts,
         )
         self._wake.set()
 
