@@ -1,4 +1,5 @@
-"""Shared fixtures: a real moto server (tests/infra/moto.py) with fake AWS credentials, the
+"""Shared fixtures: a real moto server (tests/infra/moto.py) with fake AWS credentials, a
+fault-injecting proxy in front of it (tests/infra/fault_proxy.py), the
 container stack (tests/infra/containers.sh), and an empty AIOKNOT_HOME."""
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from infra.fault_proxy import FaultProxy
 from infra.fixtures import container_stack  # noqa: F401  (the real Docker engine + registry)
 from infra.moto import FAKE_CREDENTIALS, MotoServer, start_moto_server, stop_moto_server
 
@@ -35,3 +37,10 @@ def aioknot_home(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> str:
     home = os.path.join(str(tmp_path), "aioknot-home")
     monkeypatch.setenv("AIOKNOT_HOME", home)
     return home
+
+
+@pytest.fixture
+def fault_proxy(moto_server: MotoServer) -> Iterator[FaultProxy]:
+    """A fault-injecting proxy in front of the session's moto server (no faults until added)."""
+    with FaultProxy(upstream=moto_server.url) as proxy:
+        yield proxy
