@@ -87,6 +87,9 @@ class BackendRun(Protocol):
 
 class Backend(Protocol):
     name: str
+    # Whether a run's tasks go on without the client (Batch jobs do; local workers belong to
+    # the knot): closing a knot then leaves its map() runs running, to be re-attached.
+    runs_outlive_client: bool
 
     async def prepare(self) -> None:
         """Make the environment ready (worker pool, stack, image); may run beside uploads."""

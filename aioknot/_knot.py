@@ -39,11 +39,15 @@ from ._options import KnotOptions, parse_options
 from ._pickling import PickledFunction, pickle_function
 from ._run import CANCELLED_REASON, Run
 from ._store import Store
+from ._tasks import task_group
 from ._worker import segment_key
 
 logger = logging.getLogger("aioknot")
 
 Inputs = Iterable[Any] | AsyncIterable[Any]
+# Closing a knot waits at most this long for each run it cancels (a store or control plane
+# that is down must not hold the user's program up).
+CLOSE_CANCEL_SECONDS = 10.0
 
 
 class _State(enum.Enum):
@@ -89,6 +93,7 @@ class AsyncKnot:
         self._function_stored = False
         self._prepared = anyio.Event()
         self._prepare_error: BaseException | None = None
+        self._preparing: anyio.CancelScope | None = None  # clobber() stops preparation by it
         self._runs: weakref.WeakSet[Run] = weakref.WeakSet()  # to cancel on close
 
     @property
@@ -127,6 +132,8 @@ class AsyncKnot:
             start = getattr(self._backend, "start", None)
             if start is not None:
                 start(self._group)
+            # Made here, inside the loop; clobber() may cancel it before the task even starts.
+            self._preparing = anyio.CancelScope()
             self._group.start_soon(self._prepare)
         except BaseException:
             self._state = _State.CLOSED
@@ -142,10 +149,24 @@ class AsyncKnot:
         if self._state is _State.CLOSED:
             return
         self._state = _State.CLOSED
+        backend = self._backend
+        outlive = backend is not None and backend.runs_outlive_client
         with anyio.CancelScope(shield=True):
             for run in list(self._runs):
-                # Readers still waiting on a run get TaskLost("cancelled"), not a hang.
-                with contextlib.suppress(Exception):
+                if outlive and run.retained and not run.done:
+                    # Not the user's intent to cancel: the jobs go on, the results are stored,
+                    # and the run can be re-attached. Readers still waiting are told so.
+                    run._fail(
+                        KnotError(
+                            f"knot {self.name!r} was closed while run {run.id} was still "
+                            f"going: its jobs keep running on the {self.backend} backend; "
+                            f"re-attach with `await knot.attach({run.id!r})` to collect them"
+                        )
+                    )
+                    continue
+                # Readers still waiting on a run get TaskLost("cancelled"), not a hang. A
+                # backend that cannot be reached does not hold the close up for long.
+                with contextlib.suppress(Exception), anyio.move_on_after(CLOSE_CANCEL_SECONDS):
                     await run.cancel()
         await self._exit_stack.aclose()
 
@@ -188,12 +209,22 @@ class AsyncKnot:
     async def _prepare(self) -> None:
         """Make the backend ready (stack, image) while the first inputs are uploaded."""
         try:
-            assert self._backend is not None
-            await self._backend.prepare()
+            assert self._preparing is not None
+            with self._preparing:
+                assert self._backend is not None
+                await self._backend.prepare()
         except Exception as error:
             self._prepare_error = error
         finally:
             self._prepared.set()
+
+    async def _stop_preparing(self) -> None:
+        """Stop the background preparation (clobber must not race it into recreating what it
+        deletes); a later map prepares again, on demand, through the backend."""
+        if self._preparing is not None:
+            self._preparing.cancel()
+        await self._prepared.wait()
+        self._prepare_error = None
 
     async def _wait_prepared(self) -> None:
         await self._prepared.wait()
@@ -263,7 +294,7 @@ class AsyncKnot:
                 except Exception as error:
                     failure.append(error)
 
-        async with anyio.create_task_group() as group, receive:
+        async with task_group() as group, receive:
             group.start_soon(store_segments)
             await self._wait_prepared()
             async for segment in receive:
@@ -283,12 +314,17 @@ class AsyncKnot:
         await run._write_manifest()
 
     async def _watch(self, run: Run) -> None:
+        """Watch a run until every input has an outcome, or watching fails.
+
+        A failed watch (a store or control-plane outage outlasting its retries) ends the run's
+        readers with the error, and nothing else: the jobs keep running and their results
+        keep being stored, so the run can be re-attached. Only the user cancels work.
+        """
         assert run.backend_run is not None
         try:
             await run.watcher.run(run.backend_run)
         except Exception as error:
             run._fail(error)
-            await run.cancel()  # nobody can collect its results: stop its tasks
 
     async def map(
         self, inputs: Inputs, *, starmap: bool = False, return_exceptions: bool = False
@@ -352,12 +388,14 @@ class AsyncKnot:
         """A run of this knot started earlier, maybe by another process, from its manifest."""
         store, backend, group = self._check_open()
         prefix = run_prefix(self.name, validate_run_id(run_id))
+        key = manifest_key(prefix)
         try:
-            manifest = json.loads(await store.get(manifest_key(prefix)))
+            data = await store.get(key)
         except KeyError:
             raise ConfigurationError(
                 f"knot {self.name!r} has no run {run_id!r} in {store.url}"
             ) from None
+        manifest = read_manifest(data, f"{store.url}/{key}")
         if manifest.get("format") != 1 or not manifest.get("complete"):
             raise ConfigurationError(
                 f"run {run_id!r} cannot be attached: its manifest is "
@@ -370,7 +408,7 @@ class AsyncKnot:
             run_prefix=prefix,
             function_key=manifest["function"],
             store_url=store.url,
-            starmap=bool(manifest["starmap"]),
+            starmap=manifest["starmap"],
         )
         run = Run(spec, store, backend.name, retain=True)
         run.created = float(manifest["created"])
@@ -387,14 +425,19 @@ class AsyncKnot:
         group.start_soon(self._watch, run)
         return run
 
-    async def clobber(self, *, environment: bool = False, images: bool = False) -> int:
+    async def clobber(
+        self, *, environment: bool = False, images: bool = False, force: bool = False
+    ) -> int:
         """Delete everything this knot stored (functions, inputs, results, manifests).
 
         With the AWS backend it also deregisters the knot's job definitions, and with
-        ``environment=True`` deletes the environment stack, with ``images=True`` its images.
+        ``environment=True`` deletes the environment stack (refused while other knots use it,
+        unless ``force=True``), with ``images=True`` its images. It first stops the knot's
+        own background preparation and its runs, and never creates anything.
         Returns the number of stored objects deleted.
         """
         store, backend, _ = self._check_open()
+        await self._stop_preparing()
         for run in list(self._runs):
             await run.cancel()
         deleted = await store.delete_prefix(knot_prefix(self.name) + "/")
@@ -402,9 +445,51 @@ class AsyncKnot:
         self._progress(f"deleted {deleted} objects under {knot_prefix(self.name)}/")
         clobber_backend = getattr(backend, "clobber", None)
         if clobber_backend is not None:
-            await clobber_backend(environment=environment, images=images)
+            await clobber_backend(environment=environment, images=images, force=force)
         elif environment or images:
             raise ConfigurationError(
                 f"the {backend.name} backend has no environment or images to delete"
             )
         return deleted
+
+
+# Fields a manifest must have, and their types, to be attached.
+_MANIFEST_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "function": str,
+    "starmap": bool,
+    "created": (int, float),
+    "segments": list,
+}
+
+
+def read_manifest(data: bytes, where: str) -> dict[str, Any]:
+    """A run's manifest, parsed and checked; a corrupt one is a ConfigurationError naming it."""
+    try:
+        manifest: object = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigurationError(
+            f"the run manifest {where} is corrupt (not JSON: {error}); the run cannot be "
+            "attached. Its results, if any, are still stored beside it"
+        ) from None
+    problems = []
+    if not isinstance(manifest, dict):
+        problems.append("it is not a JSON object")
+        manifest = {}
+    else:
+        for name, kind in _MANIFEST_FIELDS.items():
+            if not isinstance(manifest.get(name), kind):
+                problems.append(f"{name!r} is missing or of the wrong type")
+        segments = manifest.get("segments")
+        if isinstance(segments, list) and not all(
+            isinstance(pair, list)
+            and len(pair) == 2
+            and all(isinstance(n, int) and n >= 0 for n in pair)
+            for pair in segments
+        ):
+            problems.append("'segments' is not a list of [first, count] pairs")
+    if problems:
+        raise ConfigurationError(
+            f"the run manifest {where} is corrupt ({'; '.join(problems)}); the run cannot be "
+            "attached. Its results, if any, are still stored beside it"
+        )
+    return manifest

@@ -26,6 +26,7 @@ from ._watch import Outcome, ResultWatcher
 
 MANIFEST_FORMAT = 1
 CANCELLED_REASON = "the run was cancelled"
+MANIFEST_ON_CANCEL_SECONDS = 3.0
 
 
 class Run:
@@ -71,6 +72,11 @@ class Run:
     def __len__(self) -> int:
         """The number of inputs (so far, while ``amap`` is still submitting)."""
         return self._total if self._total is not None else self.submitted
+
+    @property
+    def retained(self) -> bool:
+        """A run of ``map`` (kept, re-attachable), not the private run of an ``amap``."""
+        return self._retain
 
     @property
     def submitted(self) -> int:
@@ -258,7 +264,12 @@ class Run:
                 self._total = self.submitted
             self._notify()
             if self.submitted:
-                with contextlib.suppress(Exception):  # the run is stopped either way
+                # Best effort, briefly: the run is stopped either way, and a store that is
+                # down must not hold up the cancel (or the close that called it).
+                with (
+                    contextlib.suppress(Exception),
+                    anyio.move_on_after(MANIFEST_ON_CANCEL_SECONDS),
+                ):
                     await self._write_manifest()
 
     async def logs(self, index: int) -> list[str]:

@@ -207,10 +207,12 @@ class Knot:
         values: list[Any] = self._open().start_task_soon(run.gather).result(timeout)
         return values
 
-    def clobber(self, *, environment: bool = False, images: bool = False) -> int:
+    def clobber(
+        self, *, environment: bool = False, images: bool = False, force: bool = False
+    ) -> int:
         """Delete what this knot made (see ``AsyncKnot.clobber``); returns objects deleted."""
         deleted: int = self._open().call(
-            lambda: self._async.clobber(environment=environment, images=images)
+            lambda: self._async.clobber(environment=environment, images=images, force=force)
         )
         return deleted
 
