@@ -3,6 +3,12 @@
 A store is an async context manager; keys are ``/``-separated and relative to its root. Both
 implementations answer the same small set of calls, batched where a batch saves round trips
 (a thread hop per file, or a request per object).
+
+Errors: a missing object is ``KeyError`` (from ``get``/``get_many`` only); everything else a
+store cannot do is a ``StoreError`` (the store failed: S3 kept failing through its outage
+window, a disk is full) or a ``ConfigurationError`` (it refused: access denied, a file where
+a directory should be), raised as itself and saying what to do. Transient failures are the
+store's own business: a store retries them before it gives up.
 """
 
 from __future__ import annotations
@@ -33,8 +39,11 @@ class Store(Protocol):
 
     async def exists_many(self, keys: Sequence[str]) -> list[bool]: ...
 
-    async def list_keys(self, prefix: str, *, start_after: str | None = None) -> list[str]:
-        """Keys under ``prefix`` in lexicographic order, after ``start_after`` if given."""
+    async def list_keys(
+        self, prefix: str, *, start_after: str | None = None, before: str | None = None
+    ) -> list[str]:
+        """Keys under ``prefix`` in lexicographic order, after ``start_after`` and before
+        ``before`` if given (a bounded listing stops paging at ``before``)."""
         ...
 
     async def delete_prefix(self, prefix: str) -> int:

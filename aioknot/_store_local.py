@@ -2,17 +2,31 @@
 
 File operations run in a worker thread so the event loop never blocks on the disk; batched
 calls make one thread hop for many files, which is what keeps 10,000 tiny results cheap.
+
+``OSError`` is translated here, at this one boundary: a full disk is a ``StoreError`` that
+says "no space left on device" and names the directory; a file where a directory should be,
+or a directory we may not write, is a ``ConfigurationError``; a missing object stays
+``KeyError`` (the "missing" signal of ``get``/``get_many``).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import anyio.to_thread
 
+from ._exceptions import ConfigurationError, KnotError, StoreError
 from ._worker import FileStore
+
+T = TypeVar("T")
+
+# "The device is full" in its two forms: no blocks left, or this user's quota spent.
+FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class LocalStore:
@@ -30,8 +44,56 @@ class LocalStore:
     def _path(self, key: str) -> str:
         return os.path.join(self.root, key)
 
+    def translate(self, error: OSError, what: str) -> KnotError:
+        """``error`` of ``what`` (e.g. "writing run/inputs/000000000") as a KnotError that
+        says what was wrong and what to do."""
+        where = error.filename or self.root
+        if error.errno in FULL:
+            return StoreError(
+                f"no space left on device for the store in {self.root} ({what}): free space "
+                "on that disk, or point the store at a larger one (directory= or AIOKNOT_HOME)"
+            )
+        if isinstance(error, (NotADirectoryError, FileExistsError)):
+            return ConfigurationError(
+                f"the store in {self.root} cannot be used ({what}): {where} is a file where a "
+                "directory should be; move that file away, or choose another directory= "
+                "(or AIOKNOT_HOME)"
+            )
+        if isinstance(error, IsADirectoryError):
+            return ConfigurationError(
+                f"the store in {self.root} cannot be used ({what}): {where} is a directory "
+                "where a file should be; move it away, or choose another directory="
+            )
+        if isinstance(error, PermissionError) or error.errno == errno.EROFS:
+            return ConfigurationError(
+                f"the store in {self.root} cannot be used ({what}): {error.strerror} on "
+                f"{where}; make it writable by this user, or choose another directory= "
+                "(or AIOKNOT_HOME)"
+            )
+        return StoreError(f"the store in {self.root} failed {what}: {error}")
+
+    async def _run(self, what: str, call: Callable[[], T]) -> T:
+        try:
+            return await anyio.to_thread.run_sync(call)
+        except OSError as error:
+            raise self.translate(error, what) from error
+
+    def _write(self, key: str, data: bytes) -> None:
+        try:
+            self._files.write(key, data)
+        except OSError:
+            # A write that failed (a full disk, most often) leaves its temporary file behind,
+            # holding the very space that ran out. Its name is FileStore.write's rule.
+            path = self._path(key)
+            temporary = f"{path}.{os.getpid()}-{threading.get_ident()}.tmp"
+            try:
+                os.remove(temporary)
+            except OSError:
+                pass
+            raise
+
     async def put(self, key: str, data: bytes) -> None:
-        await anyio.to_thread.run_sync(self._files.write, key, data)
+        await self._run(f"writing {key}", lambda: self._write(key, data))
 
     def _read(self, key: str) -> bytes:
         try:
@@ -40,17 +102,18 @@ class LocalStore:
             raise KeyError(key) from None
 
     async def get(self, key: str) -> bytes:
-        return await anyio.to_thread.run_sync(self._read, key)
+        return await self._run(f"reading {key}", lambda: self._read(key))
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes]:
-        return await anyio.to_thread.run_sync(lambda: [self._read(key) for key in keys])
+        what = f"reading {len(keys)} objects" if len(keys) != 1 else f"reading {keys[0]}"
+        return await self._run(what, lambda: [self._read(key) for key in keys])
 
     async def exists_many(self, keys: Sequence[str]) -> list[bool]:
-        return await anyio.to_thread.run_sync(
-            lambda: [os.path.exists(self._path(key)) for key in keys]
+        return await self._run(
+            "looking for results", lambda: [os.path.exists(self._path(key)) for key in keys]
         )
 
-    def _list(self, prefix: str, start_after: str | None) -> list[str]:
+    def _list(self, prefix: str, start_after: str | None, before: str | None) -> list[str]:
         # Keys are files; a prefix ending in "/" is a directory we can list in one call.
         directory, _, name_prefix = prefix.rpartition("/")
         try:
@@ -64,10 +127,14 @@ class LocalStore:
         )
         if start_after is not None:
             keys = [key for key in keys if key > start_after]
+        if before is not None:
+            keys = [key for key in keys if key < before]
         return keys
 
-    async def list_keys(self, prefix: str, *, start_after: str | None = None) -> list[str]:
-        return await anyio.to_thread.run_sync(self._list, prefix, start_after)
+    async def list_keys(
+        self, prefix: str, *, start_after: str | None = None, before: str | None = None
+    ) -> list[str]:
+        return await self._run(f"listing {prefix}", lambda: self._list(prefix, start_after, before))
 
     def _delete(self, prefix: str) -> int:
         path = self._path(prefix.rstrip("/"))
@@ -81,7 +148,7 @@ class LocalStore:
         return 0
 
     async def delete_prefix(self, prefix: str) -> int:
-        return await anyio.to_thread.run_sync(self._delete, prefix)
+        return await self._run(f"deleting {prefix}", lambda: self._delete(prefix))
 
     async def aclose(self) -> None:
         return None

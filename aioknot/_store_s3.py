@@ -1,29 +1,64 @@
 """A store in an S3 bucket, through aioboto3: AWS, a moto server or MinIO alike.
 
 The endpoint comes from ``endpoint_url=`` or the standard ``AWS_ENDPOINT_URL[_S3]``
-variables (botocore reads those itself); credentials from the standard chain. botocore's
+variables (botocore reads those itself); credentials from the standard chain.
+
+Every request is retried while it fails transiently (throttling, 5xx, dropped connections,
+credentials being refreshed): botocore makes a few quick attempts ("standard" mode, not
+"adaptive", whose client-side rate limiter slowed a 15%-faulty run to ~6 results/s), and
+`aioknot._retry.retry_transient` keeps going on top for up to ``STORE_OUTAGE_SECONDS``. A
+store that still fails after that is down, not blinking: the error is raised. botocore's
 errors are translated here, at this one boundary, into ``StoreError`` and
-``ConfigurationError`` that name the bucket and key.
+``ConfigurationError`` that name the bucket and key and say what to do.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import os
 import re
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import aioboto3
 import anyio
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ProfileNotFound
 
-from ._exceptions import ConfigurationError, StoreError
+from ._exceptions import ConfigurationError, KnotError, StoreError
+from ._retry import is_transient, retry_transient
+from ._tasks import task_group
+
+T = TypeVar("T")
 
 BUCKET_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 # Enough parallel requests to hide S3's latency, few enough for moto and small machines.
 DEFAULT_CONCURRENCY = 32
+# How long a store may keep failing transiently before it counts as down and the run's watch
+# ends with a StoreError. Long enough to ride out a throttling burst or a connection blip,
+# short enough that a store that went away is reported well within 30 s (botocore's own
+# attempts add a few seconds on either side).
+STORE_OUTAGE_SECONDS = 20.0
+# botocore's own attempts per request (the first included): quick retries of a single blip;
+# anything longer is ours to retry, on the clock above.
+BOTOCORE_ATTEMPTS = 3
+# Codes that say the credentials themselves are wrong or stale (after the retries above,
+# an expired token is no longer "being refreshed").
+CREDENTIAL_CODES = frozenset(
+    {
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "InvalidAccessKeyId",
+        "InvalidToken",
+        "SignatureDoesNotMatch",
+        "TokenRefreshRequired",
+        "RequestExpired",
+    }
+)
+DENIED_CODES = frozenset({"AccessDenied", "403", "AllAccessDisabled"})
 
 
 def parse_bucket(location: str) -> tuple[str, str]:
@@ -42,6 +77,73 @@ def _error_code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
 
 
+def _status(error: ClientError) -> int | None:
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return int(status) if status is not None else None
+
+
+def redacted(url: str) -> str:
+    """``url`` without any user name or password in it: messages never echo credentials."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def partition_of(region: str | None) -> str:
+    """The ARN partition of ``region`` (bucket policies name the bucket by ARN)."""
+    if region and region.startswith("cn-"):
+        return "aws-cn"
+    if region and region.startswith("us-gov-"):
+        return "aws-us-gov"
+    return "aws"
+
+
+def tls_only_policy(bucket: str, partition: str = "aws") -> str:
+    """A bucket policy that refuses every request not made over TLS."""
+    arn = f"arn:{partition}:s3:::{bucket}"
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "DenyInsecureTransport",
+                    "Effect": "Deny",
+                    "Principal": "*",
+                    "Action": "s3:*",
+                    "Resource": [arn, f"{arn}/*"],
+                    "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+                }
+            ],
+        }
+    )
+
+
+def speaks_tls(endpoint: str | None) -> bool:
+    """Whether requests to ``endpoint`` (None: AWS's own, always https) travel over TLS.
+
+    A TLS-only bucket policy is set only then: on a plain-http endpoint (a local moto or
+    MinIO) it would deny this very client every request.
+    """
+    return endpoint is None or urlsplit(endpoint).scheme.lower() == "https"
+
+
+def lifecycle_rules(prefix: str, retention_days: int | None) -> list[dict[str, Any]]:
+    """Expire run data after ``retention_days`` (if given); always drop abandoned uploads."""
+    rule: dict[str, Any] = {
+        "ID": "aioknot-run-data",
+        "Status": "Enabled",
+        "Filter": {"Prefix": f"{prefix}/" if prefix else ""},
+        # Multipart uploads a crashed client never finished cost storage and are invisible.
+        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+    }
+    if retention_days is not None:
+        rule["Expiration"] = {"Days": retention_days}
+    return [rule]
+
+
 class S3Store:
     def __init__(
         self,
@@ -53,15 +155,24 @@ class S3Store:
         expected_owner: str | None = None,
         create_bucket: bool = False,
         tags: dict[str, str] | None = None,
+        retention_days: int | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
+        outage_seconds: float = STORE_OUTAGE_SECONDS,
     ) -> None:
         self.bucket, self.prefix = parse_bucket(location)
+        if retention_days is not None and retention_days < 1:
+            raise ConfigurationError(
+                f"retention_days={retention_days!r} must be a whole number of days, at least 1 "
+                "(or None to keep run data until you delete it)"
+            )
         self.endpoint_url = endpoint_url
         self.region = region
         self.profile = profile
         self.expected_owner = expected_owner
         self.create_bucket = create_bucket
         self.tags = dict(tags or {})
+        self.retention_days = retention_days
+        self.outage_seconds = outage_seconds
         self._limit = anyio.CapacityLimiter(concurrency)
         self._concurrency = concurrency
         self._stack = contextlib.AsyncExitStack()
@@ -78,15 +189,25 @@ class S3Store:
             raise StoreError("the S3 store is not open: use it inside the knot's async with")
         return self._client
 
-    def worker_environment(self) -> dict[str, str]:
-        env: dict[str, str] = {}
-        endpoint = (
+    def _endpoint(self) -> str | None:
+        return (
             self.endpoint_url
             or os.environ.get("AWS_ENDPOINT_URL_S3")
             or os.environ.get("AWS_ENDPOINT_URL")
+            or None
         )
+
+    def worker_environment(self) -> dict[str, str]:
+        # The worker must reach the store exactly as this client does: same endpoint, region
+        # and profile (a profile names credentials; it is not one).
+        env: dict[str, str] = {}
+        endpoint = self._endpoint()
         if endpoint:
             env["AIOKNOT_ENDPOINT_URL"] = endpoint
+        if self.region:
+            env["AIOKNOT_REGION"] = self.region
+        if self.profile:
+            env["AIOKNOT_PROFILE"] = self.profile
         if self.expected_owner:
             env["AIOKNOT_EXPECTED_BUCKET_OWNER"] = self.expected_owner
         return env
@@ -94,14 +215,26 @@ class S3Store:
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
+    def _where(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
     def _owner(self) -> dict[str, str]:
         return {"ExpectedBucketOwner": self.expected_owner} if self.expected_owner else {}
 
-    def _translate(self, error: Exception, what: str) -> Exception:
+    def _translate(self, error: BaseException, what: str) -> KnotError:
+        """The one boundary: a botocore/aiohttp error of ``what`` -> StoreError or
+        ConfigurationError that says what was wrong and what to do."""
+        if isinstance(error, KnotError):
+            return error
         if isinstance(error, NoCredentialsError):
             return ConfigurationError(
                 "no AWS credentials were found: set AWS_PROFILE (or pass profile=), or "
                 "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run where an IAM role applies"
+            )
+        if isinstance(error, ProfileNotFound):
+            return ConfigurationError(
+                f"the AWS profile {self.profile!r} is not configured: check the name, or run "
+                "`aws configure --profile NAME` (or pass profile=None for the default chain)"
             )
         if isinstance(error, ClientError):
             code = _error_code(error)
@@ -109,50 +242,95 @@ class S3Store:
                 return ConfigurationError(
                     f"bucket {self.bucket!r} does not exist: create it, or pass another bucket="
                 )
-            if code in ("AccessDenied", "403", "AllAccessDisabled"):
+            if code in DENIED_CODES:
                 return ConfigurationError(
-                    f"access to {what} in bucket {self.bucket!r} was denied ({code}): check "
-                    "that your credentials may read and write it, and that you own it"
+                    f"S3 denied {what} ({code}): check that your credentials (profile, role "
+                    f"or keys) may read, write, list and delete under {self.url}, that the "
+                    f"bucket's policy allows it, and that bucket {self.bucket!r} is yours"
                 )
-            return StoreError(f"S3 refused {what} in bucket {self.bucket!r}: {error}")
-        return StoreError(f"S3 request for {what} in bucket {self.bucket!r} failed: {error}")
+            if code in CREDENTIAL_CODES:
+                return ConfigurationError(
+                    f"S3 refused the credentials for {what} ({code}): they are expired or "
+                    "wrong; refresh them (e.g. `aws sso login`) or check AWS_PROFILE / profile="
+                )
+        if is_transient(error):
+            endpoint = self._endpoint()
+            at = f" at {redacted(endpoint)}" if endpoint else ""
+            return StoreError(
+                f"S3{at} kept failing {what} for {self.outage_seconds:g} s "
+                f"(last: {_describe(error)}): the store is unavailable; check the endpoint, "
+                "your network and the service's health, then try again"
+            )
+        return StoreError(f"S3 refused {what}: {_describe(error)}")
+
+    async def _request(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``await call()`` in a slot of the store's limiter, retried while it fails
+        transiently for up to the outage window, its errors translated."""
+
+        async def attempt() -> T:
+            # A slot per attempt, not per retry loop: backing off must not starve the others.
+            async with self._limit:
+                return await call()
+
+        try:
+            return await retry_transient(attempt, give_up_after=self.outage_seconds)
+        except KeyError:
+            raise  # the "missing" signal of get
+        except Exception as error:
+            raise self._translate(error, what) from error
 
     async def open(self) -> S3Store:
-        session = aioboto3.Session(profile_name=self.profile, region_name=self.region)
         config = Config(
             max_pool_connections=self._concurrency,
-            retries={"max_attempts": 8, "mode": "adaptive"},
+            retries={"max_attempts": BOTOCORE_ATTEMPTS, "mode": "standard"},
         )
         try:
+            session = aioboto3.Session(profile_name=self.profile, region_name=self.region)
             self._client = await self._stack.enter_async_context(
                 session.client("s3", endpoint_url=self.endpoint_url, config=config)
             )
             await self._ensure_bucket()
-        except BaseException:
+        except BaseException as error:
             await self.aclose()
+            if isinstance(error, (BotoCoreError, ClientError)):
+                raise self._translate(error, "bucket access") from error
             raise
         return self
 
     async def _ensure_bucket(self) -> None:
-        try:
-            await self._client.head_bucket(Bucket=self.bucket, **self._owner())
-            return
-        except ClientError as error:
-            if _error_code(error) not in ("404", "NoSuchBucket") or not self.create_bucket:
-                raise self._translate(error, "bucket access") from error
-        except (BotoCoreError, NoCredentialsError) as error:
-            raise self._translate(error, "bucket access") from error
-        await self._create_bucket()
+        async def head() -> bool:
+            try:
+                await self._client.head_bucket(Bucket=self.bucket, **self._owner())
+                return True
+            except ClientError as error:
+                if _error_code(error) in ("404", "NoSuchBucket") and self.create_bucket:
+                    return False
+                raise
+
+        if not await self._request(f"bucket access to {self.bucket!r}", head):
+            await self._create_bucket()
 
     async def _create_bucket(self) -> None:
-        """Create the bucket private, encrypted and tagged (the AWS backend's default bucket)."""
+        """Create the bucket private, encrypted, TLS-only (when the endpoint speaks TLS),
+        tagged, and with a lifecycle rule for run data (the AWS backend's default bucket)."""
         region = self._client.meta.region_name
         extra: dict[str, Any] = {}
         if region and region != "us-east-1":
             extra["CreateBucketConfiguration"] = {"LocationConstraint": region}
-        try:
-            await self._client.create_bucket(Bucket=self.bucket, **extra)
-            await self._client.put_public_access_block(
+        owner = self._owner()
+
+        async def create() -> None:
+            try:
+                await self._client.create_bucket(Bucket=self.bucket, **extra)
+            except ClientError as error:
+                # A retry after a lost answer, or another knot creating it at the same moment.
+                if _error_code(error) != "BucketAlreadyOwnedByYou":
+                    raise
+
+        calls: list[Callable[[], Awaitable[Any]]] = [
+            create,
+            functools.partial(
+                self._client.put_public_access_block,
                 Bucket=self.bucket,
                 PublicAccessBlockConfiguration={
                     "BlockPublicAcls": True,
@@ -160,50 +338,74 @@ class S3Store:
                     "BlockPublicPolicy": True,
                     "RestrictPublicBuckets": True,
                 },
-                **self._owner(),
-            )
-            await self._client.put_bucket_encryption(
+                **owner,
+            ),
+            functools.partial(
+                self._client.put_bucket_encryption,
                 Bucket=self.bucket,
                 ServerSideEncryptionConfiguration={
                     "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
                 },
-                **self._owner(),
+                **owner,
+            ),
+            functools.partial(
+                self._client.put_bucket_lifecycle_configuration,
+                Bucket=self.bucket,
+                LifecycleConfiguration={"Rules": lifecycle_rules(self.prefix, self.retention_days)},
+                **owner,
+            ),
+        ]
+        if speaks_tls(self._endpoint()):
+            calls.append(
+                functools.partial(
+                    self._client.put_bucket_policy,
+                    Bucket=self.bucket,
+                    Policy=tls_only_policy(self.bucket, partition_of(region)),
+                    **owner,
+                )
             )
-            if self.tags:
-                await self._client.put_bucket_tagging(
+        if self.tags:
+            calls.append(
+                functools.partial(
+                    self._client.put_bucket_tagging,
                     Bucket=self.bucket,
                     Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in self.tags.items()]},
-                    **self._owner(),
+                    **owner,
                 )
-        except (ClientError, BotoCoreError) as error:
-            raise self._translate(error, "bucket creation") from error
+            )
+        for call in calls:
+            await self._request(f"creating bucket {self.bucket!r}", call)
 
     async def put(self, key: str, data: bytes) -> None:
-        async with self._limit:
-            try:
-                await self.client.put_object(
-                    Bucket=self.bucket, Key=self._key(key), Body=data, **self._owner()
-                )
-            except (ClientError, BotoCoreError) as error:
-                raise self._translate(error, f"PUT {key}") from error
+        await self._request(
+            f"PUT {self._where(key)}",
+            functools.partial(
+                self.client.put_object,
+                Bucket=self.bucket,
+                Key=self._key(key),
+                Body=data,
+                **self._owner(),
+            ),
+        )
 
     async def get(self, key: str) -> bytes:
-        async with self._limit:
+        async def get() -> bytes:
+            # Body read inside the retried call: a connection dropped mid-body is retried too.
             try:
                 response = await self.client.get_object(
                     Bucket=self.bucket, Key=self._key(key), **self._owner()
                 )
-                async with response["Body"] as body:
-                    return bytes(await body.read())
             except ClientError as error:
                 if _error_code(error) in ("NoSuchKey", "404"):
                     raise KeyError(key) from None
-                raise self._translate(error, f"GET {key}") from error
-            except BotoCoreError as error:
-                raise self._translate(error, f"GET {key}") from error
+                raise
+            async with response["Body"] as body:
+                return bytes(await body.read())
+
+        return await self._request(f"GET {self._where(key)}", get)
 
     async def _exists(self, key: str) -> bool:
-        async with self._limit:
+        async def head() -> bool:
             try:
                 await self.client.head_object(
                     Bucket=self.bucket, Key=self._key(key), **self._owner()
@@ -212,9 +414,9 @@ class S3Store:
             except ClientError as error:
                 if _error_code(error) in ("404", "NoSuchKey"):
                     return False
-                raise self._translate(error, f"HEAD {key}") from error
-            except BotoCoreError as error:
-                raise self._translate(error, f"HEAD {key}") from error
+                raise
+
+        return await self._request(f"HEAD {self._where(key)}", head)
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes]:
         return await _gather(self.get, keys)
@@ -222,30 +424,56 @@ class S3Store:
     async def exists_many(self, keys: Sequence[str]) -> list[bool]:
         return await _gather(self._exists, keys)
 
-    async def list_keys(self, prefix: str, *, start_after: str | None = None) -> list[str]:
+    async def list_keys(
+        self, prefix: str, *, start_after: str | None = None, before: str | None = None
+    ) -> list[str]:
         keys: list[str] = []
         strip = len(self._key(""))
-        arguments: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._key(prefix)}
+        arguments: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Prefix": self._key(prefix),
+            **self._owner(),
+        }
         if start_after is not None:
             arguments["StartAfter"] = self._key(start_after)
-        try:
-            paginator = self.client.get_paginator("list_objects_v2")
-            async for page in paginator.paginate(**arguments, **self._owner()):
-                keys.extend(item["Key"][strip:] for item in page.get("Contents", ()))
-        except (ClientError, BotoCoreError) as error:
-            raise self._translate(error, f"LIST {prefix}") from error
-        return keys
+        while True:
+            # Page by page, each page retried on its own: a fault on page 15 of a long
+            # listing costs one request again, not the listing.
+            page = await self._request(
+                f"LIST {self._where(prefix)}",
+                functools.partial(self.client.list_objects_v2, **arguments),
+            )
+            for item in page.get("Contents", ()):
+                key = item["Key"][strip:]
+                if before is not None and key >= before:
+                    return keys  # S3 lists in key order: nothing later is wanted
+                keys.append(key)
+            if not page.get("IsTruncated"):
+                return keys
+            arguments["ContinuationToken"] = page["NextContinuationToken"]
 
     async def delete_prefix(self, prefix: str) -> int:
         keys = await self.list_keys(prefix)
         for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1,000 keys
             batch = [{"Key": self._key(key)} for key in keys[start : start + 1000]]
-            try:
-                await self.client.delete_objects(
-                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}, **self._owner()
+            response = await self._request(
+                f"DELETE {self._where(prefix)}",
+                functools.partial(
+                    self.client.delete_objects,
+                    Bucket=self.bucket,
+                    Delete={"Objects": batch, "Quiet": True},
+                    **self._owner(),
+                ),
+            )
+            errors = response.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise StoreError(
+                    f"S3 did not delete {len(errors)} of the objects under "
+                    f"{self._where(prefix)}, e.g. {first.get('Key')!r} "
+                    f"({first.get('Code')}: {first.get('Message')}): check that you may "
+                    "delete there (s3:DeleteObject) and try again"
                 )
-            except (ClientError, BotoCoreError) as error:
-                raise self._translate(error, f"DELETE {prefix}") from error
         return len(keys)
 
     async def aclose(self) -> None:
@@ -253,20 +481,24 @@ class S3Store:
         await self._stack.aclose()
 
 
-async def _gather(call: Any, keys: Sequence[str]) -> list[Any]:
-    """Run ``call(key)`` for every key concurrently (the store's limiter bounds it), in order."""
+def _describe(error: BaseException) -> str:
+    if isinstance(error, ClientError):
+        code = _error_code(error) or "?"
+        status = _status(error)
+        message = error.response.get("Error", {}).get("Message") or ""
+        return f"HTTP {status} {code}" + (f": {message}" if message else "")
+    return f"{type(error).__name__}: {error}"
+
+
+async def _gather(call: Callable[[str], Awaitable[T]], keys: Sequence[str]) -> list[T]:
+    """Run ``call(key)`` for every key concurrently (the store's limiter bounds it), in order;
+    the first error is raised as itself, and cancels the others."""
     results: list[Any] = [None] * len(keys)
-    errors: list[Exception] = []
 
     async def one(position: int, key: str) -> None:
-        try:
-            results[position] = await call(key)
-        except Exception as error:  # raised below as itself, not wrapped in an ExceptionGroup
-            errors.append(error)
+        results[position] = await call(key)
 
-    async with anyio.create_task_group() as group:
+    async with task_group() as group:
         for position, key in enumerate(keys):
             group.start_soon(one, position, key)
-    if errors:
-        raise errors[0]
     return results
