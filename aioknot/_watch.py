@@ -6,14 +6,24 @@ record keys; while many are, it LISTs the results prefix from the lowest outstan
 exponentially while nothing new turns up. A backend that knows when a record was written
 (the local backend does) hints it, which skips discovery altogether.
 
-The backend is the truth for deaths: a task it reports lost becomes ``TaskLost`` unless its
-record turns up after all, and once the backend says every task is over, whatever still has
-no record after one last look is ``TaskLost`` too, so nothing waits forever.
+The backend is the truth for deaths: a task it reports lost becomes ``TaskLost`` unless a
+record holding its input turns up after all (a grouped record ``results/<first>-<count>``
+counts as much as a single one), and once the backend says every task is over, whatever still
+has no record after one last look is ``TaskLost`` too, so nothing waits forever. Losses are
+confirmed in bulk: one LIST sweep of the stretch of the results prefix that could hold their
+records (one request per 1,000 keys), never a HEAD per lost input.
+
+A record that exists but cannot be decoded fails only the inputs it holds: a corrupt or
+truncated one is a ``TaskLost`` naming its key; a value whose class cannot be imported here is
+a ``TaskError`` saying so. Store errors (``StoreError``, ``ConfigurationError``: the store
+retries transient faults itself, so these mean it is down or refusing) end the watch, raised
+as themselves.
 """
 
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +33,10 @@ import anyio
 from ._backend import BackendRun
 from ._exceptions import TaskError, TaskFailure, TaskLost
 from ._store import Store
+from ._tasks import task_group
 from ._worker import (
+    GROUP_MAGIC,
+    GROUP_MAX_INPUTS,
     decode_group,
     decode_record,
     decode_values,
@@ -41,7 +54,17 @@ BACKOFF = 1.6
 FETCH_BATCH = 256  # records fetched per batch (one thread hop locally, parallel GETs on S3)
 # Hints of tiny tasks come in floods: gather them this long so a batch is one fetch.
 HINT_GATHER_SECONDS = 0.005
+# Losses come in floods too (a page of failed Batch children): settle them together, with one
+# LIST sweep, rather than one sweep each.
+LOSS_GATHER_SECONDS = 0.05
 NO_RECORD_REASON = "the backend reports the task over, but it wrote no result"
+# What a failure to unpickle says about the bytes: these mean "not importable here" (the value
+# is intact, this machine lacks its class); anything else means the bytes are damaged.
+NOT_IMPORTABLE = (ImportError, AttributeError)
+
+
+class CorruptRecord(ValueError):
+    """A result object whose framing does not hold together (truncated, or not a record)."""
 
 
 @dataclass(slots=True)  # slots, not frozen: tens of thousands are made per run
@@ -51,8 +74,22 @@ class Outcome:
     error: TaskFailure | None = None
 
 
-def unreadable(index: int, error: Exception, run_id: str) -> Outcome:
-    """The result exists but cannot be unpickled here (its class is not importable, say)."""
+def unreadable(index: int, error: Exception, run_id: str, where: str = "") -> Outcome:
+    """The result cannot be used here: damaged bytes (``TaskLost`` naming the record), or an
+    intact value whose class this machine cannot import (``TaskError`` saying so)."""
+    if not isinstance(error, NOT_IMPORTABLE):
+        at = f" at {where}" if where else ""
+        return Outcome(
+            index,
+            error=TaskLost(
+                index=index,
+                reason=(
+                    f"the result record{at} is corrupt or truncated "
+                    f"({type(error).__name__}: {error}); run this input again"
+                ),
+                run_id=run_id,
+            ),
+        )
     return Outcome(
         index,
         error=TaskError(
@@ -65,11 +102,11 @@ def unreadable(index: int, error: Exception, run_id: str) -> Outcome:
     )
 
 
-def outcome_from_record(index: int, data: bytes, run_id: str) -> Outcome:
+def outcome_from_record(index: int, data: bytes, run_id: str, where: str = "") -> Outcome:
     try:
         ok, payload = decode_record(data)
-    except Exception as error:  # e.g. a value whose class cannot be imported here
-        return unreadable(index, error, run_id)
+    except Exception as error:  # damaged bytes, or a value whose class is not importable here
+        return unreadable(index, error, run_id, where)
     if ok:
         return Outcome(index, value=payload)
     info, exception = payload
@@ -84,6 +121,37 @@ def outcome_from_record(index: int, data: bytes, run_id: str) -> Outcome:
             run_id=run_id,
         ),
     )
+
+
+def checked_records(data: bytes, count: int) -> list[bytes]:
+    """The records of a (grouped) result object that should hold ``count`` inputs; raises
+    ``CorruptRecord`` when its framing says otherwise (a truncated object, most often)."""
+    if data[:4] == GROUP_MAGIC:
+        try:
+            (held,) = struct.unpack_from("<I", data, 4)
+            sizes = struct.unpack_from(f"<{held}Q", data, 8)
+        except struct.error as error:
+            raise CorruptRecord(f"its header is cut short: {error}") from None
+        expected = 8 + 8 * held + sum(sizes)
+        if expected != len(data):
+            raise CorruptRecord(f"it has {len(data)} bytes where its table says {expected}")
+        records = decode_group(data)
+    else:
+        records = [data]
+    if len(records) != count:
+        raise CorruptRecord(f"it holds {len(records)} records for {count} inputs")
+    return records
+
+
+def _parse(key: str) -> tuple[int, int] | None:
+    """``(first, count)`` of a result key, or None for a stray object under the prefix."""
+    if key.endswith(".tmp"):
+        return None
+    try:
+        first, count = parse_result_key(key)
+    except ValueError:
+        return None
+    return (first, count) if first >= 0 and count >= 1 else None
 
 
 class ResultWatcher:
@@ -185,33 +253,41 @@ class ResultWatcher:
         )
         for start in range(0, len(wanted), FETCH_BATCH):
             batch = wanted[start : start + FETCH_BATCH]
-            datas = await self._store.get_many([result_key(self._run, *o) for o in batch])
+            keys = [result_key(self._run, *o) for o in batch]
+            try:
+                datas: list[bytes | None] = list(await self._store.get_many(keys))
+            except KeyError:
+                # Listed a moment ago, gone now (deleted under the run): fetch what remains.
+                datas = [await self._get_or_none(key) for key in keys]
             outcomes = []
-            for (first, count), data in zip(batch, datas, strict=True):
-                outcomes.extend(self._outcomes_of(first, count, data))
+            for (first, count), key, data in zip(batch, keys, datas, strict=True):
+                if data is not None:
+                    outcomes.extend(self._outcomes_of(first, count, data, key))
             self._finish(outcomes)
 
-    def _outcomes_of(self, first: int, count: int, data: bytes) -> list[Outcome]:
+    async def _get_or_none(self, key: str) -> bytes | None:
+        try:
+            return await self._store.get(key)
+        except KeyError:
+            return None
+
+    def _outcomes_of(self, first: int, count: int, data: bytes, key: str) -> list[Outcome]:
+        """The outcomes of the unfinished inputs held by one result object. Whatever is wrong
+        with the object fails its own inputs only, never the run."""
         finished = self._finished
+        unfinished = [i for i in range(first, first + count) if not finished[i]]
+        where = f"{self._store.url}/{key}"
         try:
             values = decode_values(data)
-        except Exception as error:  # e.g. a value whose class cannot be imported here
-            return [
-                unreadable(first + offset, error, self._run_id)
-                for offset in range(count)
-                if not finished[first + offset]
-            ]
+            if values is not None and len(values) != count:
+                raise CorruptRecord(f"it holds {len(values)} values for {count} inputs")
+            records = None if values is not None else checked_records(data, count)
+        except Exception as error:  # damaged bytes, or a class not importable here
+            return [unreadable(i, error, self._run_id, where) for i in unfinished]
         if values is not None:
-            return [
-                Outcome(first + offset, value)
-                for offset, value in enumerate(values)
-                if not finished[first + offset]
-            ]
-        return [
-            outcome_from_record(first + offset, record, self._run_id)
-            for offset, record in enumerate(decode_group(data))
-            if not finished[first + offset]
-        ]
+            return [Outcome(i, values[i - first]) for i in unfinished]
+        assert records is not None
+        return [outcome_from_record(i, records[i - first], self._run_id, where) for i in unfinished]
 
     def _unfinished(self) -> list[int]:
         return [i for i in range(self._low, self._submitted) if not self._finished[i]]
@@ -225,32 +301,47 @@ class ResultWatcher:
             return [(i, 1) for i, there in zip(candidates, exists, strict=True) if there]
         start_after = result_key(self._run, self._low - 1) if self._low else None
         keys = await self._store.list_keys(results_prefix(self._run), start_after=start_after)
+        return self._holding_unfinished(keys)
+
+    def _holding_unfinished(self, keys: list[str]) -> list[tuple[int, int]]:
         found = []
         for key in keys:
-            if key.endswith(".tmp"):
+            parsed = _parse(key)
+            if parsed is None:
                 continue
-            first, count = parse_result_key(key)
-            if first < self._submitted and not all(self._finished[first : first + count]):
+            first, count = parsed
+            if first + count <= self._submitted and not all(self._finished[first : first + count]):
                 found.append((first, count))
         return found
 
     async def _settle_lost(self) -> None:
-        """A task reported lost may have written its record just before it died."""
-        lost = dict(self._lost)
+        """Inputs reported lost whose task may have written their record (single or grouped)
+        just before it died: one LIST sweep of the stretch of keys that could hold them says
+        which; those records are fetched, and the inputs no record holds are ``TaskLost``."""
+        lost = {
+            i: error
+            for i, error in self._lost.items()
+            if i < self._submitted and not self._finished[i]
+        }
         self._lost.clear()
-        indices = [i for i in lost if not self._finished[i]]
-        exists = await self._store.exists_many([result_key(self._run, i) for i in indices])
-        await self._fetch([(i, 1) for i, there in zip(indices, exists, strict=True) if there])
-        self._finish(
-            [
-                Outcome(i, error=lost[i])
-                for i, there in zip(indices, exists, strict=True)
-                if not there
-            ]
+        if not lost:
+            return
+        lowest, highest = min(lost), max(lost)
+        # A record holding input i starts at most GROUP_MAX_INPUTS - 1 before it, and not
+        # below the lowest unfinished input (a record of unfinished inputs is unfetched).
+        start = max(self._low, lowest - GROUP_MAX_INPUTS + 1)
+        keys = await self._store.list_keys(
+            results_prefix(self._run),
+            start_after=result_key(self._run, start - 1) if start else None,
+            before=result_key(self._run, highest + 1),
         )
+        await self._fetch(self._holding_unfinished(keys))
+        self._finish([Outcome(i, error=error) for i, error in lost.items()])
 
     async def run(self, backend_run: BackendRun) -> None:
-        async with anyio.create_task_group() as group:
+        """Watch until every submitted input has an outcome. A store or backend error ends
+        the watch, raised as itself (never inside an ``ExceptionGroup``)."""
+        async with task_group() as group:
 
             async def watch_backend() -> None:
                 await backend_run.watch()
@@ -277,6 +368,8 @@ class ResultWatcher:
                 await self._fetch(hinted)
                 continue
             if self._lost:
+                if len(self._lost) < FETCH_BATCH:
+                    await anyio.sleep(LOSS_GATHER_SECONDS)
                 await self._settle_lost()
                 continue
             if self._backend_over and self._submission_over:
