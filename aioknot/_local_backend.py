@@ -6,6 +6,14 @@ measured time per input, so tiny tasks travel in large chunks and slow ones one 
 slow input never holds a queue of others behind it), and a run's last inputs are spread over
 all processes. A process that dies loses only the input it was running: that one becomes
 ``TaskLost`` with the signal or exit code, the rest of its chunk goes back to the queue.
+
+Nothing one input does holds back another: a finished record is written while the next input
+runs (the worker's flusher); the inputs queued behind an input that runs far longer than its
+chunk was expected to take are taken back and handed to other processes (the backend lowers
+the chunk's "stop at" in the process's progress file, which the worker reads before each
+input); an input whose record cannot be written (a full disk) is reported lost with the
+reason, by the worker that keeps going. Each process leads its own process group, and
+stopping a process stops the group: what the user's function started dies with it.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import sys
 import tempfile
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
@@ -29,6 +37,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from . import _worker
 from ._backend import RunSpec, Segment, TaskListener
+from ._tasks import task_group
 
 WORKER_PATH = str(Path(_worker.__file__).resolve())
 # A chunk should take about this long: long enough that pipe round trips are noise, short
@@ -38,6 +47,11 @@ TARGET_CHUNK_SECONDS = 0.05
 # the round trip costs more than the balance gains.
 MIN_CHUNK_SECONDS = 0.005
 MAX_CHUNK = 2_000
+# The rest of a chunk is taken back when its current input has kept the chunk this many times
+# its expected time (and at least this long): the expected time is a guess from the run's
+# measured inputs, so a little over it is noise, several times over is a stuck input.
+STUCK_FACTOR = 4.0
+STUCK_FLOOR_SECONDS = 0.5
 OWNER_POLL_SECONDS = 1.0
 # Runs this process is running now: a run re-attached in its own process is over when it is
 # no longer here (the process is alive, so its pid says nothing).
@@ -63,24 +77,45 @@ class _Range:
     stop: int
 
 
-_RUNNING = struct.Struct("<q")  # the worker's progress file: the index it is running, or -1
+# The worker's progress file (_worker.PROGRESS_*): the index it is running (or -1), and the
+# index its chunk must stop at. The worker maps it; the backend reads and writes it by offset.
+_I64 = struct.Struct("<q")
+_NO_LIMIT = 2**63 - 1
 
 
-def _read_running(path: str) -> int:
+def _read_running(fd: int) -> int:
     try:
-        with open(path, "rb") as file:
-            (index,) = _RUNNING.unpack(file.read(_RUNNING.size))
+        (index,) = _I64.unpack(os.pread(fd, _I64.size, _worker.PROGRESS_RUNNING))
     except (OSError, struct.error):
         return -1
     return int(index)
 
 
+def _write_stop_at(fd: int, index: int) -> None:
+    os.pwrite(fd, _I64.pack(index), _worker.PROGRESS_STOP_AT)
+
+
+def _kill_group(pid: int) -> None:
+    """SIGKILL the worker's process group: the worker and whatever the function started.
+
+    The worker leads its group (its own session), so the group's id is its pid, and that id
+    cannot be reused while any process of the group (or the unreaped worker) is left.
+    """
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is gone already
+
+
 @dataclass
 class _WorkerProcess:
     process: anyio.abc.Process
+    progress: int  # the progress file's descriptor
     chunk: _Range | None = None
-    next_index: int = 0  # the first index of the chunk not yet reported done
+    next_index: int = 0  # the first index of the chunk not yet reported done (or failed)
     killed: bool = False  # by cancel_run: it takes no more work, and its death blames no one
+    deadline: float = math.inf  # when the rest of the chunk is taken back
+    wake: anyio.Event = field(default_factory=anyio.Event)  # a new deadline was set
 
 
 class LocalRun:
@@ -183,6 +218,7 @@ class AttachedLocalRun:
 
 class LocalBackend:
     name = "local"
+    runs_outlive_client = False  # the workers are this process's children
 
     def __init__(self, workers: int | None = None) -> None:
         self.workers = workers or os.cpu_count() or 1
@@ -253,7 +289,8 @@ class LocalBackend:
             self._idle.append(worker)
             return
         worker.chunk, worker.next_index = chunk, chunk.start
-        spec = chunk.run.spec
+        run = chunk.run
+        spec = run.spec
         line = json.dumps(
             {
                 "store": spec.store_url,
@@ -263,8 +300,18 @@ class LocalBackend:
                 "segment": chunk.segment,
                 "start": chunk.start,
                 "stop": chunk.stop,
+                # The store as the client uses it (endpoint, region, profile, owner).
+                "env": dict(spec.store_environment),
             }
         )
+        # Before the line: the worker reads the limit only once it has the chunk.
+        _write_stop_at(worker.progress, chunk.stop)
+        size = chunk.stop - chunk.start
+        if size > 1:
+            expected = size * (run.seconds_per_input or 0.0)
+            patience = max(STUCK_FLOOR_SECONDS, STUCK_FACTOR * expected)
+            worker.deadline = anyio.current_time() + patience
+            worker.wake.set()
         assert worker.process.stdin is not None
         try:
             await worker.process.stdin.send(line.encode() + b"\n")
@@ -274,9 +321,11 @@ class LocalBackend:
     async def _run_process(self) -> None:
         progress_fd, progress_path = tempfile.mkstemp(prefix="aioknot-worker-")
         try:
-            os.write(progress_fd, _RUNNING.pack(-1))
-        finally:
+            os.write(progress_fd, _I64.pack(-1) + _I64.pack(_NO_LIMIT))
+        except BaseException:
             os.close(progress_fd)
+            os.unlink(progress_path)
+            raise
         command = [sys.executable, WORKER_PATH, "--serve", "--progress-file", progress_path]
         try:
             # Shielded: a spawn cancelled half-way would leave a process with open pipes.
@@ -285,22 +334,27 @@ class LocalBackend:
             with anyio.CancelScope(shield=True):
                 process = await anyio.open_process(command, stderr=None, start_new_session=True)
         except BaseException:
+            os.close(progress_fd)
             os.unlink(progress_path)
             raise
         finally:
             self._starting -= 1
-        worker = _WorkerProcess(process)
+        worker = _WorkerProcess(process, progress_fd)
         self._processes.append(worker)
         try:
-            assert process.stdout is not None
-            lines = BufferedByteReceiveStream(process.stdout)
-            while True:
-                try:
-                    line = await lines.receive_until(b"\n", 1024)
-                except (anyio.EndOfStream, anyio.IncompleteRead, anyio.ClosedResourceError):
-                    break
-                await self._handle_line(worker, line.decode())
-            returncode = await process.wait()
+            async with task_group() as group:
+                group.start_soon(self._take_back_when_stuck, worker)
+                assert process.stdout is not None
+                lines = BufferedByteReceiveStream(process.stdout)
+                while True:
+                    try:
+                        # A reason (a "failed" line) may be long; the rest are short.
+                        line = await lines.receive_until(b"\n", 65536)
+                    except (anyio.EndOfStream, anyio.IncompleteRead, anyio.ClosedResourceError):
+                        break
+                    await self._handle_line(worker, line.decode())
+                returncode = await process.wait()
+                group.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 await _stop_process(process)
@@ -308,27 +362,85 @@ class LocalBackend:
                 self._processes.remove(worker)
             if worker in self._idle:
                 self._idle.remove(worker)
-            running = _read_running(progress_path)
+            running = _read_running(progress_fd)
+            os.close(progress_fd)
             os.unlink(progress_path)
         await self._handle_death(worker, returncode, running)
         if not self._closed:
             await self.dispatch()  # replace the process if work is still waiting
 
     async def _handle_line(self, worker: _WorkerProcess, line: str) -> None:
-        kind, _, value = line.partition(" ")
+        kind, _, value = line.rstrip("\n").partition(" ")
         chunk = worker.chunk
-        if kind == "done" and chunk is not None:
-            first, count = (int(part) for part in value.split())
-            worker.next_index = first + count
-            chunk.run.running -= count
-            chunk.run.listener.done(first, count)
+        if kind in ("done", "failed") and chunk is not None:
+            first_text, count_text, reason = (value.split(" ", 2) + [""])[:3]
+            first, count = int(first_text), int(count_text)
+            # Inputs beyond the chunk's (lowered) stop were taken back and run elsewhere too;
+            # only this chunk's share counts here.
+            stop = min(first + count, chunk.stop)
+            chunk.run.running -= max(0, stop - max(first, worker.next_index))
+            worker.next_index = max(worker.next_index, first + count)
+            if kind == "done":
+                chunk.run.listener.done(first, count)
+            else:
+                for index in range(first, stop):
+                    chunk.run.listener.lost(index, reason, log="this process's stderr")
         elif kind == "chunk" and chunk is not None:
-            chunk.run.measured(float(value), chunk.stop - chunk.start)
-            worker.chunk = None
-            chunk.run.check_over()
+            seconds, _, end_text = value.partition(" ")
+            end = int(end_text) if end_text else chunk.stop
+            run = chunk.run
+            run.measured(float(seconds), max(1, min(end, chunk.stop) - chunk.start))
+            worker.chunk, worker.deadline = None, math.inf
+            if end < chunk.stop and not run.cancelled and not self._closed:
+                # It stopped at a limit it saw before the backend knew (see _take_back).
+                self.enqueue(_Range(run, chunk.segment, end, chunk.stop), front=True)
+                run.running -= chunk.stop - end
+                run.queued += chunk.stop - end
+            run.check_over()
             await self._assign(worker)
+            if end < chunk.stop:
+                await self.dispatch()
         elif kind == "ready":
             await self._assign(worker)
+
+    async def _take_back_when_stuck(self, worker: _WorkerProcess) -> None:
+        """Sleep until the worker's chunk is overdue, then take back what waits behind it."""
+        while True:
+            now = anyio.current_time()
+            if worker.deadline > now:
+                worker.wake = anyio.Event()
+                with anyio.move_on_after(worker.deadline - now):
+                    await worker.wake.wait()
+                continue
+            worker.deadline = math.inf
+            await self._take_back(worker)
+
+    async def _take_back(self, worker: _WorkerProcess) -> None:
+        """Hand the inputs queued behind the worker's running input to other processes.
+
+        The worker reads the chunk's "stop at" before each input, after announcing it as
+        running; here the limit is written, then the running index read again. If it is
+        still the same input, the worker will see the limit before the next one: the rest is
+        requeued now. If it moved on meanwhile, it stops at the limit or soon after, and its
+        ``chunk`` line says where; the rest is requeued then. Either way nothing runs twice
+        or is forgotten.
+        """
+        chunk = worker.chunk
+        if chunk is None or worker.killed or chunk.run.cancelled or self._closed:
+            return
+        running = _read_running(worker.progress)
+        if not chunk.start <= running < chunk.stop - 1:
+            return  # between inputs, or on its last one: nothing waits behind it
+        limit = max(running + 1, worker.next_index)
+        _write_stop_at(worker.progress, limit)
+        if _read_running(worker.progress) != running or limit >= chunk.stop:
+            return
+        run = chunk.run
+        self.enqueue(_Range(run, chunk.segment, limit, chunk.stop), front=True)
+        run.running -= chunk.stop - limit
+        run.queued += chunk.stop - limit
+        chunk.stop = limit
+        await self.dispatch()
 
     async def _handle_death(
         self, worker: _WorkerProcess, returncode: int | None, running: int
@@ -343,6 +455,9 @@ class LocalBackend:
             return
         run = chunk.run
         unwritten = worker.next_index
+        if unwritten >= chunk.stop:
+            run.check_over()  # every input of the chunk was reported: it died after them
+            return
         if worker.killed:
             # Killed for another run's cancel just after it took this chunk: run it again.
             run.running -= chunk.stop - unwritten
@@ -369,7 +484,7 @@ class LocalBackend:
         for worker in list(self._processes):
             if worker.chunk is not None and worker.chunk.run is run:
                 worker.killed = True
-                worker.process.kill()
+                _kill_group(worker.process.pid)
         run.running = 0
 
     async def aclose(self) -> None:
@@ -381,9 +496,7 @@ class LocalBackend:
 
 
 async def _stop_process(process: anyio.abc.Process) -> None:
-    """Kill the process if it still runs (its work is over or abandoned) and reap it."""
-    if process.returncode is not None:
-        await process.aclose()
-        return
-    process.kill()
+    """Kill the process and its group if they still run (their work is over or abandoned),
+    and reap it. Processes the user's function started (in the worker's group) die too."""
+    _kill_group(process.pid)
     await process.aclose()

@@ -26,14 +26,17 @@ is what makes 10,000 tiny tasks cheap; an input that takes a while gets its own 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
+import random
 import struct
 import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import cloudpickle
@@ -236,23 +239,132 @@ class FileStore:
         except FileNotFoundError:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             file = open(temporary, "wb")
-        with file:
-            file.write(data)
-        os.replace(temporary, path)
+        try:
+            with file:
+                file.write(data)
+            os.replace(temporary, path)
+        except BaseException:
+            # A full disk stays full if half-written temporaries pile up on it.
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
+            raise
+
+
+# Transient S3 failures: botocore's standard retry mode first (this many attempts per call),
+# then the worker's own jittered retries for this long since a call's first failure. A blip
+# or a burst of 503s costs time, never a result; a longer outage fails the inputs affected,
+# each with the reason, and the client decides what the run does.
+STORE_ATTEMPTS = 10
+STORE_GIVE_UP_SECONDS = 120.0
+# The codes and statuses that say "not now" rather than "no" (aioknot._retry has the same
+# list; the worker cannot import it).
+_TRANSIENT_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "SlowDown",
+        "PriorRequestNotComplete",
+        "InternalError",
+        "InternalFailure",
+        "InternalServerError",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "ServerException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "RequestExpired",
+        "IDPCommunicationError",
+    }
+)
+_TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+# botocore's and urllib3's connection-level errors, told by name so that the worker needs no
+# import beyond boto3 (their classes live in botocore and urllib3).
+_TRANSIENT_CLASSES = frozenset(
+    {
+        "ConnectionError",  # builtins' and botocore's (reset, closed, refused, timeouts)
+        "HTTPClientError",
+        "IncompleteReadError",
+        "ResponseStreamingError",
+        "ReadTimeoutError",
+        "ConnectTimeoutError",
+        "ProtocolError",
+        "CredentialRetrievalError",
+        "TimeoutError",
+    }
+)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a store call that raised ``error`` may well succeed if tried again."""
+    response = getattr(error, "response", None)
+    if isinstance(response, dict):  # a botocore ClientError: the service answered
+        code = str(response.get("Error", {}).get("Code", ""))
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return code in _TRANSIENT_CODES or status in _TRANSIENT_STATUS
+    return any(cls.__name__ in _TRANSIENT_CLASSES for cls in type(error).__mro__)
+
+
+def retry_transient(call: Callable[[], Any], give_up_after: float = STORE_GIVE_UP_SECONDS) -> Any:
+    """``call()``, retried with jittered backoff while it fails transiently, for at most
+    ``give_up_after`` seconds since its first failure; then the last error is raised."""
+    failing_since: float | None = None
+    delay = 0.2
+    while True:
+        try:
+            return call()
+        except Exception as error:
+            if not is_transient(error):
+                raise
+            now = time.monotonic()
+            if failing_since is None:
+                failing_since = now
+            # Jittered: the workers that failed together must not retry together.
+            pause = random.uniform(delay / 2, delay)
+            if now - failing_since + pause > give_up_after:
+                raise
+        time.sleep(pause)
+        delay = min(delay * 2, 5.0)
 
 
 class S3Store:
-    """A store rooted at ``s3://bucket/prefix``; boto3 is imported only when S3 is used."""
+    """A store rooted at ``s3://bucket/prefix``; boto3 is imported only when S3 is used.
 
-    def __init__(self, url: str) -> None:
+    ``environment`` holds the client's store settings as it uses them
+    (``AIOKNOT_ENDPOINT_URL``, ``AIOKNOT_REGION``, ``AIOKNOT_PROFILE``,
+    ``AIOKNOT_EXPECTED_BUCKET_OWNER``): a Batch child's environment, or what the local
+    backend passes with each chunk.
+    """
+
+    def __init__(self, url: str, environment: Mapping[str, str] | None = None) -> None:
         import boto3  # deferred: the local backend on a local store never pays for it
+        from boto3.session import Config  # botocore's, as boto3 re-exports it
 
+        env = os.environ if environment is None else environment
         bucket, _, prefix = url[len("s3://") :].partition("/")
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        endpoint = os.environ.get("AIOKNOT_ENDPOINT_URL") or None
-        self.owner = os.environ.get("AIOKNOT_EXPECTED_BUCKET_OWNER") or None
-        self.client = boto3.client("s3", endpoint_url=endpoint)
+        endpoint = env.get("AIOKNOT_ENDPOINT_URL") or None
+        self.owner = env.get("AIOKNOT_EXPECTED_BUCKET_OWNER") or None
+        # botocore reads AWS_DEFAULT_REGION and the profile, not AWS_REGION: read it here.
+        region = env.get("AIOKNOT_REGION") or None
+        if region is None and not os.environ.get("AWS_DEFAULT_REGION"):
+            region = os.environ.get("AWS_REGION") or None
+        session = boto3.Session(profile_name=env.get("AIOKNOT_PROFILE") or None)
+        config = Config(
+            retries={"mode": "standard", "max_attempts": STORE_ATTEMPTS},
+            # The worker writes from two threads (the flusher and the main one).
+            max_pool_connections=4,
+        )
+        self.client = session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
 
     def _owner(self) -> dict[str, str]:
         return {"ExpectedBucketOwner": self.owner} if self.owner else {}
@@ -261,42 +373,115 @@ class S3Store:
         extra = self._owner()
         if start is not None:
             extra["Range"] = f"bytes={start}-{(stop or 1) - 1}"
-        response = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key, **extra)
-        return response["Body"].read()  # type: ignore[no-any-return]
+
+        def get() -> bytes:
+            # The body is read inside the retried call: a connection reset mid-body is as
+            # transient as one before the answer.
+            response = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key, **extra)
+            return response["Body"].read()  # type: ignore[no-any-return]
+
+        return retry_transient(get)  # type: ignore[no-any-return]
 
     def write(self, key: str, data: bytes) -> None:
-        self.client.put_object(
-            Bucket=self.bucket, Key=self.prefix + key, Body=data, **self._owner()
+        retry_transient(
+            lambda: self.client.put_object(
+                Bucket=self.bucket, Key=self.prefix + key, Body=data, **self._owner()
+            )
         )
 
 
-def open_store(url: str) -> WorkerStore:
+def open_store(url: str, environment: Mapping[str, str] | None = None) -> WorkerStore:
     if url.startswith("file://"):
         return FileStore(url[len("file://") :])
     if url.startswith("s3://"):
-        return S3Store(url)
+        return S3Store(url, environment)
     raise ValueError(f"unknown store URL {url!r}")
+
+
+def store_failure(error: BaseException, store_url: str, what: str) -> str:
+    """One line that says why ``what`` failed in the store, for the inputs' ``TaskLost``."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        why = "no space left on device" if error.errno == errno.ENOSPC else "disk quota exceeded"
+        text = f"{why}: the worker could not {what} in the store {store_url} ({error})"
+    else:
+        detail = f"{type(error).__name__}: {error}"
+        text = f"the worker could not {what} in the store {store_url}: {detail}"
+    return " ".join(text.split())  # one line: it travels on the worker's channel
 
 
 # ---------------------------------------------------------------------------------------------
 # Running tasks.
 
 
+# A finished input's record waits at most about this long while the next input runs: then
+# the flusher thread writes what is pending, so a hung input never holds back a result.
+HELD_SECONDS = GROUP_SECONDS
+
+
+class _Flusher:
+    """Writes the pending records of finished inputs while the input after them runs long.
+
+    The main thread groups the records of quick inputs and writes them when the group is old
+    enough, but only between inputs: if the next input hangs, they would wait for it. This
+    daemon thread looks every ``HELD_SECONDS`` while a chunk runs; when the same input is
+    still running as at its last look, it writes what is pending (under the worker's lock,
+    which every write and every report takes). It costs the main thread one counter update
+    per input.
+    """
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.lock = lock
+        self.started = 0  # inputs started so far; only the main thread writes it
+        self._flush: Callable[[], None] | None = None
+        self._active = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def begin(self, flush: Callable[[], None]) -> None:
+        with self.lock:
+            self._flush = flush
+        self._active.set()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="aioknot-flusher", daemon=True)
+            self._thread.start()
+
+    def end(self) -> None:
+        self._active.clear()
+        with self.lock:
+            self._flush = None  # once this returns, the thread writes nothing of this chunk
+
+    def _loop(self) -> None:
+        seen = -1
+        while True:
+            self._active.wait()
+            time.sleep(HELD_SECONDS)
+            started = self.started
+            if started == seen:
+                with self.lock:
+                    if self._flush is not None:
+                        self._flush()
+            seen = started
+
+
 class Worker:
     """Runs contiguous chunks of one run's inputs; caches stores and functions between chunks."""
 
     def __init__(self) -> None:
-        self._stores: dict[str, WorkerStore] = {}
+        self._stores: dict[tuple[str, tuple[tuple[str, str], ...]], WorkerStore] = {}
         self._functions: dict[tuple[str, str], Any] = {}
+        self._lock = threading.Lock()
+        self._flusher = _Flusher(self._lock)
 
-    def store(self, url: str) -> WorkerStore:
-        if url not in self._stores:
-            self._stores[url] = open_store(url)
-        return self._stores[url]
+    def store(self, url: str, environment: Mapping[str, str] | None = None) -> WorkerStore:
+        key = (url, tuple(sorted(environment.items())) if environment is not None else ())
+        if key not in self._stores:
+            self._stores[key] = open_store(url, environment)
+        return self._stores[key]
 
-    def function(self, store_url: str, key: str) -> Any:
+    def function(self, store_url: str, key: str, data: bytes | None) -> Any:
+        """The function stored at ``key``: unpickled from ``data`` unless already cached."""
         if (store_url, key) not in self._functions:
-            self._functions[(store_url, key)] = pickle.loads(self.store(store_url).read(key))
+            assert data is not None
+            self._functions[(store_url, key)] = pickle.loads(data)
         return self._functions[(store_url, key)]
 
     def run_chunk(
@@ -309,66 +494,123 @@ class Worker:
         start: int,
         stop: int,
         starmap: bool,
-        on_done: Any = None,
-        on_start: Any = None,
-    ) -> None:
-        """Run inputs ``start..stop`` (global indices, one segment) and record each result."""
-        store = self.store(store_url)
+        environment: Mapping[str, str] | None = None,
+        on_done: Callable[[int, int], None] | None = None,
+        on_start: Callable[[int], None] | None = None,
+        on_failed: Callable[[int, int, str], None] | None = None,
+        stop_at: Callable[[], int] | None = None,
+    ) -> int:
+        """Run inputs ``start..stop`` (global indices, one segment) and record each result.
+
+        ``on_done(first, count)`` follows each written object; ``on_failed(first, count,
+        reason)`` reports inputs whose record could not be written or whose input could not
+        be read (a full disk, a store that refuses), and the chunk goes on; without it, such
+        an error is raised. ``stop_at()`` is read before each input: an input at or beyond it
+        was taken back by the backend and is not run. Returns the index the chunk stopped at.
+        """
+        store = self.store(store_url, environment)
+        lock = self._lock
         # Results of inputs first..first+len-1 not yet written. Values are pickled when they
         # are written (within ~40 ms), as a process pool pickles a chunk's results at its end.
         pending: list[tuple[bool, Any]] = []
         first = start
         opened = 0.0
 
-        def flush() -> None:
+        def flush() -> None:  # called with the lock held
             nonlocal pending, first
-            if pending:
-                data = encode_results(first, pending)
-                store.write(result_key(run, first, len(pending)), data)
+            if not pending:
+                return
+            count = len(pending)
+            try:
+                store.write(result_key(run, first, count), encode_results(first, pending))
+            except Exception as error:
+                if on_failed is None:
+                    raise
+                on_failed(first, count, store_failure(error, store_url, "write its result"))
+            else:
                 if on_done is not None:
-                    on_done(first, len(pending))
-                first, pending = first + len(pending), []
+                    on_done(first, count)
+            first, pending = first + count, []
 
+        pickled: bytes | None = None
         try:
-            function = self.function(store_url, function_key)
+            if (store_url, function_key) not in self._functions:
+                pickled = store.read(function_key)
+        except Exception as error:
+            if on_failed is None:
+                raise
+            with lock:
+                reason = store_failure(error, store_url, "read the function")
+                on_failed(start, stop - start, reason)
+            return stop
+        try:
+            function = self.function(store_url, function_key, pickled)
         except Exception as error:
             # Every input gets the reason (a module missing on the worker, say), not a crash.
             failure = RuntimeError(f"the function could not be loaded on the worker: {error!r}")
             failure.__cause__ = error
             pending = [(False, encode_error_record(failure))] * (stop - start)
-            flush()
-            return
-        key = segment_key(run, segment_first)
-        # Two ranged reads for the whole chunk: its offsets, then its inputs.
-        lo, hi = offset_table_range(start - segment_first, stop - segment_first)
-        table = store.read(key, lo, hi)
-        offsets = struct.unpack(f"<{stop - start + 1}Q", table)
-        data = store.read(key, offsets[0], offsets[-1])
-        base = offsets[0]
-        for position, index in enumerate(range(start, stop)):
-            if on_start is not None:
-                on_start(index)
-            began = time.perf_counter()
-            chunk = data[offsets[position] - base : offsets[position + 1] - base]
-            try:
-                argument = pickle.loads(chunk)
-                result: tuple[bool, Any] = (
-                    True,
-                    function(*argument) if starmap else function(argument),
-                )
-            except BaseException as error:  # KeyboardInterrupt too: the user's code raised it
-                result = (False, encode_error_record(error))
-            finished = time.perf_counter()
-            if not pending:
-                opened = began
-            pending.append(result)
-            if (
-                finished - began >= SLOW_INPUT_SECONDS
-                or finished - opened >= GROUP_SECONDS
-                or len(pending) >= GROUP_MAX_INPUTS
-            ):
+            with lock:
                 flush()
-        flush()
+            return stop
+        key = segment_key(run, segment_first)
+        try:
+            # Two ranged reads for the whole chunk: its offsets, then its inputs.
+            lo, hi = offset_table_range(start - segment_first, stop - segment_first)
+            table = store.read(key, lo, hi)
+            offsets = struct.unpack(f"<{stop - start + 1}Q", table)
+            data = store.read(key, offsets[0], offsets[-1])
+        except Exception as error:
+            if on_failed is None:
+                raise
+            with lock:
+                on_failed(start, stop - start, store_failure(error, store_url, "read its input"))
+            return stop
+        base = offsets[0]
+        flusher = self._flusher if on_failed is not None else None
+        if flusher is not None:
+            flusher.begin(flush)
+        end = stop
+        try:
+            for position, index in enumerate(range(start, stop)):
+                if on_start is not None:
+                    on_start(index)
+                # Read after announcing the input (the backend writes the limit, then reads
+                # the running index): one of the two sees the other's write.
+                if stop_at is not None and index >= stop_at():
+                    if on_start is not None:
+                        on_start(-1)
+                    end = index
+                    break
+                if flusher is not None:
+                    flusher.started += 1
+                began = time.perf_counter()
+                chunk = data[offsets[position] - base : offsets[position + 1] - base]
+                try:
+                    argument = pickle.loads(chunk)
+                    result: tuple[bool, Any] = (
+                        True,
+                        function(*argument) if starmap else function(argument),
+                    )
+                except BaseException as error:  # KeyboardInterrupt too: the user's code raised
+                    result = (False, encode_error_record(error))
+                finished = time.perf_counter()
+                with lock:
+                    if not pending:
+                        opened = began
+                    pending.append(result)
+                    if (
+                        finished - began >= SLOW_INPUT_SECONDS
+                        or finished - opened >= GROUP_SECONDS
+                        or len(pending) >= GROUP_MAX_INPUTS
+                    ):
+                        flush()
+            with lock:
+                flush()
+        finally:
+            if flusher is not None:
+                flusher.end()
+        return end
 
 
 def array_index_from_environment(environ: dict[str, str] | os._Environ[str]) -> int:
@@ -396,7 +638,11 @@ def format_segments(segments: list[tuple[int, int]]) -> str:
 
 
 def batch_main(environ: dict[str, str] | os._Environ[str]) -> int:
-    """Run this array child's share of a job: ``AIOKNOT_CHUNK`` inputs from its position."""
+    """Run this array child's share of a job: ``AIOKNOT_CHUNK`` inputs from its position.
+
+    An input whose record cannot be written (or read) does not stop the others: the child
+    goes on, says why on stderr (its log), and exits with 1 so that Batch reports it failed.
+    """
     store_url = environ["AIOKNOT_STORE"]
     run = environ["AIOKNOT_RUN"]
     function_key = environ["AIOKNOT_FUNCTION"]
@@ -407,6 +653,12 @@ def batch_main(environ: dict[str, str] | os._Environ[str]) -> int:
     end = segments[-1][0] + segments[-1][1]
     start = first + array_index_from_environment(environ) * chunk
     stop = min(start + chunk, end)
+    failures: list[str] = []
+
+    def report_failed(first: int, count: int, reason: str) -> None:
+        failures.append(reason)
+        print(f"aioknot worker: inputs {first}..{first + count - 1}: {reason}", file=sys.stderr)
+
     worker = Worker()
     for segment_first, count in segments:
         lo, hi = max(start, segment_first), min(stop, segment_first + count)
@@ -419,17 +671,35 @@ def batch_main(environ: dict[str, str] | os._Environ[str]) -> int:
                 start=lo,
                 stop=hi,
                 starmap=starmap,
+                environment=environ,
+                on_failed=report_failed,
             )
+    if failures:
+        return 1
     print(f"aioknot worker: inputs {start}..{stop - 1} of run {run} done", flush=True)
     return 0
+
+
+# The progress file shared with the local backend: two int64 slots, the input running now
+# (-1 between chunks), and the index the current chunk must stop at (the backend lowers it to
+# take back the inputs queued behind a stuck one).
+PROGRESS_RUNNING = 0
+PROGRESS_STOP_AT = _I64.size
+PROGRESS_SIZE = 2 * _I64.size
 
 
 def serve(progress_path: str | None = None) -> int:
     """The local backend's worker loop: one JSON chunk per stdin line, until stdin closes.
 
-    ``progress_path`` names an 8-byte file shared with the parent: the index of the input
-    running now, written before each input (a memory store, not a syscall), so that when this
-    process dies the parent knows exactly which input killed it.
+    Reports on the original stdout, one line each: ``ready``; ``done <first> <count>`` per
+    written object; ``failed <first> <count> <reason>`` for inputs whose record could not be
+    written or whose input could not be read; ``chunk <seconds> <end>`` when a chunk is over,
+    ``end`` being where it stopped (its ``stop``, or where the backend took the rest back).
+
+    ``progress_path`` names a file shared with the parent (``PROGRESS_*``): the index of the
+    input running now, written before each input (a memory store, not a syscall), so that
+    when this process dies the parent knows exactly which input killed it; and the index to
+    stop at, read before each input.
     """
     # Keep the original stdin and stdout for the protocol: the user's prints go to stderr and
     # the user's input() reads an empty stdin, so neither can corrupt the task channel.
@@ -441,26 +711,34 @@ def serve(progress_path: str | None = None) -> int:
     os.dup2(null, 0)
     os.close(null)
     sys.stdin = open(os.devnull)
-    running = None
+    progress = None
     if progress_path is not None:
         import mmap
 
         with open(progress_path, "r+b") as file:
-            running = mmap.mmap(file.fileno(), _I64.size)
+            progress = mmap.mmap(file.fileno(), PROGRESS_SIZE)
 
     def report_start(index: int) -> None:
-        if running is not None:
-            _I64.pack_into(running, 0, index)
+        if progress is not None:
+            _I64.pack_into(progress, PROGRESS_RUNNING, index)
 
+    def stop_at() -> int:
+        assert progress is not None
+        return int(_I64.unpack_from(progress, PROGRESS_STOP_AT)[0])
+
+    # Both are called with the worker's lock held: the flusher thread reports too.
     def report_done(first: int, count: int) -> None:
         channel.write(f"done {first} {count}\n")
+
+    def report_failed(first: int, count: int, reason: str) -> None:
+        channel.write(f"failed {first} {count} {reason}\n")
 
     worker = Worker()
     channel.write("ready\n")
     for line in tasks:
         task = json.loads(line)
         began = time.perf_counter()
-        worker.run_chunk(
+        end = worker.run_chunk(
             store_url=task["store"],
             run=task["run"],
             function_key=task["function"],
@@ -468,11 +746,14 @@ def serve(progress_path: str | None = None) -> int:
             start=task["start"],
             stop=task["stop"],
             starmap=task["starmap"],
+            environment=task.get("env"),
             on_done=report_done,
             on_start=report_start,
+            on_failed=report_failed,
+            stop_at=stop_at if progress is not None else None,
         )
         report_start(-1)
-        channel.write(f"chunk {time.perf_counter() - began:.6f}\n")
+        channel.write(f"chunk {time.perf_counter() - began:.6f} {end}\n")
     return 0
 
 
