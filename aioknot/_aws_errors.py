@@ -45,6 +45,16 @@ def is_throttling(error: BaseException) -> bool:
     return isinstance(error, ClientError) and error_code(error) in THROTTLING_ERRORS
 
 
+def error_summary(error: BaseException) -> str:
+    """A short account of a botocore (or connection) error for a message: ``503
+    ServiceUnavailable: Please reduce your request rate.``, or the error's own words."""
+    if isinstance(error, ClientError):
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        head = f"{status} {error_code(error)}" if status else error_code(error)
+        return f"{head}: {error_message(error)}"
+    return f"{type(error).__name__}: {error}"
+
+
 def translate(error: Exception, doing: str, failure: type[KnotError] = KnotError) -> KnotError:
     """Our error for a botocore error raised while ``doing`` (e.g. "submitting job x").
 

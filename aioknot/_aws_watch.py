@@ -1,33 +1,56 @@
 """One run on AWS Batch: its array jobs going in, and what Batch says became of them.
 
 Results come from the store (the run's watcher); Batch is asked only what the store cannot
-tell: which children died. ``watch`` polls DescribeJobs (100 ids a call) for the jobs not yet
-over, backing off while nothing changes; a rise in an array's FAILED count costs one ListJobs
-of its FAILED children and one DescribeJobs per 100 of them (for the log stream), and every
-input of such a child is reported lost with Batch's reason and exit code. Once Batch says
-every job is over, ``watch`` returns and the watcher's last look turns any input still
-without a record into ``TaskLost``: nothing waits on a job that Batch says is over.
+tell: which children ended, and how. ``watch`` polls DescribeJobs (100 ids a call) for the jobs
+not yet over, backing off while nothing changes. A rise in an array's FAILED count streams
+ListJobs pages of its FAILED children (up to 1,000 a page): each 100 of them costs one
+DescribeJobs (for what the summaries lack: the log stream and the attempts) and are reported
+lost at once, with Batch's reason, exit code, job id and log stream. A rise in its SUCCEEDED
+count lists the newly SUCCEEDED children the same way (at most once per ``SUCCEEDED_LIST_SECONDS``
+per page, and once more when the job is over), and reports their inputs too: the watcher drops
+a report for an input whose record exists, so only a child that succeeded without writing one
+becomes ``TaskLost``, when that child ends rather than when the run ends.
+
+Every call to Batch and CloudWatch Logs is retried while it fails transiently (throttling,
+5xx, connection errors, credentials being refreshed), on this run's own clock, with jittered
+backoff on top of botocore's retries. Only an outage with no successful call for
+``watch_timeout`` seconds ends the watch, with `WatchTimeout`; nothing here ever cancels or
+terminates a job on its own (only `cancel`, the user's intent, does).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import functools
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import anyio.abc
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.parsers import ResponseParserError
 
-from ._aws_errors import error_code, translate
-from ._aws_jobs import LOG_GROUP, JobBatcher, JobShape, submit_job, submit_request
+from ._aws_errors import error_code, error_summary, is_throttling, translate
+from ._aws_jobs import LOG_GROUP, JobBatcher, JobShape, submit_request
 from ._backend import RunSpec, Segment, TaskListener
-from ._exceptions import KnotError
+from ._exceptions import KnotError, WatchTimeout
+from ._retry import is_transient, retry_transient
+from ._tasks import task_group
+
+T = TypeVar("T")
 
 DESCRIBE_BATCH = 100  # DescribeJobs takes at most 100 ids
+LIST_PAGE = 1000  # ListJobs with a jobStatus returns at most 1,000 summaries a page
 FIRST_POLL_SECONDS = 1.0
 MAX_POLL_SECONDS = 30.0
 POLL_BACKOFF = 1.5
+# Retrying a transient failure: the first pause and the longest (jittered, doubling).
+RETRY_FIRST_SECONDS = 0.5
+RETRY_LONGEST_SECONDS = 30.0
+# Listing SUCCEEDED children only finds the rare child that wrote no record, so a running
+# array's are listed at most once per this many seconds per page of the last listing (and once
+# more when the array is over): a 10,000-child array costs ~1 ListJobs every 15 s, not 10.
+SUCCEEDED_LIST_SECONDS = 15.0
 # Segments waiting for the next job go out when no new one came for this long (inputs that
 # trickle in), or when the oldest has waited this long (a steady but slow stream).
 IDLE_FLUSH_SECONDS = 1.0
@@ -37,12 +60,15 @@ TERMINAL = frozenset({"SUCCEEDED", "FAILED"})
 QUEUED = ("SUBMITTED", "PENDING", "RUNNABLE")
 RUNNING = ("STARTING", "RUNNING")
 CANCEL_REASON = "cancelled by aioknot (run.cancel)"
+# botocore's errors, and the one an endpoint answering in the wrong protocol gives (not one).
+AWS_ERRORS = (ClientError, BotoCoreError, ResponseParserError)
 
 
 class BatchTarget(Protocol):
     """What a run needs from its backend: clients, where to submit, and a task group."""
 
     knot: str
+    watch_timeout: float  # seconds without a successful call before the watch gives up
 
     async def client(self, service: str) -> Any: ...
 
@@ -60,24 +86,41 @@ class _Job:
     shape: JobShape | None  # None until read back from Batch (a re-attached run)
     status: str = "SUBMITTED"
     summary: dict[str, int] = field(default_factory=dict)
-    failed_children: set[int] = field(default_factory=set)
+    failed_children: set[int] = field(default_factory=set)  # reported lost
+    succeeded_children: set[int] = field(default_factory=set)  # reported (for the watcher)
+    next_succeeded_listing: float = 0.0
     over: bool = False
 
 
 def child_index(child_id: str, summary: Mapping[str, Any]) -> int | None:
-    index = summary.get("arrayProperties", {}).get("index")
+    index = (summary.get("arrayProperties") or {}).get("index")
     if isinstance(index, int):
         return index
     head, colon, tail = child_id.rpartition(":")
     return int(tail) if colon and tail.isdigit() else None
 
 
-def failure_reason(description: Mapping[str, Any]) -> str:
-    """Batch's words for why a job failed, e.g. ``Host EC2 (instance i-0ab) terminated``."""
+def _last_attempt_container(description: Mapping[str, Any]) -> Mapping[str, Any]:
+    attempts = description.get("attempts") or []
+    return (attempts[-1].get("container") or {}) if attempts else {}
+
+
+def failure_reason(description: Mapping[str, Any], summary: Mapping[str, Any] = {}) -> str:
+    """Batch's words for why a job failed, e.g. ``Host EC2 (instance i-0ab) terminated``.
+
+    ``summary`` is the job's ListJobs summary, which carries the same fields when the
+    description lacks them (or was not fetched).
+    """
     container = description.get("container") or {}
-    parts = [description.get("statusReason"), container.get("reason")]
+    listed = summary.get("container") or {}
+    parts = [
+        description.get("statusReason") or summary.get("statusReason"),
+        container.get("reason")
+        or _last_attempt_container(description).get("reason")
+        or listed.get("reason"),
+    ]
     reason = "; ".join(str(part) for part in parts if part)
-    job = description.get("jobId", "?")
+    job = description.get("jobId") or summary.get("jobId") or "?"
     return f"AWS Batch job {job} FAILED: {reason or 'Batch gave no reason'}"
 
 
@@ -105,9 +148,36 @@ def log_streams(description: Mapping[str, Any]) -> list[str]:
     return streams
 
 
-def exit_code(description: Mapping[str, Any]) -> int | None:
-    code = (description.get("container") or {}).get("exitCode")
-    return int(code) if isinstance(code, int) else None
+def _code(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def exit_code(description: Mapping[str, Any], summary: Mapping[str, Any] = {}) -> int | None:
+    """The job's exit code: the description's ``container.exitCode``, else its last attempt's
+    (moto's DescribeJobs leaves the former out), else the ListJobs summary's."""
+    for container in (
+        description.get("container") or {},
+        _last_attempt_container(description),
+        summary.get("container") or {},
+    ):
+        code = _code(container.get("exitCode"))
+        if code is not None:
+            return code
+    return None
+
+
+def attempt_count(description: Mapping[str, Any]) -> int | None:
+    """How many attempts Batch made (0: it never started); None when not described."""
+    attempts = description.get("attempts")
+    return len(attempts) if isinstance(attempts, list) else None
+
+
+def needs_description(summary: Mapping[str, Any]) -> bool:
+    """Whether a child's ListJobs summary lacks what a report needs. Batch's summaries carry
+    the status reason and exit code but never the log stream or the attempts, so in practice
+    every reported child is described, once, in batches of 100."""
+    container = summary.get("container") or {}
+    return not container.get("logStreamName") or "attempts" not in summary
 
 
 def status_counts(jobs: Iterable[tuple[JobShape | None, str, Mapping[str, int]]]) -> dict[str, int]:
@@ -162,10 +232,64 @@ class AwsRun:
         self._activity = 0.0  # when submit() last ran
         self._pending_since = 0.0
         self._timer = False
+        # When the current outage began (the first transient failure since the last success).
+        self._failing_since: float | None = None
 
     @property
     def job_ids(self) -> list[str]:
         return [job.job_id for job in self._jobs]
+
+    # -- every call to AWS -------------------------------------------------------------------
+
+    async def _call(self, doing: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``await call()``, retried while it fails transiently and the run's outage (no
+        successful call to AWS) has lasted less than ``watch_timeout``; our errors otherwise.
+
+        The clock is the run's, not the call's: a poll that fails after an earlier one already
+        failed for ten minutes has five left, whichever call it is.
+        """
+
+        async def attempt() -> T:
+            try:
+                result = await call()
+            except Exception as error:
+                if self._failing_since is None and is_transient(error):
+                    self._failing_since = anyio.current_time()
+                raise
+            self._failing_since = None
+            return result
+
+        since = self._failing_since
+        left = self._target.watch_timeout
+        if since is not None:
+            left -= anyio.current_time() - since
+        try:
+            return await retry_transient(
+                attempt,
+                give_up_after=max(left, 0.0),
+                first=RETRY_FIRST_SECONDS,
+                longest=RETRY_LONGEST_SECONDS,
+            )
+        except KnotError:
+            raise
+        except Exception as error:
+            if is_transient(error):
+                now = anyio.current_time()
+                waited = now - (self._failing_since or now)
+                raise self._outage(doing, error, waited) from error
+            if isinstance(error, AWS_ERRORS):
+                raise translate(error, doing) from error
+            raise
+
+    def _outage(self, doing: str, error: BaseException, waited: float) -> WatchTimeout:
+        run_id = self._spec.run_id
+        return WatchTimeout(
+            f"{doing} has failed for {waited:.0f} s (last: {error_summary(error)}); the "
+            f"watch_timeout is {self._target.watch_timeout:g} s. Nothing was cancelled: AWS "
+            f"Batch keeps running the run's jobs and their results keep being stored. Once "
+            f'AWS answers again, re-attach with `await knot.attach("{run_id}")`.',
+            run_id=run_id,
+        )
 
     # -- submission ------------------------------------------------------------------------
 
@@ -201,7 +325,30 @@ class AwsRun:
             self._spec, shape, number=len(self._jobs), queue=queue, definition=definition
         )
         batch = await self._target.client("batch")
-        job_id = await submit_job(batch, request)
+        name = str(request["jobName"])
+        maybe_sent = False
+
+        async def once() -> str:
+            nonlocal maybe_sent
+            if maybe_sent:
+                # The last try may have been accepted before its answer was lost: a second
+                # job would run every input again, so look for the first by its unique name.
+                found = await _find_job(batch, queue, name)
+                if found is not None:
+                    return found
+            try:
+                response = await batch.submit_job(**request)
+            except Exception as error:
+                # Throttling refuses a request; a reset or a 5xx may hide one accepted.
+                maybe_sent = maybe_sent or (is_transient(error) and not is_throttling(error))
+                raise
+            return str(response["jobId"])
+
+        inputs = f"inputs {shape.first} to {shape.stop - 1}"
+        job_id = await self._call(
+            f"submitting job {name} ({inputs}, not submitted yet) of run {self._spec.run_id}",
+            once,
+        )
         self._jobs.append(_Job(job_id, shape))
         self._wake.set()
 
@@ -255,10 +402,10 @@ class AwsRun:
         found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(job_ids), DESCRIBE_BATCH):
             ids = list(job_ids[start : start + DESCRIBE_BATCH])
-            try:
-                response = await batch.describe_jobs(jobs=ids)
-            except (ClientError, BotoCoreError) as error:
-                raise translate(error, f"describing the jobs of run {self._spec.run_id}") from error
+            response = await self._call(
+                f"describing the jobs of run {self._spec.run_id}",
+                functools.partial(batch.describe_jobs, jobs=ids),
+            )
             for description in response.get("jobs", []):
                 found[str(description["jobId"])] = description
         return found
@@ -293,53 +440,91 @@ class AwsRun:
         if shape is None:
             job.over = status in TERMINAL
             return changed
-        if shape.size:
-            if summary.get("FAILED", 0) > len(job.failed_children):
-                await self._report_failed_children(job, shape)
-            finished = summary.get("SUCCEEDED", 0) + summary.get("FAILED", 0)
-            # moto leaves a parent with failed children SUBMITTED: count the children.
-            job.over = status in TERMINAL or finished >= shape.size
-            if job.over and status == "FAILED" and not summary:
-                self._lose(shape.first, shape.stop, description)
-        else:
+        if not shape.size:
             job.over = status in TERMINAL
-            if status == "FAILED":
-                self._lose(shape.first, shape.stop, description)
+            if job.over:  # a plain job: its own description says it all
+                self._report(shape.first, shape.stop, str(job.job_id), description, {}, status)
+            return changed
+        failed, succeeded = summary.get("FAILED", 0), summary.get("SUCCEEDED", 0)
+        if failed > len(job.failed_children):
+            await self._report_children(job, shape, "FAILED")
+        # moto leaves a parent with failed children SUBMITTED: count the children.
+        job.over = status in TERMINAL or succeeded + failed >= shape.size
+        if succeeded > len(job.succeeded_children) and (
+            job.over or anyio.current_time() >= job.next_succeeded_listing
+        ):
+            await self._report_children(job, shape, "SUCCEEDED")
+        if job.over and status == "FAILED" and not summary:
+            # The array failed as a whole (before it had children): every input is lost.
+            self._report(shape.first, shape.stop, job.job_id, description, {}, status)
         return changed
 
-    def _lose(self, start: int, stop: int, description: Mapping[str, Any]) -> None:
-        reason, stream, code = (
-            failure_reason(description),
-            log_stream(description),
-            exit_code(description),
-        )
-        for index in range(start, stop):
-            self._listener.lost(index, reason, log=stream, exit_code=code)
+    def _report(
+        self,
+        start: int,
+        stop: int,
+        job_id: str,
+        description: Mapping[str, Any],
+        summary: Mapping[str, Any],
+        status: str,
+    ) -> None:
+        """Tell the watcher that the inputs ``start .. stop - 1`` of this job are over.
 
-    async def _report_failed_children(self, job: _Job, shape: JobShape) -> None:
+        A FAILED job's inputs become ``TaskLost``; a SUCCEEDED job's only if it wrote no
+        record for them (the watcher drops the report of an input whose record exists).
+        """
+        if status == "FAILED":
+            reason = failure_reason(description, summary)
+        else:
+            reason = f"AWS Batch job {job_id} SUCCEEDED but wrote no result for it"
+        stream = log_stream(description)
+        code = exit_code(description, summary)
+        attempts = attempt_count(description)
+        for index in range(start, stop):
+            self._listener.lost(
+                index, reason, log=stream, exit_code=code, job_id=job_id, attempts=attempts
+            )
+
+    async def _report_children(self, job: _Job, shape: JobShape, status: str) -> None:
+        """Stream the array's children in ``status`` (FAILED or SUCCEEDED) not yet reported,
+        page by page, each 100 described once and reported at once."""
         batch = await self._target.client("batch")
-        arguments: dict[str, Any] = {"arrayJobId": job.job_id, "jobStatus": "FAILED"}
-        fresh: dict[str, int] = {}
-        try:
-            while True:
-                response = await batch.list_jobs(**arguments)
-                for summary in response.get("jobSummaryList", []):
-                    child = child_index(str(summary["jobId"]), summary)
-                    if child is not None and child not in job.failed_children:
-                        fresh[str(summary["jobId"])] = child
-                token = response.get("nextToken")
-                if not token:
-                    break
-                arguments["nextToken"] = token
-        except (ClientError, BotoCoreError) as error:
-            raise translate(error, f"listing the failed children of job {job.job_id}") from error
-        # The summaries lack the log stream; the full descriptions have it.
-        descriptions = await self._describe(list(fresh))
-        for child_id, child in fresh.items():
-            description = descriptions.get(child_id, {"jobId": child_id})
-            inputs = shape.child_inputs(child)
-            self._lose(inputs.start, inputs.stop, description)
-            job.failed_children.add(child)
+        reported = job.failed_children if status == "FAILED" else job.succeeded_children
+        arguments: dict[str, Any] = {
+            "arrayJobId": job.job_id,
+            "jobStatus": status,
+            "maxResults": LIST_PAGE,
+        }
+        pages = 0
+        while True:
+            response = await self._call(
+                f"listing the {status} children of job {job.job_id} (run {self._spec.run_id})",
+                functools.partial(batch.list_jobs, **arguments),
+            )
+            pages += 1
+            fresh: list[tuple[str, int, Mapping[str, Any]]] = []
+            for summary in response.get("jobSummaryList", []):
+                child_id = str(summary["jobId"])
+                child = child_index(child_id, summary)
+                if child is not None and child not in reported and 0 <= child < shape.size:
+                    fresh.append((child_id, child, summary))
+            for start in range(0, len(fresh), DESCRIBE_BATCH):
+                chunk = fresh[start : start + DESCRIBE_BATCH]
+                wanted = [child_id for child_id, _, summary in chunk if needs_description(summary)]
+                descriptions = await self._describe(wanted) if wanted else {}
+                for child_id, child, summary in chunk:
+                    if child in reported:
+                        continue  # a page repeated by a paging glitch
+                    inputs = shape.child_inputs(child)
+                    description = descriptions.get(child_id, {})
+                    self._report(inputs.start, inputs.stop, child_id, description, summary, status)
+                    reported.add(child)
+            token = response.get("nextToken")
+            if not token:
+                break
+            arguments["nextToken"] = token
+        if status == "SUCCEEDED":
+            job.next_succeeded_listing = anyio.current_time() + SUCCEEDED_LIST_SECONDS * pages
 
     # -- status, cancel, logs ----------------------------------------------------------------
 
@@ -356,7 +541,11 @@ class AwsRun:
         return status_counts((job.shape, job.status, job.summary) for job in self._jobs)
 
     async def cancel(self) -> None:
-        """CancelJob what is still queued, TerminateJob what runs (an array: both, as needed)."""
+        """CancelJob what is still queued, TerminateJob what runs (an array: both, as needed).
+
+        The user's intent only (``run.cancel()``, leaving ``amap``, closing a knot with
+        ``amap`` runs): nothing the watch sees ever calls this.
+        """
         self._cancelled = True
         self._wake.set()
         async with self._lock:  # a SubmitJob under way finishes first, then is cancelled too
@@ -381,19 +570,16 @@ class AwsRun:
                 calls.append(("cancel_job", job.job_id))
             if running:
                 calls.append(("terminate_job", job.job_id))
-        errors: list[Exception] = []
 
-        async def call(name: str, job_id: str) -> None:
-            try:
-                await getattr(batch, name)(jobId=job_id, reason=CANCEL_REASON)
-            except (ClientError, BotoCoreError) as error:
-                errors.append(translate(error, f"stopping job {job_id}"))
+        async def stop(name: str, job_id: str) -> None:
+            await self._call(
+                f"stopping job {job_id} of run {self._spec.run_id}",
+                functools.partial(getattr(batch, name), jobId=job_id, reason=CANCEL_REASON),
+            )
 
-        async with anyio.create_task_group() as group:
+        async with task_group() as group:  # the first failure raised as itself
             for name, job_id in calls:
-                group.start_soon(call, name, job_id)
-        if errors:
-            raise errors[0]
+                group.start_soon(stop, name, job_id)
 
     async def logs(self, index: int) -> list[str]:
         """The CloudWatch log lines of the child that ran ``index``, every attempt in order."""
@@ -415,29 +601,45 @@ class AwsRun:
         logs = await self._target.client("logs")
         lines: list[str] = []
         for stream in log_streams(description):
-            lines.extend(await _read_stream(logs, stream))
+            lines.extend(await self._read_stream(logs, stream))
         return lines
 
+    async def _read_stream(self, logs: Any, stream: str) -> list[str]:
+        arguments: dict[str, Any] = {
+            "logGroupName": LOG_GROUP,
+            "logStreamName": stream,
+            "startFromHead": True,
+        }
+        lines: list[str] = []
 
-async def _read_stream(logs: Any, stream: str) -> list[str]:
-    arguments: dict[str, Any] = {
-        "logGroupName": LOG_GROUP,
-        "logStreamName": stream,
-        "startFromHead": True,
-    }
-    lines: list[str] = []
-    try:
+        async def page(request: dict[str, Any]) -> dict[str, Any] | None:
+            try:
+                return dict(await logs.get_log_events(**request))
+            except ClientError as error:
+                if error_code(error) == "ResourceNotFoundException":
+                    return None  # the task never started, so it never logged
+                raise
+
         while True:
-            response = await logs.get_log_events(**arguments)
+            response = await self._call(
+                f"reading log stream {stream}", functools.partial(page, dict(arguments))
+            )
+            if response is None:
+                return lines
             lines.extend(str(event.get("message", "")) for event in response.get("events", []))
             token = response.get("nextForwardToken")
             # The forward token repeats once the end of the stream is reached.
             if not token or token == arguments.get("nextToken") or not response.get("events"):
                 return lines
             arguments["nextToken"] = token
-    except ClientError as error:
-        if error_code(error) == "ResourceNotFoundException":
-            return lines  # the task never started, so it never logged
-        raise translate(error, f"reading log stream {stream}") from error
-    except BotoCoreError as error:
-        raise translate(error, f"reading log stream {stream}") from error
+
+
+async def _find_job(batch: Any, queue: str, name: str) -> str | None:
+    """The id of the job called ``name`` in ``queue``, if Batch has one (any status)."""
+    response = await batch.list_jobs(
+        jobQueue=queue, filters=[{"name": "JOB_NAME", "values": [name]}]
+    )
+    for summary in response.get("jobSummaryList", []):
+        if summary.get("jobName") == name:
+            return str(summary["jobId"])
+    return None
