@@ -33,7 +33,7 @@ from aioknot._exceptions import KnotError, WatchTimeout
 PARENT = "6a2336e8-5f5e-4ccb-94c0-5cc1be5e0226"
 
 # moto 5.2.5, DescribeJobs of a FAILED array child (simple mode): no exit code anywhere.
-MOTO_CHILD = {
+MOTO_CHILD: dict[str, Any] = {
     "jobArn": f"arn:aws:batch:us-east-1:123456789012:job/{PARENT}:0",
     "jobName": "j10000",
     "jobId": f"{PARENT}:0",
@@ -72,7 +72,7 @@ MOTO_CHILD = {
 }
 # moto 5.2.5, the same child's ListJobs summary once its container exited with 3 (default
 # mode: the summary is where moto puts the exit code).
-MOTO_SUMMARY = {
+MOTO_SUMMARY: dict[str, Any] = {
     "jobArn": f"arn:aws:batch:us-east-1:123456789012:job/{PARENT}:0",
     "jobId": f"{PARENT}:0",
     "jobName": "j10000",
@@ -84,7 +84,7 @@ MOTO_SUMMARY = {
     "container": {"exitCode": 3},
 }
 # AWS Batch (API reference shape): a child reclaimed once (Spot), then killed for memory.
-AWS_CHILD = {
+AWS_CHILD: dict[str, Any] = {
     "jobArn": f"arn:aws:batch:us-east-1:123456789012:job/{PARENT}:7",
     "jobName": "squares-20261121T000000-abcdef-1",
     "jobId": f"{PARENT}:7",
@@ -184,7 +184,7 @@ class PagedBatch:
         assert len(jobs) <= 100
         self.calls.append(("describe_jobs", self.reported))
         self._maybe_fail()
-        out = []
+        out: list[dict[str, Any]] = []
         for job_id in jobs:
             if job_id == PARENT:
                 out.append(
