@@ -47,7 +47,9 @@ DEFAULT_ENVIRONMENT = "default"
 DEFAULT_VCPUS = 1
 DEFAULT_MEMORY = 2048  # MiB; also a valid Fargate size for 1 vCPU, so the defaults fit both
 DEFAULT_GPUS = 0
-DEFAULT_RETRIES = 1
+# Attempts per child on Batch: a Spot reclaim or a container that failed to start gets two
+# more; a function's own exception is a result, never retried (see _aws_jobs.RETRY_RULES).
+DEFAULT_RETRIES = 3
 DEFAULT_COMPUTE_TYPE: ComputeType = "EC2"
 DEFAULT_INSTANCE_TYPES: tuple[str, ...] = ("optimal",)
 DEFAULT_MIN_VCPUS = 0  # scale to zero: an idle environment costs nothing
@@ -68,10 +70,31 @@ FARGATE_MEMORY: dict[float, range] = {
     8: range(16384, 61440 + 1, 4096),
     16: range(32768, 122880 + 1, 8192),
 }
-# Credentials would end up readable in the job definition; the job role gives access instead.
+# Credentials would end up readable in the job definition (and would override the job role);
+# the container credential variables would point the SDK at another role's credentials.
 CREDENTIAL_VARIABLES = frozenset(
-    {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
+    {
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_SECURITY_TOKEN",
+        "AWS_CREDENTIAL_EXPIRATION",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_ROLE_ARN",
+        "AWS_ROLE_SESSION_NAME",
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "AWS_CONFIG_FILE",
+    }
 )
+# Batch passes at most this many secrets to a container (the job definition's limit is far
+# higher; this keeps the execution role's policy well under IAM's size limit).
+MAX_SECRETS = 100
 
 _ENVIRONMENT = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,31}$")
 _PROFILE = re.compile(r"^[\w.@+:/-]{1,64}$")
@@ -85,6 +108,13 @@ _POLICY_ARN = re.compile(r"^arn:aws[a-z-]*:iam::(aws|[0-9]{12}):policy/[\w+=,.@/
 _INSTANCE_TYPE = re.compile(r"^(optimal|[a-z][a-z0-9-]*(\.[a-z0-9]+)?)$")
 _IMAGE_ID = re.compile(r"^ami-([0-9a-f]{8}|[0-9a-f]{17})$")
 _VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# What secrets= may name: a Secrets Manager secret (optionally with a JSON key, version stage
+# and version id after it, as Batch accepts) or an SSM parameter, by full ARN.
+_SECRET_ARN = re.compile(
+    r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:[A-Za-z0-9/_+=.@-]+"
+    r"(:[^:]*:[^:]*:[^:]*)?$"
+)
+_PARAMETER_ARN = re.compile(r"^arn:aws[a-z-]*:ssm:[a-z0-9-]+:[0-9]{12}:parameter/[A-Za-z0-9/_.-]+$")
 _TAG_TEXT = re.compile(r"^[\w\s.:/=+\-@]*$")
 
 
@@ -103,6 +133,10 @@ class AwsOptions:
     timeout: int | None = None
     retries: int = DEFAULT_RETRIES
     env: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}), hash=False)
+    # Variable name -> Secrets Manager secret or SSM parameter ARN, resolved by Batch at start.
+    secrets: Mapping[str, str] = field(
+        default_factory=lambda: types.MappingProxyType({}), hash=False
+    )
     job_role_policies: tuple[str, ...] = ()
     compute_type: ComputeType = DEFAULT_COMPUTE_TYPE
     instance_types: tuple[str, ...] = DEFAULT_INSTANCE_TYPES
@@ -216,6 +250,7 @@ def aws_options(**options: object) -> AwsOptions:
         timeout=_optional_int(options.get("timeout"), "timeout", minimum=60, unit="seconds"),
         retries=_int(options.get("retries", DEFAULT_RETRIES), "retries", minimum=1, maximum=10),
         env=_env(options.get("env", {})),
+        secrets=_secrets(options.get("secrets", {}), options.get("env", {})),
         job_role_policies=_policies(options.get("job_role_policies", ())),
         compute_type=compute_type,
         instance_types=_instance_types(options.get("instance_types", DEFAULT_INSTANCE_TYPES)),
@@ -461,17 +496,56 @@ def _string_mapping(value: object, name: str) -> dict[str, str]:
 def _env(value: object) -> Mapping[str, str]:
     variables = _string_mapping(value, "env")
     for key in variables:
-        if key in CREDENTIAL_VARIABLES:
-            raise ConfigurationError(
-                f"env must not carry credentials ({key}): jobs get AWS access from their job "
-                "role; add managed policies with job_role_policies instead"
-            )
-        if not _VARIABLE.fullmatch(key) or key.startswith("AWS_BATCH"):
-            raise ConfigurationError(
-                f"env: {key!r} is not a usable variable name: use letters, digits and "
-                "underscores, not starting with a digit or AWS_BATCH (reserved by Batch)"
-            )
+        _check_variable_name(key, "env")
     return types.MappingProxyType(variables)
+
+
+def _check_variable_name(key: str, option: str) -> None:
+    if key.upper() in CREDENTIAL_VARIABLES:
+        # The value is never echoed: it may be the very credential.
+        raise ConfigurationError(
+            f"{option} must not carry AWS credentials ({key}): jobs get AWS access from their "
+            "job role (add managed policies with job_role_policies=); pass other API tokens "
+            "with secrets={'NAME': '<Secrets Manager or SSM parameter ARN>'}, which Batch "
+            "reads at start so the value is never stored in the job definition"
+        )
+    if not _VARIABLE.fullmatch(key) or key.startswith("AWS_BATCH"):
+        raise ConfigurationError(
+            f"{option}: {key!r} is not a usable variable name: use letters, digits and "
+            "underscores, not starting with a digit or AWS_BATCH (reserved by Batch)"
+        )
+
+
+def _secrets(value: object, env: object) -> Mapping[str, str]:
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(
+            "secrets must be a dict of variable names to ARNs, e.g. secrets={'API_TOKEN': "
+            "'arn:aws:secretsmanager:us-east-1:123456789012:secret:api-token-AbCdEf'}"
+        )
+    secrets: dict[str, str] = {}
+    for key, arn in value.items():
+        if not isinstance(key, str):
+            raise ConfigurationError(f"secrets: the name {key!r} must be a string")
+        _check_variable_name(key, "secrets")
+        if not isinstance(arn, str) or not (
+            _SECRET_ARN.fullmatch(arn) or _PARAMETER_ARN.fullmatch(arn)
+        ):
+            # Not echoed: a user who passed the secret itself instead of its ARN would see it.
+            raise ConfigurationError(
+                f"secrets: {key} must name a Secrets Manager secret or SSM parameter by ARN, "
+                "e.g. 'arn:aws:secretsmanager:us-east-1:123456789012:secret:api-token-AbCdEf' "
+                "or 'arn:aws:ssm:us-east-1:123456789012:parameter/api-token' (store the value "
+                "there; it is not passed in secrets= itself)"
+            )
+        secrets[key] = arn
+    if len(secrets) > MAX_SECRETS:
+        raise ConfigurationError(f"secrets: {len(secrets)} are too many; use at most {MAX_SECRETS}")
+    both = sorted(set(secrets) & set(env)) if isinstance(env, Mapping) else []
+    if both:
+        raise ConfigurationError(
+            f"{', '.join(both)} is in both env= and secrets=: a variable takes one value"
+        )
+    return types.MappingProxyType(secrets)
 
 
 def _tags(value: object) -> Mapping[str, str]:

@@ -97,8 +97,7 @@ def environment_template(options: AwsOptions) -> Template:
             "Type": "AWS::IAM::InstanceProfile",
             "Properties": {"Roles": [{"Ref": "InstanceRole"}]},
         }
-        if options.volume_size is not None:
-            resources["LaunchTemplate"] = _launch_template(tags)
+        resources["LaunchTemplate"] = _launch_template(options, tags)
     if not options.use_default_vpc:
         resources.update(_new_vpc(tags))
     return {
@@ -294,23 +293,33 @@ def _security_group(options: AwsOptions, tags: Mapping[str, str]) -> dict[str, A
     }
 
 
-def _launch_template(tags: Mapping[str, str]) -> dict[str, Any]:
+def _launch_template(options: AwsOptions, tags: Mapping[str, str]) -> dict[str, Any]:
+    # IMDSv2 only, one hop: the ECS agent on the host reaches the instance metadata service,
+    # but a job's container (one hop further, behind the Docker bridge) cannot borrow the
+    # instance role's credentials: jobs get the knot's job role and nothing else.
+    data: dict[str, Any] = {
+        "MetadataOptions": {
+            "HttpEndpoint": "enabled",
+            "HttpTokens": "required",
+            "HttpPutResponseHopLimit": 1,
+        },
+    }
+    if options.volume_size is not None:
+        data["BlockDeviceMappings"] = [
+            {
+                "DeviceName": "/dev/xvda",
+                "Ebs": {
+                    "VolumeSize": {"Ref": "VolumeSize"},
+                    "VolumeType": "gp3",
+                    "Encrypted": True,
+                    "DeleteOnTermination": True,
+                },
+            }
+        ]
     return {
         "Type": "AWS::EC2::LaunchTemplate",
         "Properties": {
-            "LaunchTemplateData": {
-                "BlockDeviceMappings": [
-                    {
-                        "DeviceName": "/dev/xvda",
-                        "Ebs": {
-                            "VolumeSize": {"Ref": "VolumeSize"},
-                            "VolumeType": "gp3",
-                            "Encrypted": True,
-                            "DeleteOnTermination": True,
-                        },
-                    }
-                ],
-            },
+            "LaunchTemplateData": data,
             "TagSpecifications": [
                 {"ResourceType": "launch-template", "Tags": _tag_list(tags)},
             ],
@@ -347,11 +356,10 @@ def _compute_environment(options: AwsOptions, tags: Mapping[str, str]) -> dict[s
         resources.update(
             {key: {"Ref": key} for key, value in optional.items() if value is not None}
         )
-        if options.volume_size is not None:
-            resources["LaunchTemplate"] = {
-                "LaunchTemplateId": {"Ref": "LaunchTemplate"},
-                "Version": {"Fn::GetAtt": ["LaunchTemplate", "LatestVersionNumber"]},
-            }
+        resources["LaunchTemplate"] = {
+            "LaunchTemplateId": {"Ref": "LaunchTemplate"},
+            "Version": {"Fn::GetAtt": ["LaunchTemplate", "LatestVersionNumber"]},
+        }
     return {
         "Type": "AWS::Batch::ComputeEnvironment",
         "Properties": {
@@ -440,17 +448,23 @@ def _new_vpc(tags: Mapping[str, str]) -> dict[str, Any]:
 # --- the knot stack -------------------------------------------------------------------------
 
 
+def knot_has_execution_role(options: AwsOptions) -> bool:
+    """Whether the knot stack makes the job's execution role: for ``secrets`` (only this
+    knot's role may read them), or for Fargate on an existing queue (no environment stack)."""
+    return bool(options.secrets) or (options.is_fargate and not options.creates_environment)
+
+
 def knot_template(options: AwsOptions, knot: str) -> Template:
-    """The knot stack's template: the job role (and, for an existing Fargate queue, the
-    execution role that the environment stack would otherwise provide)."""
+    """The knot stack's template: the job role, and the execution role when the knot has
+    secrets or runs on Fargate in an existing queue (`knot_has_execution_role`)."""
     tags = knot_tags(options, knot)
     resources: dict[str, Any] = {"JobRole": _job_role(options, tags)}
     outputs: dict[str, Any] = {
         "JobRoleArn": {"Value": {"Fn::GetAtt": ["JobRole", "Arn"]}},
         "JobRoleName": {"Value": {"Ref": "JobRole"}},
     }
-    if options.is_fargate and not options.creates_environment:
-        resources["JobExecutionRole"] = _execution_role(tags)
+    if knot_has_execution_role(options):
+        resources["JobExecutionRole"] = _knot_execution_role(options, tags)
         outputs["JobExecutionRoleArn"] = {"Value": {"Fn::GetAtt": ["JobExecutionRole", "Arn"]}}
     return {
         "AWSTemplateFormatVersion": FORMAT_VERSION,
@@ -472,6 +486,71 @@ def knot_template(options: AwsOptions, knot: str) -> Template:
     }
 
 
+def secret_resources(options: AwsOptions) -> tuple[list[str], list[str]]:
+    """The IAM resources of the knot's secrets: (Secrets Manager secrets, SSM parameters).
+
+    Batch accepts a secret ARN followed by ``:json-key:version-stage:version-id``; the policy
+    names the secret itself. A secret's full ARN ends with a 6-character suffix; a partial ARN
+    (without it) is matched with exactly 6 more characters, never a wider wildcard.
+    """
+    secrets: set[str] = set()
+    parameters: set[str] = set()
+    for arn in options.secrets.values():
+        if ":secretsmanager:" in arn:
+            base = ":".join(arn.split(":")[:7])
+            name = base.rpartition(":")[2]
+            has_suffix = len(name) > 7 and name[-7] == "-" and name[-6:].isalnum()
+            secrets.add(base if has_suffix else f"{base}-??????")
+        else:
+            parameters.add(arn)
+    return sorted(secrets), sorted(parameters)
+
+
+def _knot_execution_role(options: AwsOptions, tags: Mapping[str, str]) -> dict[str, Any]:
+    role = _execution_role(tags) if options.is_fargate else _bare_execution_role(tags)
+    secrets, parameters = secret_resources(options)
+    statements: list[dict[str, Any]] = []
+    if secrets:
+        statements.append(
+            {
+                "Sid": "KnotSecrets",
+                "Effect": "Allow",
+                "Action": "secretsmanager:GetSecretValue",
+                "Resource": secrets,
+            }
+        )
+    if parameters:
+        statements.append(
+            {
+                "Sid": "KnotParameters",
+                "Effect": "Allow",
+                "Action": "ssm:GetParameters",
+                "Resource": parameters,
+            }
+        )
+    if statements:
+        role["Properties"]["Policies"] = [
+            {
+                "PolicyName": "knot-secrets",
+                "PolicyDocument": {"Version": "2012-10-17", "Statement": statements},
+            }
+        ]
+    return role
+
+
+def _bare_execution_role(tags: Mapping[str, str]) -> dict[str, Any]:
+    # On EC2 the instance role pulls the image and writes logs: this role only reads secrets.
+    return {
+        "Type": "AWS::IAM::Role",
+        "Properties": {
+            "AssumeRolePolicyDocument": _assume_role_policy(
+                "ecs-tasks.amazonaws.com", _source_account_condition()
+            ),
+            "Tags": _tag_list(tags),
+        },
+    }
+
+
 def knot_parameters(*, bucket: str, prefix: str) -> dict[str, str]:
     """The knot stack's parameter values: the store's bucket and the knot's key prefix."""
     if not prefix or prefix.startswith("/") or not prefix.endswith("/") or "*" in prefix:
@@ -489,7 +568,9 @@ def _job_role(options: AwsOptions, tags: Mapping[str, str]) -> dict[str, Any]:
         {
             "Sid": "KnotObjects",
             "Effect": "Allow",
-            "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+            # No DeleteObject: a worker only reads its inputs and writes whole records; the
+            # client deletes (clobber, gc) with the user's own credentials.
+            "Action": ["s3:GetObject", "s3:PutObject"],
             "Resource": objects,
         },
         {

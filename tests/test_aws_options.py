@@ -24,7 +24,9 @@ def test_defaults_are_the_dataclass_defaults() -> None:
     assert options == AwsOptions()
     assert options.compute_type == "EC2"
     assert options.vcpus == 1 and options.memory == DEFAULT_MEMORY and options.gpus == 0
-    assert options.retries == 1 and options.timeout is None
+    # Three attempts by default: a Spot reclaim or a container that failed to start is retried.
+    assert options.retries == 3 and options.timeout is None
+    assert options.secrets == {}
     assert options.instance_types == DEFAULT_INSTANCE_TYPES == ("optimal",)
     assert options.max_vcpus == DEFAULT_MAX_VCPUS and options.min_vcpus == 0
     assert options.use_default_vpc is True
@@ -94,6 +96,36 @@ def test_an_existing_job_queue() -> None:
     assert options.job_queue == arn and not options.creates_environment
 
 
+SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:api-token-AbCdEf"
+PARAMETER_ARN = "arn:aws:ssm:eu-west-1:123456789012:parameter/team/api-token"
+
+
+def test_secrets_name_secrets_manager_secrets_and_ssm_parameters() -> None:
+    options = aws_options(
+        secrets={
+            "API_TOKEN": SECRET_ARN,
+            "JSON_KEY": f"{SECRET_ARN}:password::",
+            "PARAM": PARAMETER_ARN,
+        },
+        env={"OTHER": "1"},
+    )
+    assert dict(options.secrets) == {
+        "API_TOKEN": SECRET_ARN,
+        "JSON_KEY": f"{SECRET_ARN}:password::",
+        "PARAM": PARAMETER_ARN,
+    }
+
+
+def test_refusals_never_echo_the_value() -> None:
+    for options in (
+        {"env": {"AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI-value"}},
+        {"secrets": {"TOKEN": "wJalrXUtnFEMI-value"}},
+    ):
+        with pytest.raises(ConfigurationError) as caught:
+            aws_options(**options)
+        assert "wJalrXUtnFEMI" not in str(caught.value)
+
+
 BAD_OPTIONS = [
     ({"vcpu": 2}, "did you mean 'vcpus'"),
     ({"memroy": 2}, "did you mean 'memory'"),
@@ -127,7 +159,22 @@ BAD_OPTIONS = [
     ({"tags": {"k" * 129: "v"}}, "too long"),
     ({"tags": {"team": "a;b"}}, "characters AWS refuses"),
     ({"tags": ["team"]}, "dict of strings"),
-    ({"env": {"AWS_SECRET_ACCESS_KEY": "x"}}, "must not carry credentials"),
+    ({"env": {"AWS_SECRET_ACCESS_KEY": "x"}}, "must not carry AWS credentials"),
+    ({"env": {"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "/v2/x"}}, "with secrets="),
+    ({"env": {"AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://x"}}, "must not carry AWS"),
+    ({"env": {"AWS_CONTAINER_AUTHORIZATION_TOKEN": "x"}}, "must not carry AWS"),
+    ({"env": {"AWS_WEB_IDENTITY_TOKEN_FILE": "/t"}}, "must not carry AWS"),
+    ({"env": {"AWS_ROLE_ARN": "arn:aws:iam::1:role/x"}}, "must not carry AWS"),
+    ({"env": {"AWS_SESSION_TOKEN": "x"}}, "must not carry AWS"),
+    ({"env": {"AWS_SECURITY_TOKEN": "x"}}, "must not carry AWS"),
+    ({"env": {"AWS_PROFILE": "x"}}, "must not carry AWS"),
+    ({"secrets": {"TOKEN": "plain-value"}}, "by ARN"),
+    ({"secrets": {"TOKEN": "arn:aws:s3:::bucket/key"}}, "by ARN"),
+    ({"secrets": {"TOKEN": "arn:aws:secretsmanager:us-east-1:12345:secret:x"}}, "by ARN"),
+    ({"secrets": {"AWS_SECRET_ACCESS_KEY": SECRET_ARN}}, "must not carry AWS"),
+    ({"secrets": {"1X": SECRET_ARN}}, "not a usable variable name"),
+    ({"secrets": ["TOKEN"]}, "dict of variable names to ARNs"),
+    ({"secrets": {"T": SECRET_ARN}, "env": {"T": "x"}}, "in both env= and secrets="),
     ({"env": {"AWS_BATCH_JOB_ID": "x"}}, "AWS_BATCH"),
     ({"env": {"1X": "x"}}, "not a usable variable name"),
     ({"env": {"X": 1}}, "convert values with str()"),

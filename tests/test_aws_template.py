@@ -158,12 +158,70 @@ def test_ec2_has_an_instance_role_and_fargate_an_execution_role() -> None:
     assert "JobExecutionRoleArn" in fargate["Outputs"] and "InstanceRoleArn" in ec2["Outputs"]
 
 
-def test_volume_size_adds_a_launch_template() -> None:
-    assert "LaunchTemplate" not in environment_template(aws_options())["Resources"]
+def test_volume_size_goes_into_the_launch_template() -> None:
+    plain = environment_template(aws_options())["Resources"]["LaunchTemplate"]
+    assert "BlockDeviceMappings" not in plain["Properties"]["LaunchTemplateData"]
     template = environment_template(aws_options(volume_size=200))
-    assert "LaunchTemplate" in template["Resources"]
+    data = template["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]
+    assert data["BlockDeviceMappings"][0]["Ebs"]["VolumeSize"] == {"Ref": "VolumeSize"}
     resources = template["Resources"]["ComputeEnvironment"]["Properties"]["ComputeResources"]
     assert resources["LaunchTemplate"]["LaunchTemplateId"] == {"Ref": "LaunchTemplate"}
+
+
+@pytest.mark.parametrize("variant", ["ec2-default-vpc", "ec2-new-vpc", "spot-every-option"])
+def test_instances_require_imdsv2_with_one_hop(variant: str) -> None:
+    # A job's container (one hop behind the Docker bridge) cannot reach the instance role.
+    template = environment_template(options_for(variant))
+    data = template["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]
+    assert data["MetadataOptions"] == {
+        "HttpEndpoint": "enabled",
+        "HttpTokens": "required",
+        "HttpPutResponseHopLimit": 1,
+    }
+    resources = template["Resources"]["ComputeEnvironment"]["Properties"]["ComputeResources"]
+    assert resources["LaunchTemplate"] == {
+        "LaunchTemplateId": {"Ref": "LaunchTemplate"},
+        "Version": {"Fn::GetAtt": ["LaunchTemplate", "LatestVersionNumber"]},
+    }
+
+
+SECRET = "arn:aws:secretsmanager:us-east-1:123456789012:secret:api-token-AbCdEf"
+PARTIAL_SECRET = "arn:aws:secretsmanager:us-east-1:123456789012:secret:db"
+PARAMETER = "arn:aws:ssm:us-east-1:123456789012:parameter/team/token"
+
+
+@pytest.mark.parametrize("compute_type", ["EC2", "FARGATE"])
+def test_secrets_are_readable_only_by_the_knots_execution_role(compute_type: str) -> None:
+    options = aws_options(
+        compute_type=compute_type,
+        secrets={"A": SECRET, "B": f"{SECRET}:password::", "C": PARTIAL_SECRET, "D": PARAMETER},
+    )
+    template = knot_template(options, "pi-calc")
+    assert lint_errors(template) == []
+    assert template["Outputs"]["JobExecutionRoleArn"] == {
+        "Value": {"Fn::GetAtt": ["JobExecutionRole", "Arn"]}
+    }
+    role = template["Resources"]["JobExecutionRole"]["Properties"]
+    statements = role["Policies"][0]["PolicyDocument"]["Statement"]
+    # Exactly these secrets and parameters (a partial ARN takes Secrets Manager's 6-character
+    # suffix, never a wider wildcard), and only the read actions.
+    assert [(s["Action"], s["Resource"]) for s in statements] == [
+        ("secretsmanager:GetSecretValue", sorted([f"{PARTIAL_SECRET}-??????", SECRET])),
+        ("ssm:GetParameters", [PARAMETER]),
+    ]
+    assert all(s["Effect"] == "Allow" for s in statements)
+    # On EC2 the role does nothing else (the instance role pulls the image); on Fargate it
+    # also pulls the image and writes the log, as the environment's execution role does.
+    assert ("ManagedPolicyArns" in role) == (compute_type == "FARGATE")
+    # The job role (the code's own access) is not the one that reads the secrets.
+    job_role = template["Resources"]["JobRole"]["Properties"]
+    assert "secretsmanager" not in json.dumps(job_role) and "ssm:" not in json.dumps(job_role)
+
+
+def test_without_secrets_the_knot_stack_has_no_execution_role() -> None:
+    template = knot_template(aws_options(), "pi-calc")
+    assert "JobExecutionRole" not in template["Resources"]
+    assert "JobExecutionRoleArn" not in template["Outputs"]
 
 
 def test_new_vpc_has_public_subnets_and_an_internet_route() -> None:
@@ -209,6 +267,8 @@ def test_job_role_reaches_only_the_knots_prefix() -> None:
         for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
     }
     assert all(action.startswith("s3:") and "*" not in action for action in actions)
+    # Workers read inputs and write whole records; deleting is the client's (clobber, gc).
+    assert actions == {"s3:GetObject", "s3:PutObject", "s3:ListBucket"}
     assert role["ManagedPolicyArns"] == list(options.job_role_policies)
     principal = role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]
     assert principal == {"Service": "ecs-tasks.amazonaws.com"}
