@@ -24,6 +24,7 @@ import anyio.to_thread
 from ._backend import Segment
 from ._exceptions import ConfigurationError
 from ._pickling import pickle_input
+from ._tasks import task_group
 from ._worker import pack_segment
 
 _fast_dumps = pickle.dumps
@@ -251,7 +252,7 @@ async def _pack_stream(
                     with anyio.CancelScope(shield=True):
                         await store(packer.take())
 
-    async with anyio.create_task_group() as group:
+    async with task_group() as group:
         group.start_soon(produce, group)
         group.start_soon(flush_overdue)
         group.start_soon(consume, group)

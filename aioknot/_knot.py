@@ -126,7 +126,7 @@ class AsyncKnot:
             self._exit_stack.push_async_callback(self._store.aclose)
             self._backend = self._make_backend()
             self._exit_stack.push_async_callback(self._backend.aclose)
-            self._group = await self._exit_stack.enter_async_context(anyio.create_task_group())
+            self._group = await self._exit_stack.enter_async_context(task_group())
             # Runs first on exit: stop every watcher and worker before the group is awaited.
             self._exit_stack.callback(self._group.cancel_scope.cancel)
             start = getattr(self._backend, "start", None)
