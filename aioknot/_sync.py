@@ -18,7 +18,9 @@ What each blocking call does...
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
+import logging
 import os
 import threading
 import weakref
@@ -32,10 +34,109 @@ from ._exceptions import KnotError
 from ._knot import AsyncKnot
 from ._run import Run
 
+logger = logging.getLogger("aioknot")
+
 _LIVE_KNOTS: weakref.WeakSet[Knot] = weakref.WeakSet()
-# After a fork, the parent's portal objects are kept here, never finalized: finalizing the
-# portal's context manager would wait on a loop thread that does not exist in the child.
+_LIVE_LOOPS: weakref.WeakSet[_Loop] = weakref.WeakSet()
+# After a fork, the parent's loops are kept here, never closed nor collected: closing (or
+# collecting) a portal's context manager would wait on a loop thread the child does not have.
 _ABANDONED_IN_CHILD: list[object] = []
+# How long closing a dropped knot at interpreter exit may take before the exit goes on.
+EXIT_CLOSE_SECONDS = 30.0
+
+
+class _Loop:
+    """The private event loop thread of one ``Knot`` and the ``AsyncKnot`` entered on it.
+
+    Kept apart from the ``Knot`` so that a knot dropped without ``close()`` can be closed by
+    its finalizer (which must not hold the knot) and at interpreter exit: its thread and its
+    worker processes stop, silently.
+    """
+
+    def __init__(self, knot: AsyncKnot) -> None:
+        self.knot = knot
+        self._lock = threading.Lock()
+        self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
+        self.portal: BlockingPortal | None = None
+        self._knot_cm: AbstractContextManager[AsyncKnot] | None = None
+        self.closing = False
+        self._closed = threading.Event()
+        self._pid = os.getpid()
+        _LIVE_LOOPS.add(self)
+
+    def in_loop_thread(self) -> bool:
+        portal = self.portal
+        return portal is not None and portal._event_loop_thread_id == threading.get_ident()
+
+    def open(self) -> BlockingPortal:
+        """The portal, starting the thread and entering the knot on first use."""
+        with self._lock:
+            if self.closing:
+                raise KnotError(
+                    f"knot {self.knot.name!r} is closed: create a new Knot to run again"
+                )
+            if self.portal is not None:
+                return self.portal
+            portal_cm = start_blocking_portal()
+            portal = portal_cm.__enter__()
+            try:
+                knot_cm = portal.wrap_async_context_manager(self.knot)
+                knot_cm.__enter__()
+            except BaseException as error:
+                portal_cm.__exit__(type(error), error, error.__traceback__)
+                raise
+            self._portal_cm, self.portal, self._knot_cm = portal_cm, portal, knot_cm
+            return portal
+
+    def close(self, timeout: float | None = None) -> None:
+        """Close the knot on its loop, then stop the loop thread. Idempotent; a second caller
+        waits for the first (up to ``timeout``)."""
+        with self._lock:
+            if self.closing:
+                first = False
+            else:
+                first = self.closing = True
+                portal_cm, knot_cm = self._portal_cm, self._knot_cm
+                self._portal_cm = self.portal = self._knot_cm = None
+        if not first:
+            self._closed.wait(timeout)
+            return
+        try:
+            if os.getpid() != self._pid:
+                return  # a forked child never touches its parent's loop
+            if knot_cm is not None:
+                knot_cm.__exit__(None, None, None)
+        finally:
+            try:
+                if portal_cm is not None and os.getpid() == self._pid:
+                    portal_cm.__exit__(None, None, None)
+            finally:
+                self._closed.set()
+
+    def close_dropped(self) -> None:
+        """The finalizer of a knot that was never closed: close it without a word, off the
+        thread that collected it (which may be the loop thread, or hold a lock)."""
+        if self.closing or os.getpid() != self._pid:
+            return
+        threading.Thread(target=self._close_quietly, name="aioknot close", daemon=True).start()
+
+    def _close_quietly(self) -> None:
+        try:
+            self.close()
+        except Exception:  # nobody is left to tell: the knot was dropped
+            logger.debug("closing a dropped knot failed", exc_info=True)
+
+
+@atexit.register
+def _close_dropped_loops() -> None:
+    """At exit, stop every knot's loop and workers that nobody closed (or is closing)."""
+    for loop in list(_LIVE_LOOPS):
+        if os.getpid() != loop._pid:
+            continue
+        try:
+            loop.close(timeout=EXIT_CLOSE_SECONDS)
+        except Exception:
+            logger.debug("closing a knot at exit failed", exc_info=True)
 
 
 class Job:
@@ -108,16 +209,14 @@ class Knot:
         self._async = AsyncKnot(func, name=name, backend=backend, **options)
         self.name = self._async.name
         self.jobs: list[Job] = []
-        self._lock = threading.Lock()
-        self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
-        self._portal: BlockingPortal | None = None
-        self._knot_cm: AbstractContextManager[AsyncKnot] | None = None
-        self._pid = os.getpid()
-        self._closed = False
+        self._loop = _Loop(self._async)
+        # A knot dropped without close() stops its thread and workers when it is collected.
+        self._finalizer = weakref.finalize(self, self._loop.close_dropped)
+        self._finalizer.atexit = False  # at exit, _close_dropped_loops closes it, blocking
         _LIVE_KNOTS.add(self)
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
+        state = "closed" if self._loop.closing else "open"
         return f"<Knot {self.name!r} backend={self._async.backend!r} {state}>"
 
     @property
@@ -128,40 +227,24 @@ class Knot:
 
     def _after_fork_in_child(self) -> None:
         """The parent's loop thread does not exist here: start over on first use."""
-        self._lock = threading.Lock()
         func, name, backend, options = self._arguments
-        _ABANDONED_IN_CHILD.extend([self._async, self._portal_cm, self._portal, self._knot_cm])
+        self._finalizer.detach()
+        _ABANDONED_IN_CHILD.append(self._loop)
+        _LIVE_LOOPS.discard(self._loop)
         self._async = AsyncKnot(func, name=name, backend=backend, **options)
-        self._portal_cm = self._portal = self._knot_cm = None
-        self._pid = os.getpid()
+        self._loop = _Loop(self._async)
+        self._finalizer = weakref.finalize(self, self._loop.close_dropped)
+        self._finalizer.atexit = False
         self.jobs = []
 
-    @staticmethod
-    def _in_loop_thread(portal: BlockingPortal) -> bool:
-        return portal._event_loop_thread_id == threading.get_ident()
-
     def _open(self) -> BlockingPortal:
-        with self._lock:
-            if self._closed:
-                raise KnotError(f"knot {self.name!r} is closed: create a new Knot to run again")
-            if self._portal is not None:
-                if self._in_loop_thread(self._portal):
-                    raise KnotError(
-                        f"knot {self.name!r} was called from its own event loop thread (from a "
-                        "done-callback, say), where waiting would deadlock: use AsyncKnot "
-                        "there, or call the Knot from another thread"
-                    )
-                return self._portal
-            portal_cm = start_blocking_portal()
-            portal = portal_cm.__enter__()
-            try:
-                knot_cm = portal.wrap_async_context_manager(self._async)
-                knot_cm.__enter__()
-            except BaseException as error:
-                portal_cm.__exit__(type(error), error, error.__traceback__)
-                raise
-            self._portal_cm, self._portal, self._knot_cm = portal_cm, portal, knot_cm
-            return portal
+        if self._loop.in_loop_thread():
+            raise KnotError(
+                f"knot {self.name!r} was called from its own event loop thread (from a "
+                "done-callback, say), where waiting would deadlock: use AsyncKnot "
+                "there, or call the Knot from another thread"
+            )
+        return self._loop.open()
 
     def _call(self, func: Callable[..., Any], *args: Any) -> Any:
         return self._open().call(func, *args)
@@ -179,6 +262,8 @@ class Knot:
         runs: list[Run] = []  # the task may start before the Job exists: hand the run over
 
         async def map_and_gather() -> list[Any]:
+            # Refers to self on purpose: a running map keeps its knot (and so its loop and
+            # workers) alive, so `Knot(f).map(xs).result()` works with the knot dropped.
             run = await self._async.map(inputs, starmap=starmap)
             runs.append(run)
             try:
@@ -218,26 +303,18 @@ class Knot:
 
     def close(self) -> None:
         """Cancel unfinished jobs, stop the workers, and stop the private loop thread."""
-        with self._lock:
-            if self._closed:
-                return
-            if self._portal is not None and self._in_loop_thread(self._portal):
-                raise KnotError(
-                    f"knot {self.name!r} cannot be closed from its own event loop thread (a "
-                    "done-callback, say): closing waits for that thread. Close it from "
-                    "another thread"
-                )
-            self._closed = True
-            portal_cm, knot_cm = self._portal_cm, self._knot_cm
-            self._portal_cm = self._portal = self._knot_cm = None
+        if self._loop.in_loop_thread():
+            raise KnotError(
+                f"knot {self.name!r} cannot be closed from its own event loop thread (a "
+                "done-callback, say): closing waits for that thread. Close it from "
+                "another thread"
+            )
+        if self._loop.closing:
+            return
         for job in self.jobs:
             job.future.cancel()
-        try:
-            if knot_cm is not None:
-                knot_cm.__exit__(None, None, None)
-        finally:
-            if portal_cm is not None:
-                portal_cm.__exit__(None, None, None)
+        self._finalizer.detach()
+        self._loop.close()
 
     def __enter__(self) -> Knot:
         return self

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from helpers.processes import wait_for_no_workers
@@ -252,3 +255,89 @@ def test_close_from_a_done_callback_raises_and_leaves_the_knot_closable() -> Non
     knot.close()  # from this thread it works, and stops everything
     assert len(portal_threads()) == before - 1
     assert wait_for_no_workers(os.getpid()) == []
+
+
+LEAK_SCRIPT = r"""
+import gc, glob, os, sys, tempfile, threading, time
+import aioknot
+sys.path.insert(0, {tests!r})
+from helpers.processes import worker_processes
+
+def double(x):
+    return x * 2
+
+pattern = os.path.join(tempfile.gettempdir(), "aioknot-worker-*")
+before = set(glob.glob(pattern))
+for _ in range(5):
+    assert aioknot.Knot(double, workers=2).map(range(10)).result() == list(range(0, 20, 2))
+gc.collect()
+deadline = time.monotonic() + 20
+while time.monotonic() < deadline and (
+    worker_processes(os.getpid()) or threading.active_count() > 1
+):
+    time.sleep(0.05)
+print(len(worker_processes(os.getpid())), threading.active_count(),
+      len(set(glob.glob(pattern)) - before))
+"""
+
+EXIT_SCRIPT = r"""
+import os, sys, time
+import aioknot
+
+def sleepy(path):
+    with open(path, "w") as file:
+        file.write(str(os.getpid()))
+    time.sleep(60)
+
+knot = aioknot.Knot(sleepy, workers=2)
+future = knot.map([os.path.join({tmp!r}, f"pid{{i}}") for i in range(2)])
+deadline = time.monotonic() + 30
+while len(os.listdir({tmp!r})) < 2 and time.monotonic() < deadline:
+    time.sleep(0.05)
+print("exiting with the map still running", flush=True)
+"""
+
+
+def test_a_knot_never_closed_leaks_nothing(tmp_path: Path) -> None:
+    """The one-liner `Knot(f).map(xs).result()` in a loop leaves no worker, thread or file."""
+    script = LEAK_SCRIPT.format(tests=str(Path(__file__).parent))
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        env={**os.environ, "AIOKNOT_HOME": str(tmp_path / "home")},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # silently: no "cannot join current thread", no tracebacks
+    workers, threads, temp_files = (int(n) for n in done.stdout.split())
+    assert (workers, threads, temp_files) == (0, 1, 0)
+
+
+def test_exiting_with_a_knot_open_stops_its_workers(tmp_path: Path) -> None:
+    """At interpreter exit a knot nobody closed cancels its map and stops its workers."""
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", EXIT_SCRIPT.format(tmp=str(pids))],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        env={**os.environ, "AIOKNOT_HOME": str(tmp_path / "home")},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    running = [int(path.read_text()) for path in pids.iterdir()]
+    assert len(running) == 2  # both inputs were running when the script ended
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(pid) for pid in running):
+        time.sleep(0.05)
+    assert not [pid for pid in running if _alive(pid)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            return file.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
