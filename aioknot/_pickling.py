@@ -8,20 +8,26 @@ by registering its module with cloudpickle while it is pickled.
 
 from __future__ import annotations
 
+import _thread
 import hashlib
 import importlib.metadata
+import io
 import os
+import pickle
+import socket
 import sys
 import sysconfig
-from collections.abc import Callable
+import threading
+import types
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from types import CodeType, ModuleType
+from typing import Any
 
 import cloudpickle
 
 from ._exceptions import SerializationError
-from ._worker import dumps
 
 
 @dataclass(frozen=True)
@@ -116,8 +122,57 @@ def pickle_function(func: Callable[..., object]) -> PickledFunction:
     )
 
 
+# Objects that are alive in this process only. cloudpickle would ship a copy of some of them
+# (an open file's contents, say), which is never what the user meant: refuse them instead.
+_LIVE_OBJECTS: tuple[tuple[type | tuple[type, ...], str], ...] = (
+    (io.IOBase, "an open file"),
+    (socket.socket, "a socket"),
+    ((_thread.LockType, _thread.RLock, threading.Condition, threading.Semaphore), "a lock"),
+    (threading.Thread, "a thread"),
+    ((types.GeneratorType, types.AsyncGeneratorType, types.CoroutineType), "a generator"),
+)
+
+
+def live_object(value: object) -> str | None:
+    """What ``value`` is, if it is a live object that cannot be sent to a worker."""
+    for kinds, what in _LIVE_OBJECTS:
+        if isinstance(value, kinds):
+            return what
+    return None
+
+
+class _LiveObjectError(TypeError):
+    pass
+
+
+class _InputPickler(cloudpickle.CloudPickler):  # type: ignore[misc]
+    """cloudpickle, refusing live objects at any depth of an input."""
+
+    def reducer_override(self, obj: object) -> Any:
+        what = live_object(obj)
+        if what is not None:
+            raise _LiveObjectError(f"it holds {what} ({type(obj).__name__})")
+        return super().reducer_override(obj)
+
+
+def _dumps_input(value: object) -> bytes:
+    try:
+        return pickle.dumps(value, protocol=5)
+    except Exception:
+        buffer = io.BytesIO()
+        _InputPickler(buffer, protocol=5).dump(value)
+        return buffer.getvalue()
+
+
 def pickle_input(value: object, index: int, *, starmap: bool) -> bytes:
     if starmap:
+        if isinstance(value, Mapping):
+            raise SerializationError(
+                f"input {index} is a {type(value).__name__}: with starmap=True every input is a "
+                "tuple of positional arguments (a dict would be spread as its keys). Pass "
+                "tuples, or keyword arguments shared by every call with kwargs=",
+                index=index,
+            )
         try:
             value = tuple(value)  # type: ignore[arg-type]
         except TypeError:
@@ -126,8 +181,16 @@ def pickle_input(value: object, index: int, *, starmap: bool) -> bytes:
                 "starmap=True every input must be an iterable of the function's arguments",
                 index=index,
             ) from None
+    what = live_object(value)
+    if what is not None:
+        raise SerializationError(
+            f"input {index} is {what} ({type(value).__name__}), which lives in this process "
+            "only and cannot be sent to a worker: pass data instead (a path, the bytes, "
+            "numbers, strings, arrays)",
+            index=index,
+        )
     try:
-        return dumps(value)
+        return _dumps_input(value)
     except Exception as error:
         raise SerializationError(
             f"input {index} ({type(value).__name__}) cannot be pickled: {error}. "

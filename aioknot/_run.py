@@ -191,14 +191,16 @@ class Run:
         if ordered:
             index = 0
             while True:
+                # The run's failure first: a generator that raised, say, cancels the run, and
+                # the inputs that cancel turns into TaskLost must not hide it.
                 self._raise_failure()
-                while index not in self._outcomes:
-                    self._raise_failure()
-                    if self._total is not None and index >= self._total:
-                        return
-                    await self._changed.wait()
-                yield index, self._deliver(self._take(index), keep_going)
-                index += 1
+                if index in self._outcomes:
+                    yield index, self._deliver(self._take(index), keep_going)
+                    index += 1
+                    continue
+                if self._total is not None and index >= self._total:
+                    return
+                await self._changed.wait()
         position = self._consumed
         while True:
             completed = await self._next_completed(position)
