@@ -27,7 +27,7 @@ async def test_live_objects_are_refused_naming_the_index(
 ) -> None:
     path = tmp_path / "data.txt"
     path.write_text("contents")
-    with open(path) as file:
+    with open(path) as file:  # noqa: ASYNC230 (the input under test is an open file)
         live: object = {
             "file": file,
             "nested file": [1, {"handle": file}],
@@ -39,11 +39,7 @@ async def test_live_objects_are_refused_naming_the_index(
                 await knot.map([1, 2, live])
     assert refused.value.index == 2
     assert "input 2" in str(refused.value)
-    assert (
-        "lock" in str(refused.value)
-        if what == "lock"
-        else "file" in str(refused.value) or ("generator" in str(refused.value))
-    )
+    assert what.split()[-1] in str(refused.value)
 
 
 async def test_a_dict_under_starmap_says_use_tuples_or_kwargs(aioknot_home: str) -> None:
