@@ -19,8 +19,10 @@ botocore errors become aioknot errors here and in the modules this one drives.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -30,7 +32,7 @@ import anyio.abc
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ._aws_errors import aws_errors, translate
+from ._aws_errors import aws_errors, error_code, translate
 from ._aws_image import (
     ImageSettings,
     ecr_host,
@@ -39,12 +41,13 @@ from ._aws_image import (
     produce_image,
 )
 from ._aws_jobs import (
+    definition_environment_tag,
     definition_key,
     definition_request,
     describe_definitions,
     find_revision,
     register_definition,
-    role_of_knot_stack,
+    roles_of_knot_stack,
 )
 from ._aws_options import (
     OPTION_NAMES,
@@ -67,6 +70,7 @@ from ._aws_template import (
     environment_parameters,
     environment_tags,
     environment_template,
+    knot_has_execution_role,
     knot_parameters,
     knot_stack_name,
     knot_tags,
@@ -80,10 +84,17 @@ from ._names import knot_prefix
 from ._options import KnotOptions
 from ._store import Store
 from ._store_s3 import S3Store
+from ._tasks import concurrently
 
 Progress = Callable[[str], None]
 
 BUCKET_TAGS = {f"{RESERVED_TAG_PREFIX}bucket": "aioknot"}
+# Jobs that still need the environment's queue and compute environment.
+ACTIVE_JOB_STATUSES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
+# Waiting for Batch to disable, then delete, a queue or compute environment (minutes on AWS).
+CLEANUP_FIRST_POLL = 2.0
+CLEANUP_LONGEST_POLL = 15.0
+CLEANUP_TIMEOUT = 900.0
 # Enough connections for the watcher, submission and status at once; Batch answers quickly.
 CLIENT_CONFIG = Config(max_pool_connections=16, retries={"max_attempts": 5, "mode": "standard"})
 
@@ -138,6 +149,9 @@ async def open_aws_store(knot: str, options: KnotOptions) -> S3Store:
         expected_owner=account,
         create_bucket=default,
         tags={**BUCKET_TAGS, **knot_aws_options(options).tags},
+        # Run data (inputs, results, manifests) expires after this many days (a lifecycle
+        # rule on the bucket aioknot created); the user's own bucket is left as it is.
+        retention_days=options.retention_days,
     )
     return await store.open()
 
@@ -165,28 +179,11 @@ async def _describe_stack(cloudformation: Any, name: str) -> dict[str, Any] | No
     return stacks[0] if stacks else None
 
 
-async def concurrently(*calls: Callable[[], Awaitable[None]]) -> None:
-    """Run the calls at once; the first failure cancels the rest and is raised as itself."""
-    errors: list[Exception] = []
-    async with anyio.create_task_group() as group:
-
-        async def one(call: Callable[[], Awaitable[None]]) -> None:
-            try:
-                await call()
-            except Exception as error:
-                errors.append(error)
-                group.cancel_scope.cancel()
-
-        for call in calls:
-            group.start_soon(one, call)
-    if errors:
-        raise errors[0]
-
-
 class AwsBackend:
     """Runs a knot's function as AWS Batch array jobs (see the module docstring)."""
 
     name = "aws"
+    runs_outlive_client = True  # Batch jobs run on without the client; runs re-attach
 
     def __init__(
         self,
@@ -307,20 +304,26 @@ class AwsBackend:
             batch = await self.client("batch")
             definitions = await describe_definitions(batch, self.knot)
             found["definitions"] = definitions
-            role = role_of_knot_stack(definitions, fingerprint)
-            knot_outputs = {"JobRoleArn": role} if role else await self._ensure_knot_stack()
-            found["knot_outputs"] = knot_outputs
+            roles = roles_of_knot_stack(definitions, fingerprint)
+            found["knot_outputs"] = roles if roles else await self._ensure_knot_stack()
 
         await concurrently(environment_step, image_step, role_step)
         image, definitions = str(found["image"]), found["definitions"]
         knot_outputs: dict[str, str] = found["knot_outputs"]
-        execution_role = environment.get("JobExecutionRoleArn") or knot_outputs.get(
-            "JobExecutionRoleArn"
-        )
-        if self.options.is_fargate and not execution_role:
-            # An older knot stack had no execution role output: ask the stack itself.
-            knot_outputs = await self._ensure_knot_stack()
+        if knot_has_execution_role(self.options):
+            # Secrets (or Fargate in an existing queue): only the knot's own role will do.
             execution_role = knot_outputs.get("JobExecutionRoleArn")
+            if not execution_role:
+                # A revision of this fingerprint without the role: ask the stack itself.
+                knot_outputs = await self._ensure_knot_stack()
+                execution_role = knot_outputs.get("JobExecutionRoleArn")
+        else:
+            execution_role = environment.get("JobExecutionRoleArn")
+        if (self.options.is_fargate or self.options.secrets) and not execution_role:
+            raise KnotError(
+                f"no execution role for knot {self.knot}: the environment and knot stacks "
+                "have none; clobber the knot's stacks (environment=True) and try again"
+            )
         key = definition_key(
             self.options,
             image=image,
@@ -415,11 +418,19 @@ class AwsBackend:
 
     # -- cleanup -----------------------------------------------------------------------------
 
-    async def clobber(self, *, environment: bool = False, images: bool = False) -> None:
+    async def clobber(
+        self, *, environment: bool = False, images: bool = False, force: bool = False
+    ) -> None:
         """Deregister the knot's job definitions; delete its stacks and images if asked.
 
-        Only what carries this knot's (or this environment's) aioknot tag is touched.
+        Only what carries this knot's (or this environment's) aioknot tag is touched, and
+        nothing is ever created: no stack, definition, repository or bucket (this never
+        prepares the knot). ``environment=True`` refuses with `ConfigurationError`, naming
+        them, while other knots' ACTIVE job definitions or active jobs use the environment;
+        ``force=True`` deletes it anyway.
         """
+        if environment and not force:
+            await self.check_environment_unused()
         batch = await self.client("batch")
         definitions = await describe_definitions(batch, self.knot, status=None)
         active = [d for d in definitions if d.get("status") == "ACTIVE"]
@@ -432,20 +443,219 @@ class AwsBackend:
             uris = {str(d.get("containerProperties", {}).get("image", "")) for d in definitions}
             if self.image_uri:
                 uris.add(self.image_uri)
-            await self._delete_images(uris)
+            await self._delete_images(uris, repositories_too=environment)
         if environment:
             cloudformation = await self.client("cloudformation")
             await self._delete_stack(
                 cloudformation, knot_stack_name(self.knot), KNOT_TAG, self.knot
             )
             if self.options.creates_environment:
-                await self._delete_stack(
-                    cloudformation,
-                    self.options.environment_stack_name,
-                    ENVIRONMENT_TAG,
-                    self.options.environment,
-                )
+                await self._delete_environment(cloudformation)
             self.job_queue = None
+            await self._delete_default_bucket_if_empty()
+
+    async def check_environment_unused(self) -> None:
+        """Raise `ConfigurationError` naming what else uses this knot's environment: other
+        knots' ACTIVE job definitions and active jobs (SUBMITTED..RUNNING) in its job queue.
+
+        Read-only (DescribeJobDefinitions, DescribeStacks, ListJobs), so a knot may call it
+        before deleting anything at all.
+        """
+        if not self.options.creates_environment:
+            return  # the queue is the user's: clobber(environment=True) leaves it alone
+        knots = await self._other_knots_of_environment()
+        jobs = await self._other_active_jobs()
+        if not knots and not jobs:
+            return
+        named = []
+        if knots:
+            named.append(f"the ACTIVE job definitions of knots {', '.join(sorted(knots))}")
+        if jobs:
+            shown = ", ".join(sorted(jobs)[:5]) + (" ..." if len(jobs) > 5 else "")
+            named.append(f"{len(jobs)} active jobs in its job queue ({shown})")
+        raise ConfigurationError(
+            f"environment {self.options.environment!r} (stack "
+            f"{self.options.environment_stack_name}) is still used by {' and '.join(named)}: "
+            "clobber those knots first and let their jobs finish (or cancel them), or pass "
+            "force=True to delete the environment anyway, which fails their jobs"
+        )
+
+    async def _other_knots_of_environment(self) -> set[str]:
+        batch = await self.client("batch")
+        arguments: dict[str, Any] = {"status": "ACTIVE"}
+        knots: set[str] = set()
+        with aws_errors("listing the ACTIVE job definitions"):
+            while True:
+                response = await batch.describe_job_definitions(**arguments)
+                for definition in response.get("jobDefinitions", []):
+                    tags = definition.get("tags") or {}
+                    knot = tags.get(KNOT_TAG)
+                    if knot is None or knot == self.knot:
+                        continue
+                    # A definition from before environments were tagged may use any of them.
+                    used = tags.get(ENVIRONMENT_TAG)
+                    if used is None or used == definition_environment_tag(self.options):
+                        knots.add(str(knot))
+                token = response.get("nextToken")
+                if not token:
+                    return knots
+                arguments["nextToken"] = token
+
+    async def _other_active_jobs(self) -> list[str]:
+        """Names of the active jobs in the environment's queue that are not this knot's."""
+        cloudformation = await self.client("cloudformation")
+        stack = await _describe_stack(cloudformation, self.options.environment_stack_name)
+        queue = _stack_outputs(stack).get("JobQueueArn") if stack else None
+        if not queue:
+            return []
+        batch = await self.client("batch")
+        mine = re.compile(rf"^{re.escape(self.knot)}-[0-9]{{8}}T[0-9]{{6}}-[0-9a-f]{{6}}-[0-9]+$")
+        names: list[str] = []
+        for status in ACTIVE_JOB_STATUSES:
+            arguments: dict[str, Any] = {"jobQueue": queue, "jobStatus": status}
+            with aws_errors(f"listing the {status} jobs of queue {queue}"):
+                while True:
+                    response = await batch.list_jobs(**arguments)
+                    for job in response.get("jobSummaryList", []):
+                        name = str(job.get("jobName", ""))
+                        if not mine.match(name):
+                            names.append(name or str(job.get("jobId")))
+                    token = response.get("nextToken")
+                    if not token:
+                        break
+                    arguments["nextToken"] = token
+        return names
+
+    async def _delete_environment(self, cloudformation: Any) -> None:
+        name = self.options.environment_stack_name
+        stack = await _describe_stack(cloudformation, name)
+        outputs = _stack_outputs(stack) if stack else {}
+        await self._delete_stack(cloudformation, name, ENVIRONMENT_TAG, self.options.environment)
+        # CloudFormation deletes the queue and compute environment with the stack on AWS;
+        # moto's leaves them behind. Whatever is still there (tagged as this environment's,
+        # or named by the stack's outputs) is disabled, then deleted, queue first: on AWS
+        # this finds nothing and costs two Describe calls.
+        await self._delete_batch_leftovers(
+            outputs.get("JobQueueArn"), outputs.get("ComputeEnvironmentArn")
+        )
+
+    def _is_environments(self, resource: Mapping[str, Any], arns: set[str]) -> bool:
+        tags = resource.get("tags") or {}
+        arn = resource.get("jobQueueArn") or resource.get("computeEnvironmentArn")
+        return tags.get(ENVIRONMENT_TAG) == self.options.environment or arn in arns
+
+    async def _delete_batch_leftovers(self, queue: str | None, compute: str | None) -> None:
+        batch = await self.client("batch")
+        arns = {arn for arn in (queue, compute) if arn}
+        with aws_errors("looking for the environment's job queues"):
+            queues = [
+                q
+                for q in await _paged(batch.describe_job_queues, "jobQueues")
+                if self._is_environments(q, arns) and q.get("status") != "DELETED"
+            ]
+        for found in queues:
+            arn = str(found["jobQueueArn"])
+            await self._disable_and_delete(
+                what=f"job queue {arn}",
+                disable=functools.partial(batch.update_job_queue, jobQueue=arn, state="DISABLED"),
+                delete=functools.partial(batch.delete_job_queue, jobQueue=arn),
+                describe=functools.partial(batch.describe_job_queues, jobQueues=[arn]),
+                key="jobQueues",
+                state=str(found.get("state", "")),
+            )
+        with aws_errors("looking for the environment's compute environments"):
+            computes = [
+                c
+                for c in await _paged(batch.describe_compute_environments, "computeEnvironments")
+                if self._is_environments(c, arns) and c.get("status") != "DELETED"
+            ]
+        for found in computes:
+            arn = str(found["computeEnvironmentArn"])
+            await self._disable_and_delete(
+                what=f"compute environment {arn}",
+                disable=functools.partial(
+                    batch.update_compute_environment, computeEnvironment=arn, state="DISABLED"
+                ),
+                delete=functools.partial(batch.delete_compute_environment, computeEnvironment=arn),
+                describe=functools.partial(
+                    batch.describe_compute_environments, computeEnvironments=[arn]
+                ),
+                key="computeEnvironments",
+                state=str(found.get("state", "")),
+            )
+
+    async def _disable_and_delete(
+        self,
+        *,
+        what: str,
+        disable: Callable[[], Awaitable[Any]],
+        delete: Callable[[], Awaitable[Any]],
+        describe: Callable[[], Awaitable[Any]],
+        key: str,
+        state: str,
+    ) -> None:
+        """Batch's order for a queue or compute environment: disable, wait until it is
+        VALID again, delete, wait until it is gone (each wait bounded)."""
+
+        async def settled(gone: bool) -> bool:
+            with aws_errors(f"describing {what}"):
+                items = (await describe()).get(key, [])
+            if not items or items[0].get("status") == "DELETED":
+                return True
+            return not gone and items[0].get("status") not in ("CREATING", "UPDATING")
+
+        if state != "DISABLED":
+            with aws_errors(f"disabling {what}"):
+                await disable()
+            await self._until(lambda: settled(False), f"{what} to be disabled")
+        with aws_errors(f"deleting {what}"):
+            await delete()
+        await self._until(lambda: settled(True), f"{what} to be deleted")
+        self._report(f"deleted {what}")
+
+    async def _until(self, done: Callable[[], Awaitable[bool]], waiting_for: str) -> None:
+        deadline = anyio.current_time() + CLEANUP_TIMEOUT
+        delay = CLEANUP_FIRST_POLL
+        while not await done():
+            if anyio.current_time() + delay > deadline:
+                raise KnotError(
+                    f"gave up waiting for {waiting_for} after {CLEANUP_TIMEOUT:g} s; AWS goes "
+                    "on with it: run clobber(environment=True) again later"
+                )
+            await anyio.sleep(delay)
+            delay = min(delay * 1.5, CLEANUP_LONGEST_POLL)
+
+    async def _delete_default_bucket_if_empty(self) -> None:
+        """Delete the default bucket when aioknot created it and nothing is left in it (the
+        knot's own objects went first); a bucket that holds anything, or that the user named,
+        stays. The next knot that opens the default store creates it again."""
+        store = self._store
+        if not isinstance(store, S3Store) or not store.create_bucket:
+            return
+        s3 = await self.client("s3")
+        owner = {"ExpectedBucketOwner": self.account} if self.account else {}
+        bucket = store.bucket
+        with aws_errors(f"deleting the default bucket {bucket}"):
+            try:
+                tagging = await s3.get_bucket_tagging(Bucket=bucket, **owner)
+            except ClientError as error:
+                if error_code(error) in ("NoSuchBucket", "NoSuchTagSet"):
+                    return
+                raise
+            tags = {t["Key"]: t["Value"] for t in tagging.get("TagSet", [])}
+            if not any(tags.get(key) == value for key, value in BUCKET_TAGS.items()):
+                return
+            listed = await s3.list_objects_v2(Bucket=bucket, MaxKeys=1, **owner)
+            if listed.get("KeyCount", 0):
+                self._report(f"the default bucket {bucket} still holds objects; keeping it")
+                return
+            try:
+                await s3.delete_bucket(Bucket=bucket, **owner)
+            except ClientError as error:
+                if error_code(error) not in ("BucketNotEmpty", "NoSuchBucket"):
+                    raise
+                return  # another knot wrote to it meanwhile, or deleted it: both are fine
+        self._report(f"deleted the default bucket {bucket}, which was empty")
 
     async def _delete_stack(self, cloudformation: Any, name: str, tag: str, value: str) -> None:
         stack = await _describe_stack(cloudformation, name)
@@ -457,23 +667,77 @@ class AwsBackend:
             return
         await delete_stack(cloudformation, name=name, progress=self._progress)
 
-    async def _delete_images(self, uris: set[str]) -> None:
-        """Delete the images the knot's definitions named, when they live in this ECR."""
+    async def _delete_images(self, uris: set[str], *, repositories_too: bool) -> None:
+        """Delete the images the knot's definitions named (by digest or tag), when they live
+        in this account's ECR; with ``repositories_too``, then each repository that is left
+        empty and that aioknot created (an ``aioknot:`` tag)."""
         host = ecr_host(self.account, self.region) + "/"
-        by_repository: dict[str, list[str]] = {}
+        by_repository: dict[str, list[dict[str, str]]] = {}
         for uri in sorted(uris):
-            if not uri.startswith(host) or ":" not in uri[len(host) :]:
+            path = uri[len(host) :] if uri.startswith(host) else ""
+            repository, at, digest = path.partition("@")
+            if at:
+                image = {"imageDigest": digest}
+            else:
+                repository, colon, tag = path.rpartition(":")
+                image = {"imageTag": tag}
+                if not colon:
+                    repository = ""
+            if not repository:
                 if uri:
                     self._report(f"image {uri} is not in this account's ECR; not deleting it")
                 continue
-            repository, _, tag = uri[len(host) :].rpartition(":")
-            by_repository.setdefault(repository, []).append(tag)
+            by_repository.setdefault(repository, []).append(image)
         if not by_repository:
             return
         ecr = await self.client("ecr")
-        for repository, tags in by_repository.items():
-            for start in range(0, len(tags), 100):  # BatchDeleteImage takes 100 ids a call
-                ids = [{"imageTag": tag} for tag in tags[start : start + 100]]
+        for repository, ids in by_repository.items():
+            for start in range(0, len(ids), 100):  # BatchDeleteImage takes 100 ids a call
                 with aws_errors(f"deleting images of ECR repository {repository}"):
-                    await ecr.batch_delete_image(repositoryName=repository, imageIds=ids)
-            self._report(f"deleted {len(tags)} images from ECR repository {repository}")
+                    await ecr.batch_delete_image(
+                        repositoryName=repository, imageIds=ids[start : start + 100]
+                    )
+            self._report(f"deleted {len(ids)} images from ECR repository {repository}")
+            if repositories_too:
+                await self._delete_repository_if_empty(ecr, repository)
+
+    async def _delete_repository_if_empty(self, ecr: Any, repository: str) -> None:
+        with aws_errors(f"deleting ECR repository {repository}"):
+            try:
+                described = await ecr.describe_repositories(repositoryNames=[repository])
+            except ClientError as error:
+                if error_code(error) == "RepositoryNotFoundException":
+                    return
+                raise
+            arn = described["repositories"][0]["repositoryArn"]
+            tags = (await ecr.list_tags_for_resource(resourceArn=arn)).get("tags", [])
+            if not any(str(t.get("Key", "")).startswith(RESERVED_TAG_PREFIX) for t in tags):
+                return  # the user's repository: never ours to delete
+            images = await ecr.list_images(repositoryName=repository, maxResults=1)
+            if images.get("imageIds"):
+                self._report(f"ECR repository {repository} still holds images; keeping it")
+                return
+            try:
+                # Without force: if another knot pushed meanwhile, ECR refuses, and it stays.
+                await ecr.delete_repository(repositoryName=repository)
+            except ClientError as error:
+                if error_code(error) not in (
+                    "RepositoryNotEmptyException",
+                    "RepositoryNotFoundException",
+                ):
+                    raise
+                return
+        self._report(f"deleted ECR repository {repository}, which was empty")
+
+
+async def _paged(call: Callable[..., Awaitable[Any]], key: str) -> list[dict[str, Any]]:
+    """Every item of a Describe call that pages with nextToken."""
+    items: list[dict[str, Any]] = []
+    arguments: dict[str, Any] = {}
+    while True:
+        response = await call(**arguments)
+        items.extend(response.get(key, []))
+        token = response.get("nextToken")
+        if not token:
+            return items
+        arguments["nextToken"] = token

@@ -3,9 +3,20 @@
 **Job definitions** are registered through the Batch API (not the stack), one name per knot
 (``aioknot-<knot>``), one revision per distinct (image, resources, environment, job role). A
 revision carries a tag with the hash of those, so an unchanged knot finds its ACTIVE revision
-with one DescribeJobDefinitions and registers nothing. The retry strategy retries what the
-infrastructure did to a job (a Spot instance reclaimed: ``Host EC2*``) and nothing else: a
-function that raised is recorded by the worker, which then exits 0.
+with one DescribeJobDefinitions and registers nothing. The image is named by digest
+(``repo@sha256:...``), so a revision runs exactly the image it was registered with. API tokens
+travel as ``secrets`` (ARNs that Batch resolves at start through the knot's execution role),
+never as plain environment values.
+
+**Retries** (`RETRY_RULES`): a child is retried (``retries``, default 3 attempts) when the
+infrastructure failed it (its host was reclaimed, its container could not be started or
+inspected) and never when its container exited with a code: the worker records a function's
+exception as a result and exits 0, so a non-zero code means the user's code killed the
+process (``os._exit``, a segfault, the kernel's OOM killer), which would only happen again.
+A retried child cannot duplicate or corrupt a record: the worker writes each record whole,
+with one PUT per key (S3 makes an object visible only complete), so a second attempt either
+rewrites a key with a whole record or writes a record for the same inputs under another
+grouping, and the client counts each input once, whichever record it reads.
 
 **Submission** cuts a run's stored segments into array jobs. The first job goes as soon as the
 first segment is stored (time to first result); later segments gather into jobs of up to
@@ -20,17 +31,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ._aws_errors import is_throttling, translate
+from ._aws_errors import translate
 from ._aws_options import RESERVED_TAG_PREFIX, AwsOptions
-from ._aws_template import KNOT_TAG
+from ._aws_template import ENVIRONMENT_TAG, KNOT_TAG
 from ._backend import RunSpec, Segment
 from ._worker import format_segments, parse_segments
 
@@ -46,17 +55,26 @@ WORKER_COMMAND = ["--batch"]
 
 MAX_ARRAY_SIZE = 10_000  # Batch's limit on children per array job
 JOB_MAX_INPUTS = 2 * MAX_ARRAY_SIZE  # inputs per job after the first (children take 2 each)
-SUBMIT_ATTEMPTS = 8
-SUBMIT_RETRY_DELAY = 0.5  # seconds before the first retry of a throttled SubmitJob; doubles
 
-# Infrastructure failures worth another attempt; everything else (the worker crashed, ran out
-# of memory, timed out) would only fail again. At most 5 rules (Batch's limit).
+# Batch applies the first rule that matches an attempt that failed (at most 5 rules), and
+# RETRIES an attempt that matches none. So: retry what the infrastructure did, exit on any
+# exit code, and leave what has neither (a task that failed to start, an image pull that
+# failed, an agent that lost the task) to Batch's default, a retry.
 RETRY_RULES: tuple[dict[str, str], ...] = (
+    # A Spot reclaim or a host that went away: "Host EC2 (instance i-...) terminated."
     {"onStatusReason": "Host EC2*", "action": "RETRY"},
+    # The container never ran (the agent could not start it): may carry an exit code.
+    {"onReason": "CannotStartContainerError*", "action": "RETRY"},
+    # The container may have run, but the agent lost track of it: its records, if any, are
+    # whole, and a second attempt rewrites them whole.
     {"onReason": "CannotInspectContainerError*", "action": "RETRY"},
     {"onReason": "DockerTimeoutError*", "action": "RETRY"},
-    {"onReason": "*", "action": "EXIT"},
+    # The container exited with a code: the worker's own verdict (0 records every result,
+    # even a function's exception; anything else is the user's code killing the process).
+    {"onExitCode": "*", "action": "EXIT"},
 )
+# A job over the timeout is never retried by Batch (its docs), a terminated or cancelled one
+# neither: only the user's intent stops a job.
 
 
 def definition_name(knot: str) -> str:
@@ -73,6 +91,10 @@ def definition_environment(options: AwsOptions, region: str) -> list[dict[str, s
     # client sign for the bucket's region on any runner (moto's containers get nothing).
     variables = {"AWS_DEFAULT_REGION": region, **options.env}
     return [{"name": name, "value": variables[name]} for name in sorted(variables)]
+
+
+def definition_secrets(options: AwsOptions) -> list[dict[str, str]]:
+    return [{"name": name, "valueFrom": options.secrets[name]} for name in sorted(options.secrets)]
 
 
 def container_properties(
@@ -96,8 +118,13 @@ def container_properties(
         "resourceRequirements": resources,
         "environment": definition_environment(options, region),
     }
-    if options.is_fargate:
+    if options.secrets:
+        # Resolved by Batch when the container starts, with the execution role (scoped to
+        # exactly these ARNs): the values are never in the definition, the job or the image.
+        properties["secrets"] = definition_secrets(options)
+    if options.is_fargate or options.secrets:
         properties["executionRoleArn"] = execution_role_arn
+    if options.is_fargate:
         # Public subnets without a NAT gateway: the task needs an address to reach ECR and S3.
         properties["networkConfiguration"] = {"assignPublicIp": "ENABLED"}
         properties["fargatePlatformConfiguration"] = {"platformVersion": "LATEST"}
@@ -124,6 +151,7 @@ def definition_key(
         "retries": options.retries,
         "rules": RETRY_RULES,
         "environment": definition_environment(options, region),
+        "secrets": definition_secrets(options),
         "fargate": options.is_fargate,
         "execution_role": execution_role_arn,
         "knot_stack": knot_stack,
@@ -162,11 +190,24 @@ def definition_request(
         ),
         "retryStrategy": retry_strategy(options.retries),
         "platformCapabilities": ["FARGATE" if options.is_fargate else "EC2"],
-        "tags": {**options.tags, KNOT_TAG: knot, DEFINITION_TAG: key, KNOT_STACK_TAG: knot_stack},
+        "tags": {
+            **options.tags,
+            KNOT_TAG: knot,
+            DEFINITION_TAG: key,
+            KNOT_STACK_TAG: knot_stack,
+            # Which environment's queue the knot submits to: clobber(environment=True) of
+            # another knot must not delete an environment this knot still uses.
+            ENVIRONMENT_TAG: definition_environment_tag(options),
+        },
     }
     if options.timeout is not None:
         request["timeout"] = {"attemptDurationSeconds": options.timeout}
     return request
+
+
+def definition_environment_tag(options: AwsOptions) -> str:
+    """The environment a knot's definitions are tagged with: its name, or the queue it names."""
+    return options.job_queue or options.environment
 
 
 def is_knots(definition: Mapping[str, Any], knot: str) -> bool:
@@ -202,13 +243,20 @@ def find_revision(definitions: Sequence[Mapping[str, Any]], key: str) -> str | N
     return None
 
 
-def role_of_knot_stack(definitions: Sequence[Mapping[str, Any]], knot_stack: str) -> str | None:
-    """The job role of a revision registered with this knot stack fingerprint, if any."""
+def roles_of_knot_stack(
+    definitions: Sequence[Mapping[str, Any]], knot_stack: str
+) -> dict[str, str] | None:
+    """The roles of a revision registered with this knot stack fingerprint, if any, as the
+    knot stack's outputs name them (``JobRoleArn``, and ``JobExecutionRoleArn`` when set)."""
     for definition in definitions:
         if definition.get("tags", {}).get(KNOT_STACK_TAG) == knot_stack:
-            role = definition.get("containerProperties", {}).get("jobRoleArn")
+            properties = definition.get("containerProperties", {})
+            role = properties.get("jobRoleArn")
             if role:
-                return str(role)
+                roles = {"JobRoleArn": str(role)}
+                if properties.get("executionRoleArn"):
+                    roles["JobExecutionRoleArn"] = str(properties["executionRoleArn"])
+                return roles
     return None
 
 
@@ -334,17 +382,3 @@ class JobBatcher:
         group, self.pending = self.pending, []
         self.jobs += 1
         return group
-
-
-async def submit_job(batch: Any, request: Mapping[str, Any]) -> str:
-    """SubmitJob, waiting out throttling with jittered exponential backoff; returns the job id."""
-    for attempt in range(SUBMIT_ATTEMPTS):
-        try:
-            response = await batch.submit_job(**request)
-            return str(response["jobId"])
-        except (ClientError, BotoCoreError) as error:
-            if not is_throttling(error) or attempt == SUBMIT_ATTEMPTS - 1:
-                raise translate(error, f"submitting job {request['jobName']}") from error
-        # Full jitter keeps many clients from retrying in step (Batch allows ~50 TPS).
-        await anyio.sleep(SUBMIT_RETRY_DELAY * 2**attempt * (0.5 + random.random() / 2))
-    raise AssertionError("unreachable")  # pragma: no cover

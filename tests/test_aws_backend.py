@@ -8,6 +8,7 @@ throttling, pagination) run `AwsRun` against `FakeBatch`, which answers in Batch
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import time
 from collections import Counter
@@ -22,12 +23,11 @@ from botocore.exceptions import ClientError
 from infra.moto import FAKE_CREDENTIALS, MotoServer, start_moto_server, stop_moto_server
 
 import aioknot
-from aioknot import _aws_jobs, _aws_stack, _aws_watch
-from aioknot._aws_jobs import JOB_MAX_INPUTS, MAX_ARRAY_SIZE, JobBatcher, JobShape
+from aioknot import _aws_stack, _aws_watch
+from aioknot._aws_jobs import JOB_MAX_INPUTS, MAX_ARRAY_SIZE, RETRY_RULES, JobBatcher, JobShape
 from aioknot._aws_watch import AwsRun, status_counts
 from aioknot._backend import RunSpec, Segment
 from aioknot._exceptions import ConfigurationError, TaskLost
-from aioknot._watch import NO_RECORD_REASON
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -135,7 +135,8 @@ async def test_simple_mode_succeeded_without_record_is_lost_promptly(
         waited = time.monotonic() - started
     assert all(isinstance(o, TaskLost) for o in outcomes)
     assert [o.index for o in outcomes] == list(range(5))
-    assert {o.reason for o in outcomes} == {NO_RECORD_REASON}
+    # Each child says it ended without a record (the watcher's wording, job id included).
+    assert all("no result" in o.reason for o in outcomes)
     assert waited < 3.0  # the first poll after the last SubmitJob sees every job over
     # A bucket of its own, private and encrypted, and every object call names the owner.
     s3 = boto("s3", simple_batch)
@@ -169,7 +170,7 @@ async def test_repeat_knot_reuses_stacks_and_job_definition(
     assert calls.count("batch", "DescribeJobDefinitions") == 1
     assert calls.count("ecr") == 0  # a prebuilt image needs no lookup
     assert calls.count("sts") == 1
-    assert set(second_map) <= {"SubmitJob", "DescribeJobs"}
+    assert set(second_map) <= {"SubmitJob", "DescribeJobs", "ListJobs"}
 
     # Another knot shares the environment stack and makes only its own job role.
     calls.clear()
@@ -204,6 +205,105 @@ async def test_changed_resources_register_a_new_revision(
     assert {"type": "MEMORY", "value": "4096"} in revision["containerProperties"][
         "resourceRequirements"
     ]
+
+
+async def test_definitions_retry_infrastructure_failures_and_exit_on_exit_codes(
+    simple_batch: MotoServer,
+) -> None:
+    async with knot() as k:
+        await k.map([1])
+    batch = boto("batch", simple_batch)
+    (definition,) = batch.describe_job_definitions(
+        jobDefinitionName="aioknot-squares", status="ACTIVE"
+    )["jobDefinitions"]
+    strategy = definition["retryStrategy"]
+    # Three attempts by default; Batch takes at most 5 rules and applies the first match.
+    assert strategy["attempts"] == 3
+    # (moto answers the actions in lower case; Batch takes them in any case.)
+    rules = [{**rule, "action": rule["action"].upper()} for rule in strategy["evaluateOnExit"]]
+    assert rules == [dict(rule) for rule in RETRY_RULES] and len(rules) <= 5
+    assert rules[0] == {"onStatusReason": "Host EC2*", "action": "RETRY"}  # Spot reclaims
+    retried = {rule.get("onReason") for rule in rules if rule["action"] == "RETRY"}
+    assert {"CannotStartContainerError*", "CannotInspectContainerError*"} <= retried
+    # Any exit code is the worker's verdict (0: every result recorded; else the user's code
+    # killed it): never retried, and it is the last rule, so nothing above can be shadowed.
+    assert rules[-1] == {"onExitCode": "*", "action": "EXIT"}
+    # The environment the definition's knot uses, for clobber(environment=True) of others.
+    assert definition["tags"]["aioknot:environment"] == "default"
+    # No plain-text secret and no credentials in the definition.
+    assert [e["name"] for e in definition["containerProperties"]["environment"]] == [
+        "AWS_DEFAULT_REGION"
+    ]
+    batch.close()
+
+
+async def test_retries_option_sets_the_attempts(simple_batch: MotoServer) -> None:
+    async with knot(retries=1) as k:
+        await k.map([1])
+    batch = boto("batch", simple_batch)
+    (definition,) = batch.describe_job_definitions(
+        jobDefinitionName="aioknot-squares", status="ACTIVE"
+    )["jobDefinitions"]
+    batch.close()
+    assert definition["retryStrategy"]["attempts"] == 1
+
+
+async def test_secrets_reach_the_definition_through_a_scoped_execution_role(
+    simple_batch: MotoServer,
+) -> None:
+    secrets = boto("secretsmanager", simple_batch)
+    secret = secrets.create_secret(Name="api-token", SecretString="s3cr3t-value")["ARN"]
+    secrets.close()
+    ssm = boto("ssm", simple_batch)
+    ssm.put_parameter(Name="/team/token", Value="other-s3cr3t", Type="SecureString")
+    parameter = ssm.get_parameter(Name="/team/token")["Parameter"]["ARN"]
+    ssm.close()
+    async with knot(secrets={"API_TOKEN": secret, "TEAM_TOKEN": parameter}) as k:
+        await (await k.map([1, 2])).gather(return_exceptions=True)
+    batch = boto("batch", simple_batch)
+    (definition,) = batch.describe_job_definitions(
+        jobDefinitionName="aioknot-squares", status="ACTIVE"
+    )["jobDefinitions"]
+    batch.close()
+    container = definition["containerProperties"]
+    assert container["secrets"] == [
+        {"name": "API_TOKEN", "valueFrom": secret},
+        {"name": "TEAM_TOKEN", "valueFrom": parameter},
+    ]
+    assert "s3cr3t" not in str(definition)  # the values stay in their stores
+    # The execution role is the knot stack's, and may read exactly those two, nothing else.
+    cfn = boto("cloudformation", simple_batch)
+    (stack,) = cfn.describe_stacks(StackName="aioknot-knot-squares")["Stacks"]
+    cfn.close()
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+    assert container["executionRoleArn"] == outputs["JobExecutionRoleArn"]
+    assert container["jobRoleArn"] == outputs["JobRoleArn"] != outputs["JobExecutionRoleArn"]
+    iam = boto("iam", simple_batch)
+    role = outputs["JobExecutionRoleArn"].rpartition("/")[2]
+    (policy_name,) = iam.list_role_policies(RoleName=role)["PolicyNames"]
+    document = iam.get_role_policy(RoleName=role, PolicyName=policy_name)["PolicyDocument"]
+    job_role = outputs["JobRoleArn"].rpartition("/")[2]
+    job_policies = [
+        iam.get_role_policy(RoleName=job_role, PolicyName=name)["PolicyDocument"]
+        for name in iam.list_role_policies(RoleName=job_role)["PolicyNames"]
+    ]
+    iam.close()
+    if isinstance(document, str):  # moto keeps a CloudFormation policy as its Python repr
+        document = ast.literal_eval(document)
+    granted = {(s["Action"], r) for s in document["Statement"] for r in s["Resource"]}
+    assert granted == {
+        ("secretsmanager:GetSecretValue", secret),
+        ("ssm:GetParameters", parameter),
+    }
+    assert "secretsmanager" not in str(job_policies) and "DeleteObject" not in str(job_policies)
+
+    # A repeat knot finds both roles on the definition: no stack is described again.
+    async with knot(secrets={"API_TOKEN": secret, "TEAM_TOKEN": parameter}) as k:
+        await k.map([3])
+    batch = boto("batch", simple_batch)
+    active = batch.describe_job_definitions(jobDefinitionName="aioknot-squares", status="ACTIVE")
+    batch.close()
+    assert len(active["jobDefinitions"]) == 1
 
 
 def _submitted(calls: Calls) -> list[tuple[int, int, int]]:
@@ -327,12 +427,14 @@ async def test_clobber_leaves_nothing_tagged_behind(simple_batch: MotoServer, ca
     batch.close()
     assert active["jobDefinitions"] == []
     tags = [i["imageTags"] for i in ecr.describe_images(repositoryName="aioknot")["imageDetails"]]
-    ecr.close()
     assert tags == [["other"]]  # only the knot's image went
+    repositories = ecr.describe_repositories()["repositories"]
+    ecr.close()
+    assert [r["repositoryName"] for r in repositories] == ["aioknot"]  # the user's: it stays
     s3 = boto("s3", simple_batch)
-    listed = s3.list_objects_v2(Bucket=f"aioknot-{ACCOUNT}-{REGION}", Prefix="knots/squares/")
+    buckets = [b["Name"] for b in s3.list_buckets().get("Buckets", [])]
     s3.close()
-    assert listed.get("KeyCount", 0) == 0
+    assert buckets == []  # the default bucket went with the knot's objects: it was empty
     assert any("deleting stack aioknot-default" in line for line in progress)
     assert any("deregistered 1 job definitions" in line for line in progress)
 
@@ -446,11 +548,15 @@ class FakeBatch:
     async def list_jobs(self, **arguments: Any) -> dict[str, Any]:
         self.calls.append(("list_jobs", arguments))
         parent = self.jobs[arguments["arrayJobId"]]
-        failed = sorted(parent.get("failed", []))
+        # Only failed children are kept here; a listing of another status finds none.
+        wanted = arguments.get("jobStatus") in (None, "FAILED")
+        failed = sorted(parent.get("failed", [])) if wanted else []
         start = int(arguments.get("nextToken", 0))
         page = failed[start : start + self.page]
         response: dict[str, Any] = {
-            "jobSummaryList": [{"jobId": f"{parent['jobId']}:{i}"} for i in page]
+            "jobSummaryList": [
+                {"jobId": f"{parent['jobId']}:{i}", "status": "FAILED"} for i in page
+            ]
         }
         if start + self.page < len(failed):
             response["nextToken"] = str(start + self.page)
@@ -465,6 +571,7 @@ class FakeBatch:
 
 class FakeTarget:
     knot = "fake"
+    watch_timeout = 60.0
 
     def __init__(self, batch: FakeBatch, group: Any) -> None:
         self.batch = batch
@@ -488,7 +595,9 @@ class Listener:
     def done(self, first: int, count: int) -> None:
         pass
 
-    def lost(self, index: int, reason: str, *, log: Any = None, exit_code: Any = None) -> None:
+    def lost(
+        self, index: int, reason: str, *, log: Any = None, exit_code: Any = None, **_: Any
+    ) -> None:
         self.losses[index] = (reason, log, exit_code)
 
 
@@ -515,7 +624,6 @@ async def fake_run() -> AsyncIterator[tuple[AwsRun, FakeBatch, Listener]]:
 
 
 async def test_throttled_submit_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_aws_jobs, "SUBMIT_RETRY_DELAY", 0.001)
     async with fake_run() as (run, batch, _):
         batch.throttle = 3
         await run.submit([Segment(0, 3)], last=True)
@@ -544,4 +652,7 @@ async def test_failed_children_listed_across_pages() -> None:
         await run.watch()
     assert sorted(listener.losses) == [0, 1, 6, 7, 14_998, 14_999]
     assert all("FAILED" in reason for reason, _, _ in listener.losses.values())
-    assert [n for n, _ in batch.calls].count("list_jobs") == 2  # two pages
+    failed_pages = [
+        a for n, a in batch.calls if n == "list_jobs" and a.get("jobStatus") in (None, "FAILED")
+    ]
+    assert len(failed_pages) == 2  # two pages of failed children
