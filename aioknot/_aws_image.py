@@ -22,8 +22,10 @@ from ._image_builder import (
     build_and_push,
     check_engine,
     ecr_registry_login,
-    image_exists,
+    image_digest,
+    pinned_uri,
     registry_from_option,
+    untag_ecr_image,
 )
 from ._pickling import PickledFunction
 from ._requirements import image_requirements
@@ -134,8 +136,10 @@ def ecr_host(account: str, region: str) -> str:
 class ImagePlan:
     spec: ImageSpec | None
     registry: Registry | None
-    uri: str
+    uri: str  # what a job definition names: repository@sha256:... when the digest is known
     build: bool  # whether build_and_push must run
+    replace: bool = False  # rebuild=True over an existing tag in ECR (immutable tags)
+    ecr_client: Any = None
 
 
 async def plan_image(
@@ -149,7 +153,8 @@ async def plan_image(
 ) -> ImagePlan:
     """Where the image is and whether it must be built; checks the engine if it must.
 
-    ``ecr`` opens (or returns) the backend's ECR client, only when ECR is the registry.
+    ``ecr`` opens (or returns) the backend's ECR client, only when ECR is the registry. A
+    prebuilt ``image=`` is used as the user named it (a tag or a digest: their choice).
     """
     if spec is None:
         assert settings.image is not None
@@ -161,28 +166,46 @@ async def plan_image(
         # Looked up before logging in: an existing image needs no login, and the login would
         # create the repository, which must wait until we know the engine answers.
         registry = Registry(host=ecr_host(account, region), repository=DEFAULT_REPOSITORY, ecr=True)
-    exists = not settings.rebuild and await image_exists(registry, spec.tag, ecr_client=ecr_client)
-    if exists:
-        return ImagePlan(spec, registry, registry.image_uri(spec.tag), build=False)
+    # One request either way; the digest pins the job definition to exactly this image.
+    digest = await image_digest(registry, spec.tag, ecr_client=ecr_client)
+    if digest is not None and not settings.rebuild:
+        return ImagePlan(spec, registry, pinned_uri(registry, spec.tag, digest), build=False)
     await check_engine(settings.docker_host)
     if ecr_client is not None:
         registry = await ecr_registry_login(ecr_client, DEFAULT_REPOSITORY, tags)
-    return ImagePlan(spec, registry, registry.image_uri(spec.tag), build=True)
+    return ImagePlan(
+        spec,
+        registry,
+        registry.image_uri(spec.tag),
+        build=True,
+        replace=digest is not None and ecr_client is not None,
+        ecr_client=ecr_client,
+    )
 
 
 async def produce_image(
     plan: ImagePlan, settings: ImageSettings, progress: Callable[[str], None] | None
 ) -> str:
-    """Build and push the planned image if it must be; the URI either way."""
+    """Build and push the planned image if it must be; the URI (by digest) either way."""
     if not plan.build:
         if progress is not None and plan.spec is not None:
             progress(f"image {plan.uri} is already in the registry; nothing to build")
         return plan.uri
     assert plan.spec is not None and plan.registry is not None
+    if plan.replace:
+        # ECR's tags are immutable: rebuild=True must free the content tag before pushing.
+        # Definitions registered before name the old image by digest; their queued jobs fail
+        # to pull it (the user asked for the rebuild).
+        await untag_ecr_image(plan.ecr_client, plan.registry.repository, plan.spec.tag)
+        if progress is not None:
+            progress(
+                f"rebuild=True: removed {plan.registry.image_uri(plan.spec.tag)} to replace it"
+            )
     return await build_and_push(
         plan.spec,
         plan.registry,
         docker_host=settings.docker_host,
         nocache=settings.rebuild,
         progress=progress,
+        by_digest=True,
     )

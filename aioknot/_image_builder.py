@@ -114,6 +114,21 @@ def _is_loopback(hostname: str) -> bool:
         return False
 
 
+# user:password@ in a URL (with or without its scheme), up to the host.
+_URL_CREDENTIALS = re.compile(r"(^|[/\s'\"(])([^/@:\s'\"()]+):([^/@\s'\"]*)@")
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    """``text`` without the passwords in it: any ``user:password@`` of a URL, and each of
+    ``secrets`` (a registry password, a token) wherever it appears. Every error message that
+    may quote a registry URL, an engine's answer or a login goes through here."""
+    text = _URL_CREDENTIALS.sub(lambda m: f"{m.group(1)}{m.group(2)}:***@", text)
+    for secret in secrets:
+        if secret and len(secret) >= 4:  # a one-letter "password" would blank the message
+            text = text.replace(secret, "***")
+    return text
+
+
 def registry_from_option(
     value: str | None = None,
     *,
@@ -129,10 +144,12 @@ def registry_from_option(
     HTTP (as the Docker engine does) and every other host over HTTPS.
     """
     env = os.environ if environ is None else environ
-    raw = value if value is not None else env.get(REGISTRY_ENV)
-    if raw is None or not raw.strip():
+    given = value if value is not None else env.get(REGISTRY_ENV)
+    if given is None or not given.strip():
         return None
-    text = raw.strip()
+    text = given.strip()
+    # What error messages quote: the option without any password in it.
+    raw = redact(text, password, env.get(REGISTRY_PASSWORD_ENV))
     has_scheme = "://" in text
     parts = urlsplit(text if has_scheme else f"//{text}")
     if has_scheme and parts.scheme not in ("http", "https"):
@@ -238,20 +255,34 @@ async def image_exists(registry: Registry, tag: str, *, ecr_client: Any = None) 
     With ``ecr_client`` (an aioboto3 ECR client) and an ECR registry this is
     ``describe_images``; otherwise ``HEAD /v2/<repository>/manifests/<tag>``.
     """
+    return await image_digest(registry, tag, ecr_client=ecr_client) is not None
+
+
+async def image_digest(registry: Registry, tag: str, *, ecr_client: Any = None) -> str | None:
+    """The digest (``sha256:...``) of ``repository:tag``, ``""`` if the registry has the tag
+    but did not say its digest, None if it has no such tag. One request, as `image_exists`."""
     if registry.ecr and ecr_client is not None:
-        return await _ecr_image_exists(ecr_client, registry.repository, tag)
-    return await _registry_manifest_exists(registry, tag)
+        return await _ecr_image_digest(ecr_client, registry.repository, tag)
+    return await _registry_manifest_digest(registry, tag)
 
 
-async def _ecr_image_exists(ecr_client: Any, repository: str, tag: str) -> bool:
+def pinned_uri(registry: Registry, tag: str, digest: str | None) -> str:
+    """``repository@sha256:...`` when the digest is known (what a job definition names, so
+    it runs exactly this image), else ``repository:tag``."""
+    return f"{registry.repository_uri}@{digest}" if digest else registry.image_uri(tag)
+
+
+async def _ecr_image_digest(ecr_client: Any, repository: str, tag: str) -> str | None:
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
-        await ecr_client.describe_images(repositoryName=repository, imageIds=[{"imageTag": tag}])
+        described = await ecr_client.describe_images(
+            repositoryName=repository, imageIds=[{"imageTag": tag}]
+        )
     except ClientError as error:
         code = error.response.get("Error", {}).get("Code", "")
         if code in ("ImageNotFoundException", "RepositoryNotFoundException"):
-            return False
+            return None
         raise ImageBuildError(
             f"cannot tell whether ECR repository {repository!r} has tag {tag!r}: {error}"
         ) from error
@@ -259,10 +290,11 @@ async def _ecr_image_exists(ecr_client: Any, repository: str, tag: str) -> bool:
         raise ImageBuildError(
             f"cannot reach ECR to look for {repository}:{tag}: {error}"
         ) from error
-    return True
+    details = described.get("imageDetails") or [{}]
+    return str(details[0].get("imageDigest") or "")
 
 
-async def _registry_manifest_exists(registry: Registry, tag: str) -> bool:
+async def _registry_manifest_digest(registry: Registry, tag: str) -> str | None:
     import aiohttp
 
     url = f"{registry.scheme}://{registry.host}/v2/{registry.repository}/manifests/{tag}"
@@ -282,21 +314,23 @@ async def _registry_manifest_exists(registry: Registry, tag: str) -> bool:
             async with session.head(url, headers=authorized) as response:
                 status = response.status
                 challenge = response.headers.get("WWW-Authenticate", "")
+                digest = response.headers.get("Docker-Content-Digest", "")
             if status == 401 and challenge.lower().startswith("bearer"):
                 # Token auth (Docker Hub, GHCR, Harbor): trade the credentials for a pull token.
                 token = await _bearer_token(session, challenge, registry, basic)
                 bearer = {**headers, "Authorization": f"Bearer {token}"}
                 async with session.head(url, headers=bearer) as response:
                     status = response.status
+                    digest = response.headers.get("Docker-Content-Digest", "")
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
         raise ImageBuildError(
-            f"the registry at {registry.scheme}://{registry.host} is unreachable ({error}); "
-            f"check registry= / ${REGISTRY_ENV}"
+            f"the registry at {registry.scheme}://{registry.host} is unreachable "
+            f"({redact(str(error), registry.password)}); check registry= / ${REGISTRY_ENV}"
         ) from error
     if status == 200:
-        return True
+        return digest if digest.startswith("sha256:") else ""
     if status == 404:
-        return False
+        return None
     if status in (401, 403):
         raise ImageBuildError(
             f"the registry {registry.host} refused {'the' if basic else 'anonymous'} "
@@ -343,7 +377,9 @@ async def ecr_registry_login(
     try:
         try:
             described = await ecr_client.describe_repositories(repositoryNames=[repository])
-            uri = described["repositories"][0]["repositoryUri"]
+            found = described["repositories"][0]
+            uri = found["repositoryUri"]
+            await _harden_ecr_repository(ecr_client, found)
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") != "RepositoryNotFoundException":
                 raise
@@ -370,13 +406,50 @@ async def ecr_registry_login(
     )
 
 
+async def _harden_ecr_repository(ecr_client: Any, repository: Mapping[str, Any]) -> None:
+    """Make a repository that an older aioknot created (mutable tags, no scans) like a new one;
+    a repository aioknot did not create (no ``aioknot:`` tag) is left as its owner made it."""
+    immutable = repository.get("imageTagMutability") == "IMMUTABLE"
+    scanned = bool(repository.get("imageScanningConfiguration", {}).get("scanOnPush"))
+    if immutable and scanned:
+        return
+    listed = await ecr_client.list_tags_for_resource(resourceArn=repository["repositoryArn"])
+    if not any(str(tag.get("Key", "")).startswith("aioknot:") for tag in listed.get("tags", [])):
+        return
+    name = repository["repositoryName"]
+    if not immutable:
+        await ecr_client.put_image_tag_mutability(
+            repositoryName=name, imageTagMutability="IMMUTABLE"
+        )
+    if not scanned:
+        await ecr_client.put_image_scanning_configuration(
+            repositoryName=name, imageScanningConfiguration={"scanOnPush": True}
+        )
+    logger.info("ECR repository %s now has immutable tags and scans on push", name)
+
+
+async def untag_ecr_image(ecr_client: Any, repository: str, tag: str) -> None:
+    """Delete ``repository:tag`` from ECR (so that an immutable tag can be pushed again)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        await ecr_client.batch_delete_image(repositoryName=repository, imageIds=[{"imageTag": tag}])
+    except (ClientError, BotoCoreError) as error:
+        raise ImageBuildError(
+            f"cannot remove {repository}:{tag} from ECR to rebuild it: {error}"
+        ) from error
+
+
 async def _create_ecr_repository(ecr_client: Any, repository: str, tags: Mapping[str, str]) -> str:
     from botocore.exceptions import ClientError
 
     try:
         created = await ecr_client.create_repository(
             repositoryName=repository,
-            imageTagMutability="MUTABLE",
+            # A tag names one image for good (it is a hash of the image's content), and every
+            # pushed image is scanned for known vulnerabilities.
+            imageTagMutability="IMMUTABLE",
+            imageScanningConfiguration={"scanOnPush": True},
             tags=[{"Key": key, "Value": value} for key, value in tags.items()],
         )
         logger.info("created ECR repository %s", repository)
@@ -460,8 +533,10 @@ async def build_and_push(
     platform: str = DEFAULT_PLATFORM,
     push_attempts: int = PUSH_ATTEMPTS,
     push_retry_delay: float = PUSH_RETRY_DELAY,
+    by_digest: bool = False,
 ) -> str:
-    """Build the image for ``spec``, tag it with its content tag and push it; return its URI.
+    """Build the image for ``spec``, tag it with its content tag and push it; return its URI
+    (``repository@sha256:...``, the digest the registry answered, with ``by_digest``).
 
     A local image with that tag (from a build whose push failed) is pushed without
     rebuilding, unless ``nocache``.
@@ -479,7 +554,7 @@ async def build_and_push(
         else:
             built = started
             log(f"{uri} was built before; pushing it")
-        await _push_with_retries(
+        digest = await _push_with_retries(
             docker,
             registry,
             spec.tag,
@@ -488,7 +563,7 @@ async def build_and_push(
             delay=push_retry_delay,
         )
         logger.info("pushed %s in %.1f s", uri, time.monotonic() - built)
-    return uri
+    return pinned_uri(registry, spec.tag, digest) if by_digest else uri
 
 
 async def _has_local_image(docker: Any, uri: str) -> bool:
@@ -564,12 +639,12 @@ async def _push_with_retries(
     *,
     attempts: int,
     delay: float,
-) -> None:
+) -> str:
+    """Push with retries of transient failures; returns the digest the registry answered."""
     uri = registry.image_uri(tag)
     for attempt in range(1, max(1, attempts) + 1):
         try:
-            await _push_once(docker, registry, tag, log)
-            return
+            return await _push_once(docker, registry, tag, log)
         except _TransientPushError as error:
             if attempt >= attempts:
                 raise ImageBuildError(
@@ -579,9 +654,10 @@ async def _push_with_retries(
             wait = delay * 2 ** (attempt - 1) * (0.5 + random.random() / 2)
             log(f"push of {uri} failed ({error}); retrying in {wait:.1f} s")
             await asyncio.sleep(wait)
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
-async def _push_once(docker: Any, registry: Registry, tag: str, log: _Log) -> None:
+async def _push_once(docker: Any, registry: Registry, tag: str, log: _Log) -> str:
     import aiohttp
 
     aiodocker = _aiodocker()
@@ -602,7 +678,8 @@ async def _push_once(docker: Any, registry: Registry, tag: str, log: _Log) -> No
                 if isinstance(aux, dict) and aux.get("Digest"):
                     digest = str(aux["Digest"])
     except aiodocker.DockerError as error:
-        message = str(error.message)
+        # An engine's answer may quote the registry URL or the login it was given.
+        message = redact(str(error.message), registry.password)
         if error.status >= 500 or error.status == 900 or _TRANSIENT_PUSH_ERROR.search(message):
             raise _TransientPushError(message) from error
         raise ImageBuildError(
@@ -610,8 +687,9 @@ async def _push_once(docker: Any, registry: Registry, tag: str, log: _Log) -> No
             f"credentials in registry= / ${REGISTRY_USERNAME_ENV} / ${REGISTRY_PASSWORD_ENV}"
         ) from error
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
-        raise _TransientPushError(repr(error)) from error
+        raise _TransientPushError(redact(repr(error), registry.password)) from error
     if digest is None:
         # aiodocker ends the stream quietly when the connection drops mid-push.
         raise _TransientPushError("the push ended without the registry's digest")
     log(f"pushed {uri} ({digest})")
+    return digest
