@@ -19,6 +19,7 @@ import pytest
 from infra.containers import ContainerStack
 from infra.fixtures import container_stack  # noqa: F401
 
+from aioknot._aws_image import ImageSettings, plan_image, produce_image
 from aioknot._dockerfile import ImageSpec, make_image_spec
 from aioknot._exceptions import ConfigurationError, ImageBuildError
 from aioknot._image_builder import (
@@ -27,7 +28,9 @@ from aioknot._image_builder import (
     check_engine,
     ecr_registry_login,
     ensure_image,
+    image_digest,
     image_exists,
+    redact,
     registry_from_option,
 )
 from aioknot._requirements import worker_requirements
@@ -64,6 +67,28 @@ def test_bad_registry_options_are_refused(value: str) -> None:
         registry_from_option(value)
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        "ftp://robot:hunter2-pw@registry.example.com/repo",
+        "https://robot:hunter2-pw@/repo",
+        "robot:hunter2-pw@registry.example.com/Bad_Repo",
+    ],
+)
+def test_a_refused_registry_option_never_echoes_its_password(value: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        registry_from_option(value)
+    assert "hunter2-pw" not in str(caught.value)
+    assert "robot:***@" in str(caught.value)  # still says which option it was
+
+
+def test_redact_removes_url_passwords_and_named_secrets() -> None:
+    text = "Get https://AWS:eyJwYXlsb2Fk@123.dkr.ecr/v2/: token eyJwYXlsb2Fk refused; host:5000/x"
+    assert redact(text, "eyJwYXlsb2Fk") == (
+        "Get https://AWS:***@123.dkr.ecr/v2/: token *** refused; host:5000/x"
+    )
+
+
 # ------------------------------------------------------------------------------- engine
 
 
@@ -93,9 +118,19 @@ class _FakeImages:
     def __init__(self, failures: list[BaseException]) -> None:
         self.failures = failures
         self.pushes = 0
+        self.builds = 0
 
     async def inspect(self, name: str) -> dict[str, Any]:
         return {"Id": "sha256:abc"}
+
+    def build(self, **kwargs: Any) -> AsyncIterator[dict[str, Any]]:
+        self.builds += 1
+
+        async def chunks() -> AsyncIterator[dict[str, Any]]:
+            yield {"stream": "Step 1/1 : FROM base"}
+            yield {"aux": {"ID": "sha256:abc"}}
+
+        return chunks()
 
     def push(self, name: str, **kwargs: Any) -> AsyncIterator[dict[str, Any]]:
         self.pushes += 1
@@ -160,6 +195,28 @@ async def test_a_refused_push_is_not_retried(fake_engine: Any) -> None:
     assert images.pushes == 1
 
 
+async def test_a_push_error_never_echoes_the_registry_password(fake_engine: Any) -> None:
+    # An engine's answer may quote the login it was given; the message must not.
+    fake_engine(
+        [
+            aiodocker.DockerStreamError(
+                "unauthorized: login robot:t0k3n-secret rejected (t0k3n-secret)"
+            )
+        ]
+    )
+    registry = Registry("r.example", username="robot", password="t0k3n-secret")
+    with pytest.raises(ImageBuildError) as caught:
+        await build_and_push(make_image_spec([], worker_source=b""), registry, push_retry_delay=0)
+    assert "t0k3n-secret" not in str(caught.value) and "unauthorized" in str(caught.value)
+
+
+async def test_build_and_push_by_digest_names_the_pushed_digest(fake_engine: Any) -> None:
+    fake_engine([])
+    spec = make_image_spec([], worker_source=b"")
+    uri = await build_and_push(spec, Registry("r.example"), by_digest=True)
+    assert uri == "r.example/aioknot@sha256:def"  # the digest the registry answered
+
+
 async def test_pushes_give_up_after_the_last_attempt(fake_engine: Any) -> None:
     images = fake_engine([aiodocker.DockerStreamError("i/o timeout")] * 5)
     with pytest.raises(ImageBuildError, match="failed 3 times"):
@@ -200,7 +257,83 @@ async def test_ecr_login_creates_the_repository_with_tags_once(ecr: Any) -> None
 
     again = await ecr_registry_login(ecr, "aioknot-test", {"aioknot:knot": "other"})
     assert again == login
-    assert len((await ecr.describe_repositories())["repositories"]) == 1
+    (repository,) = (await ecr.describe_repositories())["repositories"]
+    # A content tag names one image for good, and each pushed image is scanned.
+    assert repository["imageTagMutability"] == "IMMUTABLE"
+    assert repository["imageScanningConfiguration"] == {"scanOnPush": True}
+
+
+async def test_an_older_aioknot_repository_is_hardened_a_users_is_not(ecr: Any) -> None:
+    for name, tags in (
+        ("aioknot-old", [{"Key": "aioknot:environment", "Value": "x"}]),
+        ("mine", []),
+    ):
+        await ecr.create_repository(repositoryName=name, imageTagMutability="MUTABLE", tags=tags)
+        await ecr_registry_login(ecr, name)
+    described = {
+        r["repositoryName"]: r for r in (await ecr.describe_repositories())["repositories"]
+    }
+    assert described["aioknot-old"]["imageTagMutability"] == "IMMUTABLE"
+    assert described["aioknot-old"]["imageScanningConfiguration"] == {"scanOnPush": True}
+    assert described["mine"]["imageTagMutability"] == "MUTABLE"  # its owner's choice
+
+
+async def test_image_digest_from_describe_images(ecr: Any) -> None:
+    login = await ecr_registry_login(ecr, "aioknot-test")
+    assert await image_digest(login, "py3.11-abc", ecr_client=ecr) is None
+    put = await ecr.put_image(
+        repositoryName="aioknot-test", imageManifest=MANIFEST, imageTag="py3.11-abc"
+    )
+    digest = put["image"]["imageId"]["imageDigest"]
+    assert digest.startswith("sha256:")
+    assert await image_digest(login, "py3.11-abc", ecr_client=ecr) == digest
+
+
+async def test_a_found_image_is_planned_by_digest_and_rebuild_frees_its_tag(
+    ecr: Any, fake_engine: Any
+) -> None:
+    spec = make_image_spec(["cloudpickle==3.1.2"], worker_source=b"worker")
+    login = await ecr_registry_login(ecr, "aioknot", {"aioknot:environment": "default"})
+    put = await ecr.put_image(repositoryName="aioknot", imageManifest=MANIFEST, imageTag=spec.tag)
+    digest = put["image"]["imageId"]["imageDigest"]
+
+    async def client() -> Any:
+        return ecr
+
+    where = {"ecr": client, "account": "123456789012", "region": "us-east-1", "tags": {}}
+    found = await plan_image(ImageSettings(), spec, **where)
+    assert not found.build and found.uri == f"{login.repository_uri}@{digest}"
+    assert await produce_image(found, ImageSettings(), None) == found.uri
+
+    # rebuild=True: ECR's tags are immutable, so the old image's tag goes before the push.
+    images = fake_engine([])
+    rebuild = ImageSettings(rebuild=True)
+    planned = await plan_image(rebuild, spec, **where)
+    assert planned.build and planned.replace
+    uri = await produce_image(planned, rebuild, None)
+    assert uri == f"{login.repository_uri}@sha256:def"  # the fake engine's pushed digest
+    assert images.builds == 1 and images.pushes == 1
+    assert await image_digest(login, spec.tag, ecr_client=ecr) is None  # freed for the push
+
+
+async def test_a_registry_head_gives_the_digest_header() -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    digest = "sha256:" + "a" * 64
+
+    async def manifest(request: web.Request) -> web.Response:
+        if request.match_info["tag"] != "present":
+            return web.Response(status=404)
+        return web.Response(status=200, headers={"Docker-Content-Digest": digest})
+
+    app = web.Application()
+    app.router.add_route("HEAD", "/v2/aioknot/manifests/{tag}", manifest)
+    async with TestServer(app, host="127.0.0.1") as server:
+        registry = registry_from_option(f"127.0.0.1:{server.port}")
+        assert registry is not None
+        assert await image_digest(registry, "present") == digest
+        assert await image_digest(registry, "absent") is None
 
 
 async def test_ecr_image_exists_uses_describe_images(ecr: Any) -> None:
