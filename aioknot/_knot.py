@@ -145,10 +145,23 @@ class AsyncKnot:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Cancel every run still going, stop the workers and close the store client."""
+        """Cancel the runs that end with the knot, stop the workers, close the clients.
+
+        ``amap`` runs and local runs are cancelled (their readers get ``TaskLost``); a ``map``
+        run on a backend whose jobs go on without the client (Batch) keeps running, to be
+        re-attached, and its readers get a ``KnotError`` that says so.
+        """
         if self._state is _State.CLOSED:
             return
         self._state = _State.CLOSED
+        try:
+            await self._settle_runs_on_close()
+        finally:
+            # Whatever happened above, the task group, the workers and the clients close.
+            await self._exit_stack.aclose()
+
+    async def _settle_runs_on_close(self) -> None:
+        """Cancel the runs whose work belongs to this knot; leave the others running."""
         backend = self._backend
         outlive = backend is not None and backend.runs_outlive_client
         with anyio.CancelScope(shield=True):
@@ -168,7 +181,6 @@ class AsyncKnot:
                 # backend that cannot be reached does not hold the close up for long.
                 with contextlib.suppress(Exception), anyio.move_on_after(CLOSE_CANCEL_SECONDS):
                     await run.cancel()
-        await self._exit_stack.aclose()
 
     async def _open_store(self) -> Store:
         options = self.options
