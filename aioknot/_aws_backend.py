@@ -82,6 +82,7 @@ from ._dockerfile import ImageSpec
 from ._exceptions import ConfigurationError, KnotError
 from ._names import knot_prefix
 from ._options import KnotOptions
+from ._retry import backoff_delays, is_transient
 from ._store import Store
 from ._store_s3 import S3Store
 from ._tasks import concurrently
@@ -89,6 +90,10 @@ from ._tasks import concurrently
 Progress = Callable[[str], None]
 
 BUCKET_TAGS = {f"{RESERVED_TAG_PREFIX}bucket": "aioknot"}
+# How long preparing (stacks, image lookup, job definition) rides out transient AWS failures.
+PREPARE_OUTAGE_SECONDS = 300.0
+PREPARE_FIRST_DELAY = 1.0
+PREPARE_LONGEST_DELAY = 15.0
 # Jobs that still need the environment's queue and compute environment.
 ACTIVE_JOB_STATUSES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
 # Waiting for Batch to disable, then delete, a queue or compute environment (minutes on AWS).
@@ -279,7 +284,33 @@ class AwsBackend:
         async with self._ready_lock:
             if self.job_queue is not None and self.job_definition is not None:
                 return
-            await self._prepare()
+            await self._prepare_riding_out_blips()
+
+    async def _prepare_riding_out_blips(self) -> None:
+        """`_prepare`, again while it fails because AWS failed transiently (throttling, 5xx,
+        a reset, credentials being refreshed: the translated error's cause says so), on top
+        of botocore's own retries, for up to `PREPARE_OUTAGE_SECONDS`.
+
+        Every step is idempotent (a stack is found, or waited for, before it is created; a
+        definition is found by its hash before it is registered), so a retry repeats only
+        what did not happen; a lost RegisterJobDefinition answer costs one spare revision.
+        """
+        failing_since: float | None = None
+        give_up_after = min(PREPARE_OUTAGE_SECONDS, self.watch_timeout)
+        for delay in backoff_delays(PREPARE_FIRST_DELAY, PREPARE_LONGEST_DELAY):
+            try:
+                await self._prepare()
+                return
+            except KnotError as error:
+                cause = error.__cause__
+                if cause is None or not is_transient(cause):
+                    raise
+                now = anyio.current_time()
+                failing_since = now if failing_since is None else failing_since
+                if now - failing_since + delay > give_up_after:
+                    raise
+                self._report(f"preparing knot {self.knot} failed for now ({error}); retrying")
+            await anyio.sleep(delay)
 
     async def _prepare(self) -> None:
         plan = await plan_image(

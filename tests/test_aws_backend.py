@@ -20,10 +20,11 @@ import anyio
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from infra.fault_proxy import Fault, FaultProxy
 from infra.moto import FAKE_CREDENTIALS, MotoServer, start_moto_server, stop_moto_server
 
 import aioknot
-from aioknot import _aws_stack, _aws_watch
+from aioknot import _aws_backend, _aws_stack, _aws_watch
 from aioknot._aws_jobs import JOB_MAX_INPUTS, MAX_ARRAY_SIZE, RETRY_RULES, JobBatcher, JobShape
 from aioknot._aws_watch import AwsRun, status_counts
 from aioknot._backend import RunSpec, Segment
@@ -304,6 +305,51 @@ async def test_secrets_reach_the_definition_through_a_scoped_execution_role(
     active = batch.describe_job_definitions(jobDefinitionName="aioknot-squares", status="ACTIVE")
     batch.close()
     assert len(active["jobDefinitions"]) == 1
+
+
+async def test_preparation_rides_out_a_control_plane_outage(
+    simple_batch: MotoServer,
+    fault_proxy: FaultProxy,
+    calls: Calls,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """More failures in a row than botocore's own 5 attempts, on the calls that prepare a knot:
+    the map still goes through, and no stack or definition is made twice."""
+    monkeypatch.setattr(_aws_backend, "PREPARE_FIRST_DELAY", 0.1)
+    monkeypatch.setattr(_aws_backend, "PREPARE_LONGEST_DELAY", 0.5)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", fault_proxy.url)
+    faults = [
+        Fault(kind="throttle", service="cloudformation", operation="DescribeStacks", times=12),
+        Fault(kind="500", service="batch", operation="registerjobdefinition", times=6),
+        Fault(kind="reset", service="batch", operation="describejobdefinitions", times=6),
+    ]
+    for fault in faults:
+        fault_proxy.add(fault)
+    progress: list[str] = []
+    async with knot(progress=progress.append) as k:
+        outcomes = await (await k.map(range(4))).gather(return_exceptions=True)
+    assert [fault.injected for fault in faults] == [12, 6, 6]  # every fault was met
+    assert any("retrying" in line for line in progress)  # and outlasted botocore's retries
+    assert len(outcomes) == 4 and all(isinstance(o, TaskLost) for o in outcomes)  # simple mode
+    assert calls.count("cloudformation", "CreateStack") == 2  # each stack once
+    batch = boto("batch", simple_batch)
+    active = batch.describe_job_definitions(jobDefinitionName="aioknot-squares", status="ACTIVE")
+    batch.close()
+    # A RegisterJobDefinition whose answer was lost may leave one spare revision, never more.
+    assert 1 <= len(active["jobDefinitions"]) <= 2
+
+
+async def test_a_permanent_refusal_is_not_retried(
+    simple_batch: MotoServer, fault_proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", fault_proxy.url)
+    denied = fault_proxy.add(Fault(kind="403", service="batch", operation="describejobdefinitions"))
+    started = time.monotonic()
+    async with knot() as k:
+        with pytest.raises(ConfigurationError, match="AccessDenied"):
+            await k.map([1])
+    assert denied.injected == 1  # asked once: retrying a refusal only delays the message
+    assert time.monotonic() - started < 60
 
 
 def _submitted(calls: Calls) -> list[tuple[int, int, int]]:
