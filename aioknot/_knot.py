@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import weakref
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 import anyio
@@ -90,7 +90,9 @@ class AsyncKnot:
         self._group: anyio.abc.TaskGroup | None = None
         self._store: Store | None = None
         self._backend: Backend | None = None
-        self._function_stored = False
+        # Functions by key (with kwargs bound, or not), and which of them the store has.
+        self._functions: dict[str, PickledFunction] = {}
+        self._stored_functions: set[str] = set()
         self._prepared = anyio.Event()
         self._prepare_error: BaseException | None = None
         self._preparing: anyio.CancelScope | None = None  # clobber() stops preparation by it
@@ -254,31 +256,50 @@ class AsyncKnot:
 
     # -- runs ----------------------------------------------------------------------------
 
-    def _new_run(self, *, starmap: bool, retain: bool, return_exceptions: bool) -> Run:
+    def _new_run(
+        self,
+        *,
+        starmap: bool,
+        retain: bool,
+        return_exceptions: bool,
+        kwargs: Mapping[str, Any] | None,
+    ) -> Run:
         store, backend, _ = self._check_open()
+        function = self._function_with(kwargs)  # before anything is stored or started
         run_id = new_run_id()
         spec = RunSpec(
             knot=self.name,
             run_id=run_id,
             run_prefix=run_prefix(self.name, run_id),
-            function_key=self.function_key,
+            function_key=function_key(self.name, function.digest),
             store_url=store.url,
             starmap=starmap,
             store_environment=tuple(sorted(store.worker_environment().items())),
         )
         run = Run(spec, store, backend.name, retain=retain, return_exceptions=return_exceptions)
         run.backend_run = backend.open_run(spec, run.watcher)
+        self._functions[spec.function_key] = function
         self._runs.add(run)
         return run
 
-    async def _store_function(self, store: Store) -> None:
-        if self._function_stored:
+    def _function_with(self, kwargs: Mapping[str, Any] | None) -> PickledFunction:
+        """The function to store for a run: the knot's own, or with ``kwargs=`` bound."""
+        if kwargs is None or (isinstance(kwargs, Mapping) and not kwargs):
+            return self._function
+        if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+            raise ConfigurationError(
+                "kwargs= must be a dict of keyword arguments shared by every call, e.g. "
+                f"kwargs={{'scale': 2}}; got {type(kwargs).__name__}"
+            )
+        return pickle_function(self.func, kwargs)
+
+    async def _store_function(self, store: Store, key: str) -> None:
+        if key in self._stored_functions:
             return
-        key = self.function_key
         (exists,) = await store.exists_many([key])
         if not exists:  # content-addressed: an unchanged function is stored once
-            await store.put(key, self._function.data)
-        self._function_stored = True
+            await store.put(key, self._functions[key].data)
+        self._stored_functions.add(key)
 
     async def _submit(self, run: Run, inputs: Inputs) -> None:
         """Store the inputs segment by segment, submitting each as soon as it is stored.
@@ -289,7 +310,7 @@ class AsyncKnot:
         store, _, _ = self._check_open()
         backend_run = run.backend_run
         assert backend_run is not None
-        await self._store_function(store)
+        await self._store_function(store, run._spec.function_key)
         send, receive = anyio.create_memory_object_stream[Segment](math.inf)
         failure: list[BaseException] = []  # raised as itself, not as an ExceptionGroup
 
@@ -339,15 +360,23 @@ class AsyncKnot:
             run._fail(error)
 
     async def map(
-        self, inputs: Inputs, *, starmap: bool = False, return_exceptions: bool = False
+        self,
+        inputs: Inputs,
+        *,
+        starmap: bool = False,
+        return_exceptions: bool = False,
+        kwargs: Mapping[str, Any] | None = None,
     ) -> Run:
         """Store every input and submit every task; returns the ``Run`` to read results from.
 
-        ``return_exceptions`` sets the default for iterating and gathering the run.
+        ``return_exceptions`` sets the default for iterating and gathering the run;
+        ``kwargs`` are keyword arguments given to every call (``func(x, **kwargs)``).
         """
         check_inputs(inputs)
         _, _, group = self._check_open()
-        run = self._new_run(starmap=starmap, retain=True, return_exceptions=return_exceptions)
+        run = self._new_run(
+            starmap=starmap, retain=True, return_exceptions=return_exceptions, kwargs=kwargs
+        )
         group.start_soon(self._watch, run)
         try:
             await self._submit(run, inputs)
@@ -363,6 +392,7 @@ class AsyncKnot:
         starmap: bool = False,
         ordered: bool = False,
         return_exceptions: bool = False,
+        kwargs: Mapping[str, Any] | None = None,
     ) -> AsyncIterator[Any]:
         """Results while inputs are still being submitted: as completed, or in input order.
 
@@ -371,7 +401,9 @@ class AsyncKnot:
         """
         check_inputs(inputs)
         _, _, group = self._check_open()
-        run = self._new_run(starmap=starmap, retain=False, return_exceptions=return_exceptions)
+        run = self._new_run(
+            starmap=starmap, retain=False, return_exceptions=return_exceptions, kwargs=kwargs
+        )
         return self._iterate(group, run, inputs, ordered)
 
     async def _iterate(
@@ -453,7 +485,7 @@ class AsyncKnot:
         for run in list(self._runs):
             await run.cancel()
         deleted = await store.delete_prefix(knot_prefix(self.name) + "/")
-        self._function_stored = False
+        self._stored_functions.clear()
         self._progress(f"deleted {deleted} objects under {knot_prefix(self.name)}/")
         clobber_backend = getattr(backend, "clobber", None)
         if clobber_backend is not None:

@@ -9,6 +9,7 @@ by registering its module with cloudpickle while it is pickled.
 from __future__ import annotations
 
 import _thread
+import functools
 import hashlib
 import importlib.metadata
 import io
@@ -93,7 +94,10 @@ def _local_modules_of(func: Callable[..., object]) -> list[ModuleType]:
     return list(found.values())
 
 
-def pickle_function(func: Callable[..., object]) -> PickledFunction:
+def pickle_function(
+    func: Callable[..., object], kwargs: Mapping[str, object] | None = None
+) -> PickledFunction:
+    """The function (with ``kwargs`` bound, when given: every call gets them) as bytes."""
     if not callable(func):
         raise SerializationError(
             f"the function to run must be callable, got {type(func).__name__}: "
@@ -105,8 +109,13 @@ def pickle_function(func: Callable[..., object]) -> PickledFunction:
         for module in local:
             cloudpickle.register_pickle_by_value(module)
             registered.append(module)
-        data = cloudpickle.dumps(func, protocol=5)
+        data = cloudpickle.dumps(functools.partial(func, **kwargs) if kwargs else func, protocol=5)
     except Exception as error:
+        if kwargs:
+            raise SerializationError(
+                f"kwargs= cannot be pickled with the function: {error}. Pass data (numbers, "
+                "strings, arrays, paths) rather than live objects such as open files or clients"
+            ) from error
         raise SerializationError(
             f"the function {getattr(func, '__qualname__', func)!r} cannot be pickled: {error}. "
             "Move whatever it refers to that cannot be pickled (open files, locks, clients, "

@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import contextlib
 import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
+import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ._exceptions import KnotError
@@ -143,11 +145,16 @@ class Job:
     """One ``knot.map`` call: ``.done``, ``.result(timeout=None)``, ``.status``, ``.cancel()``."""
 
     def __init__(
-        self, name: str, future: concurrent.futures.Future[list[Any]], runs: list[Run]
+        self,
+        name: str,
+        future: concurrent.futures.Future[Any],
+        runs: list[Run],
+        portal: BlockingPortal | None = None,
     ) -> None:
         self.name = name
         self.future = future
         self._runs = runs  # holds the run once every input is submitted
+        self._portal = portal
 
     @property
     def run(self) -> Run | None:
@@ -161,12 +168,22 @@ class Job:
     def done(self) -> bool:
         return self.future.done()
 
-    def result(self, timeout: float | None = None) -> list[Any]:
-        """The results in input order; raises the first failure, or ``TimeoutError``."""
+    def result(self, timeout: float | None = None) -> Any:
+        """The results in input order (the value, for a ``submit``); raises the first
+        failure, or ``TimeoutError``."""
         return self.future.result(timeout)
 
     def cancel(self) -> bool:
+        """Cancel the job and its run (its tasks stop; unfinished inputs become TaskLost)."""
         return self.future.cancel()
+
+    def logs(self, index: int) -> list[str]:
+        """The log lines of the task that ran input ``index`` (see ``Run.logs``)."""
+        run = self.run
+        if run is None or self._portal is None:
+            raise KnotError(f"job {self.id} has no run yet: its inputs are still being stored")
+        lines: list[str] = self._portal.call(run.logs, index)
+        return lines
 
     @property
     def status(self) -> str:
@@ -252,11 +269,18 @@ class Knot:
     # -- the API -------------------------------------------------------------------------
 
     def map(
-        self, inputs: Iterable[Any], starmap: bool = False
+        self,
+        inputs: Iterable[Any],
+        *,
+        starmap: bool = False,
+        return_exceptions: bool = False,
+        kwargs: Mapping[str, Any] | None = None,
     ) -> concurrent.futures.Future[list[Any]]:
         """Submit ``func`` over ``inputs``; returns a ``Future`` of the results in input order.
 
-        A failed input makes the future raise its ``TaskError`` / ``TaskLost``.
+        A failed input makes the future raise its ``TaskError`` / ``TaskLost``, unless
+        ``return_exceptions`` (then it stands in the list in place of the value). ``kwargs``
+        are keyword arguments given to every call. Cancelling the future cancels the run.
         """
         portal = self._open()
         runs: list[Run] = []  # the task may start before the Job exists: hand the run over
@@ -264,7 +288,9 @@ class Knot:
         async def map_and_gather() -> list[Any]:
             # Refers to self on purpose: a running map keeps its knot (and so its loop and
             # workers) alive, so `Knot(f).map(xs).result()` works with the knot dropped.
-            run = await self._async.map(inputs, starmap=starmap)
+            run = await self._async.map(
+                inputs, starmap=starmap, return_exceptions=return_exceptions, kwargs=kwargs
+            )
             runs.append(run)
             try:
                 return await run.gather()
@@ -272,7 +298,71 @@ class Knot:
                 await run.cancel()  # the future was cancelled (or the loop stops): so is the run
 
         future = portal.start_task_soon(map_and_gather, name=f"aioknot map of {self.name}")
-        self.jobs.append(Job(self.name, future, runs))
+        self.jobs.append(Job(self.name, future, runs, portal))
+        return future
+
+    def imap(
+        self,
+        inputs: Iterable[Any],
+        *,
+        starmap: bool = False,
+        ordered: bool = False,
+        return_exceptions: bool = False,
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> Iterator[Any]:
+        """Results as they complete (or in input order with ``ordered``), blocking.
+
+        The run belongs to the iteration, as with ``AsyncKnot.amap``: breaking out of the
+        loop (or an exception in it) cancels the run and stops its tasks.
+        """
+        portal = self._open()
+        results = self._async.amap(
+            inputs,
+            starmap=starmap,
+            ordered=ordered,
+            return_exceptions=return_exceptions,
+            kwargs=kwargs,
+        )
+        return self._iterate(portal, results)
+
+    def _iterate(self, portal: BlockingPortal, results: AsyncIterator[Any]) -> Iterator[Any]:
+        async def next_result() -> tuple[bool, Any]:
+            try:
+                return True, await results.__anext__()
+            except StopAsyncIteration:
+                return False, None
+
+        try:
+            while True:
+                more, value = portal.start_task_soon(next_result).result()
+                if not more:
+                    return
+                yield value
+        finally:
+            # Breaking out, Ctrl-C, or the end: the run is cancelled (a no-op once over).
+            close = getattr(results, "aclose", None)
+            if close is not None and not self._loop.closing:
+                with contextlib.suppress(Exception):
+                    portal.call(close)
+
+    def submit(self, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        """One call ``func(*args, **kwargs)`` on the backend; a ``Future`` of its value."""
+        portal = self._open()
+        runs: list[Run] = []
+
+        async def call_once() -> Any:
+            run = await self._async.map([args], starmap=True, kwargs=kwargs)
+            runs.append(run)
+            try:
+                (value,) = await run.gather()
+                return value
+            finally:
+                await run.cancel()
+
+        future: concurrent.futures.Future[Any] = portal.start_task_soon(
+            call_once, name=f"aioknot call of {self.name}"
+        )
+        self.jobs.append(Job(self.name, future, runs, portal))
         return future
 
     def view_jobs(self) -> None:
@@ -282,13 +372,30 @@ class Knot:
             finished, total = job.progress
             print(f"{job.id:<24} {job.name:<24} {job.status:<11} {finished}/{total}")
 
-    def attach(self, run_id: str) -> Run:
-        """A run of this knot from an earlier session; read it with ``knot.gather(run)``."""
-        run: Run = self._call(self._async.attach, run_id)
-        return run
+    def attach(self, run_id: str) -> Job:
+        """A blocking handle on a run started earlier (maybe by another process or day):
+        ``job.status``, ``job.result(timeout)``, ``job.cancel()``, ``job.logs(index)``."""
+        portal = self._open()
+        run: Run = portal.call(self._async.attach, run_id)
 
-    def gather(self, run: Run, timeout: float | None = None) -> list[Any]:
+        async def gather() -> list[Any]:
+            try:
+                return await run.gather()
+            except anyio.get_cancelled_exc_class():
+                with anyio.CancelScope(shield=True):
+                    await run.cancel()  # job.cancel() cancels the run, as for a map
+                raise
+
+        future = portal.start_task_soon(gather, name=f"aioknot attached run {run_id}")
+        job = Job(self.name, future, [run], portal)
+        self.jobs.append(job)
+        return job
+
+    def gather(self, run: Run | Job, timeout: float | None = None) -> list[Any]:
         """The results of an attached run, in input order (blocking)."""
+        if isinstance(run, Job):
+            results: list[Any] = run.result(timeout)
+            return results
         values: list[Any] = self._open().start_task_soon(run.gather).result(timeout)
         return values
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -53,7 +54,7 @@ async def task_group() -> AsyncIterator[anyio.abc.TaskGroup]:
         raise error from error.__cause__
 
 
-async def concurrently(*calls: Callable[[], Awaitable[None]]) -> None:
+async def concurrently(*calls: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run the calls at once; the first failure cancels the rest and is raised as itself."""
     async with task_group() as group:
         for call in calls:
