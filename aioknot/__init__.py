@@ -16,6 +16,7 @@ from ._exceptions import (
     TaskLost,
     WatchTimeout,
 )
+from ._executor import Executor
 from ._knot import AsyncKnot
 from ._run import Run
 from ._sync import Job, Knot
@@ -24,6 +25,7 @@ from ._version import __version__
 __all__ = [
     "AsyncKnot",
     "ConfigurationError",
+    "Executor",
     "ImageBuildError",
     "Job",
     "Knot",

@@ -301,6 +301,28 @@ class Knot:
         self.jobs.append(Job(self.name, future, runs, portal))
         return future
 
+    def _map_each(
+        self, inputs: Iterable[Any], on_result: Callable[[int, Any], None]
+    ) -> concurrent.futures.Future[None]:
+        """A map whose every ``(index, value or TaskFailure)`` is handed to ``on_result`` as
+        it completes, on the knot's thread (for ``Executor``: each future settles at once).
+        Cancelling the returned future cancels the run."""
+        portal = self._open()
+        runs: list[Run] = []
+
+        async def map_each() -> None:
+            run = await self._async.map(inputs, return_exceptions=True)
+            runs.append(run)
+            try:
+                async for index, value in run.items():
+                    on_result(index, value)
+            finally:
+                await run.cancel()
+
+        future = portal.start_task_soon(map_each, name=f"aioknot calls of {self.name}")
+        self.jobs.append(Job(self.name, future, runs, portal))
+        return future
+
     def imap(
         self,
         inputs: Iterable[Any],

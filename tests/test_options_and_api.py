@@ -17,6 +17,7 @@ def test_the_public_surface_is_exactly_this() -> None:
     assert aioknot.__all__ == [
         "AsyncKnot",
         "ConfigurationError",
+        "Executor",
         "ImageBuildError",
         "Job",
         "Knot",
