@@ -39,12 +39,14 @@ BUCKET_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 DEFAULT_CONCURRENCY = 32
 # How long a store may keep failing transiently before it counts as down and the run's watch
 # ends with a StoreError. Long enough to ride out a throttling burst or a connection blip,
-# short enough that a store that went away is reported well within 30 s (botocore's own
-# attempts add a few seconds on either side).
-STORE_OUTAGE_SECONDS = 20.0
-# botocore's own attempts per request (the first included): quick retries of a single blip;
-# anything longer is ours to retry, on the clock above.
-BOTOCORE_ATTEMPTS = 3
+# short enough that a store that went away is reported within 30 s: the watcher may be
+# between two polls (up to 5 s) when the outage starts, and the last attempt takes its time
+# (measured: a permanent 500 reported after 26 s with a 20 s window, hence 15 s).
+STORE_OUTAGE_SECONDS = 15.0
+# botocore's own attempts per request (the first included): one quick retry of a single
+# blip (it waits rand(0, 1) s); anything longer is ours to retry, on the clock above. Few, so
+# that the outage window above stays the bound: 15 s plus a second or so per request.
+BOTOCORE_ATTEMPTS = 2
 # Codes that say the credentials themselves are wrong or stale (after the retries above,
 # an expired token is no longer "being refreshed").
 CREDENTIAL_CODES = frozenset(

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aioboto3
 import pytest
+from botocore.exceptions import ClientError
 
 from aioknot import ConfigurationError
 from aioknot._store import Store
 from aioknot._store_local import LocalStore
-from aioknot._store_s3 import S3Store, parse_bucket
+from aioknot._store_s3 import (
+    S3Store,
+    parse_bucket,
+    partition_of,
+    redacted,
+    speaks_tls,
+    tls_only_policy,
+)
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -74,3 +83,76 @@ def test_bucket_names_are_checked_before_any_request() -> None:
     assert parse_bucket("plain.bucket") == ("plain.bucket", "")
     with pytest.raises(ConfigurationError, match="not a valid S3 bucket"):
         parse_bucket("s3://Bad_Bucket")
+
+
+async def test_a_created_bucket_expires_run_data_and_drops_abandoned_uploads(aws: object) -> None:
+    store = S3Store("s3://kept-bucket/knots", create_bucket=True, retention_days=7)
+    await store.open()
+    try:
+        async with aioboto3.Session().client("s3") as s3:
+            lifecycle = await s3.get_bucket_lifecycle_configuration(Bucket="kept-bucket")
+            (rule,) = lifecycle["Rules"]
+            assert rule["Status"] == "Enabled" and rule["Filter"]["Prefix"] == "knots/"
+            assert rule["Expiration"]["Days"] == 7
+            assert rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] == 1
+            # moto speaks plain http here: a TLS-only policy would deny this very client, so
+            # none is set (and the store still works).
+            with pytest.raises(ClientError, match="NoSuchBucketPolicy"):
+                await s3.get_bucket_policy(Bucket="kept-bucket")
+        await store.put("x", b"1")
+        assert await store.get("x") == b"1"
+    finally:
+        await store.aclose()
+
+
+async def test_the_tls_only_policy_denies_plain_http_and_is_accepted_by_s3(aws: object) -> None:
+    assert speaks_tls(None) and speaks_tls("https://s3.example.com")
+    assert not speaks_tls("http://127.0.0.1:9000")
+    policy = tls_only_policy("tls-bucket", partition_of("cn-north-1"))
+    (statement,) = json.loads(policy)["Statement"]
+    assert statement["Effect"] == "Deny" and statement["Principal"] == "*"
+    assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert statement["Resource"] == ["arn:aws-cn:s3:::tls-bucket", "arn:aws-cn:s3:::tls-bucket/*"]
+    async with aioboto3.Session().client("s3") as s3:
+        await s3.create_bucket(Bucket="tls-bucket")
+        await s3.put_bucket_policy(Bucket="tls-bucket", Policy=policy)
+        stored = await s3.get_bucket_policy(Bucket="tls-bucket")
+        assert json.loads(stored["Policy"]) == json.loads(policy)
+
+
+def test_retention_days_must_be_a_positive_number_of_days() -> None:
+    with pytest.raises(ConfigurationError, match="retention_days=0"):
+        S3Store("s3://b-1", retention_days=0)
+    assert S3Store("s3://b-1", retention_days=None).retention_days is None
+
+
+def test_workers_reach_the_store_as_the_client_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    store = S3Store(
+        "s3://b-1/p",
+        endpoint_url="http://127.0.0.1:9000",
+        region="eu-west-3",
+        profile="team",
+        expected_owner="123456789012",
+    )
+    assert store.worker_environment() == {
+        "AIOKNOT_ENDPOINT_URL": "http://127.0.0.1:9000",
+        "AIOKNOT_REGION": "eu-west-3",
+        "AIOKNOT_PROFILE": "team",
+        "AIOKNOT_EXPECTED_BUCKET_OWNER": "123456789012",
+    }
+    assert S3Store("s3://b-1").worker_environment() == {}
+
+
+def test_messages_never_echo_a_password_in_an_endpoint() -> None:
+    assert redacted("https://user:secret@minio.example:9000/x") == "https://minio.example:9000/x"
+    assert redacted("http://127.0.0.1:9000") == "http://127.0.0.1:9000"
+
+
+async def test_a_missing_profile_is_a_configuration_error(
+    aws: object, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    with pytest.raises(ConfigurationError, match="'nobody' is not configured"):
+        await S3Store("s3://b-1", profile="nobody").open()

@@ -13,7 +13,10 @@ from typing import Any
 
 import anyio
 import pytest
+from infra.fault_proxy import Fault, FaultProxy
+from infra.moto import MotoServer
 
+from aioknot import ConfigurationError, StoreError
 from aioknot._store_s3 import S3Store
 from aioknot._watch import Outcome, ResultWatcher
 from aioknot._worker import encode_group, encode_value_record, result_key
@@ -128,3 +131,26 @@ async def test_a_task_the_backend_says_is_over_without_a_record_is_lost(
     lost = by_index[2].error
     assert lost is not None and "Essential container" in str(lost)
     assert getattr(lost, "exit_code", None) == 137 and getattr(lost, "log", None) == "stream/2"
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"), [("403", ConfigurationError), ("500", StoreError)], ids=["403", "500"]
+)
+async def test_a_failing_store_ends_the_watch_with_its_own_error(
+    aws: MotoServer, fault_proxy: FaultProxy, kind: str, expected: type[Exception]
+) -> None:
+    """Raised as itself, never inside an ExceptionGroup, once the store's window is spent."""
+    store = await S3Store("s3://watched", endpoint_url=fault_proxy.url, create_bucket=True).open()
+    store.outage_seconds = 1.0  # the default window is exercised in test_store_faults.py
+    try:
+        watcher = ResultWatcher(store, "run", "r", lambda outcomes: None)
+        watcher.submitted(100)  # many outstanding: LIST sweeps
+        watcher.submission_over()
+        fault_proxy.add(Fault(kind=kind, service="s3"))
+        with pytest.raises(expected) as caught, anyio.fail_after(30):
+            await watcher.run(NeverOver())  # type: ignore[arg-type]
+        assert type(caught.value) is expected
+        assert "s3://watched/run/results/" in str(caught.value)
+    finally:
+        fault_proxy.clear()
+        await store.aclose()
