@@ -19,6 +19,7 @@ import aioboto3
 import anyio
 import boto3
 import pytest
+from botocore.config import Config
 from botocore.exceptions import ClientError
 from infra.fault_proxy import Fault, FaultProxy
 from infra.moto import FAKE_CREDENTIALS, MotoServer, start_moto_server, stop_moto_server
@@ -313,22 +314,29 @@ async def test_preparation_rides_out_a_control_plane_outage(
     calls: Calls,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """More failures in a row than botocore's own 5 attempts, on the calls that prepare a knot:
+    """More failures in a row than botocore's own attempts, on the calls that prepare a knot:
     the map still goes through, and no stack or definition is made twice."""
     monkeypatch.setattr(_aws_backend, "PREPARE_FIRST_DELAY", 0.1)
     monkeypatch.setattr(_aws_backend, "PREPARE_LONGEST_DELAY", 0.5)
+    # botocore's own 2 attempts instead of 5 (its backoff would make the test wait ~45 s for
+    # the same point): each rule below outlasts them, so only the backend's retry can cope.
+    monkeypatch.setattr(
+        _aws_backend,
+        "CLIENT_CONFIG",
+        Config(max_pool_connections=16, retries={"max_attempts": 2, "mode": "standard"}),
+    )
     monkeypatch.setenv("AWS_ENDPOINT_URL", fault_proxy.url)
     faults = [
-        Fault(kind="throttle", service="cloudformation", operation="DescribeStacks", times=12),
-        Fault(kind="500", service="batch", operation="registerjobdefinition", times=6),
-        Fault(kind="reset", service="batch", operation="describejobdefinitions", times=6),
+        Fault(kind="throttle", service="cloudformation", operation="DescribeStacks", times=5),
+        Fault(kind="500", service="batch", operation="registerjobdefinition", times=3),
+        Fault(kind="reset", service="batch", operation="describejobdefinitions", times=3),
     ]
     for fault in faults:
         fault_proxy.add(fault)
     progress: list[str] = []
     async with knot(progress=progress.append) as k:
         outcomes = await (await k.map(range(4))).gather(return_exceptions=True)
-    assert [fault.injected for fault in faults] == [12, 6, 6]  # every fault was met
+    assert [fault.injected for fault in faults] == [5, 3, 3]  # every fault was met
     assert any("retrying" in line for line in progress)  # and outlasted botocore's retries
     assert len(outcomes) == 4 and all(isinstance(o, TaskLost) for o in outcomes)  # simple mode
     assert calls.count("cloudformation", "CreateStack") == 2  # each stack once
