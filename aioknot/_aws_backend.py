@@ -12,6 +12,16 @@ current job definition already names the role, and a job definition only if no A
 revision matches. A repeat knot therefore costs one DescribeStacks, one
 DescribeJobDefinitions and one image lookup, and creates nothing.
 
+Preparing rides out transient AWS failures (throttling, 5xx, resets) beyond botocore's own
+retries: every step is idempotent, so it is simply done again, for up to five minutes.
+
+`AwsBackend.clobber` only deletes, never creates (it never prepares the knot). With
+``environment=True`` it first refuses, naming them, while other knots' ACTIVE job
+definitions or active jobs use the environment (``force=True`` overrides); then it deletes
+the knot and environment stacks, whatever Batch resources CloudFormation left behind (moto's
+does), the default bucket if it is empty, and, with ``images=True``, the knot's images and
+aioknot's ECR repository if it is left empty. What is not tagged as aioknot's stays.
+
 Every AWS client is opened on first use, owned by the backend and closed in `aclose`;
 botocore errors become aioknot errors here and in the modules this one drives.
 """

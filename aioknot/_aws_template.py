@@ -5,10 +5,12 @@
   execution role (FARGATE, FARGATE_SPOT), an optional launch template for the root volume, a
   security group without ingress, the VPC (the default one, its subnets passed as parameters,
   or a new one with public subnets and an internet gateway), the compute environment and the
-  job queue.
+  job queue. EC2 instances start from a launch template that requires IMDSv2 with a hop limit
+  of 1, so that a job's container cannot borrow the instance role.
 - The **knot stack** (``aioknot-knot-<knot>``): the knot's job role, which may read and write
-  only the knot's prefix of the bucket. It is separate because the environment is shared and
-  each knot's role must see only its own data.
+  (never delete) only the knot's prefix of the bucket, and, when the knot has ``secrets``, an
+  execution role that may read exactly those secrets and parameters. It is separate because
+  the environment is shared and each knot's roles must see only its own data.
 
 What an option changes in the template's shape (compute type, VPC choice, optional
 properties) is rendered; the values themselves are stack parameters, so that a change of
