@@ -78,7 +78,7 @@ class Executor(concurrent.futures.Executor):
         self._pickled: dict[Callable[..., Any], bytes] = {}  # each function pickled once
 
     @property
-    def knot(self) -> Knot:
+    def knot(self) -> Knot[Any]:
         """The knot the calls run on (``knot.view_jobs()``, ``knot.clobber()``...)."""
         return self._knot
 

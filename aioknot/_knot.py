@@ -15,7 +15,7 @@ import logging
 import math
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 import anyio.abc
@@ -35,7 +35,7 @@ from ._names import (
     validate_knot_name,
     validate_run_id,
 )
-from ._options import KnotOptions, parse_options
+from ._options import KnotOptions, KnotOptionsDict, parse_options
 from ._pickling import PickledFunction, pickle_function
 from ._run import CANCELLED_REASON, Run
 from ._store import Store
@@ -56,7 +56,13 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-class AsyncKnot:
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+R = TypeVar("R")  # what the function returns
+
+
+class AsyncKnot(Generic[R]):
     """Run ``func`` over many inputs on a backend, asynchronously.
 
     >>> async with AsyncKnot(f, name="squares", backend="local") as knot:
@@ -68,11 +74,11 @@ class AsyncKnot:
 
     def __init__(
         self,
-        func: Callable[..., Any],
+        func: Callable[..., R],
         *,
         name: str | None = None,
         backend: str | None = None,
-        **options: Any,
+        **options: Unpack[KnotOptionsDict],
     ) -> None:
         self.func = func
         self.name = validate_knot_name(name) if name is not None else default_knot_name(func)
@@ -96,7 +102,7 @@ class AsyncKnot:
         self._prepared = anyio.Event()
         self._prepare_error: BaseException | None = None
         self._preparing: anyio.CancelScope | None = None  # clobber() stops preparation by it
-        self._runs: weakref.WeakSet[Run] = weakref.WeakSet()  # to cancel on close
+        self._runs: weakref.WeakSet[Run[Any]] = weakref.WeakSet()  # to cancel on close
 
     @property
     def backend(self) -> str:
@@ -116,7 +122,7 @@ class AsyncKnot:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    async def __aenter__(self) -> AsyncKnot:
+    async def __aenter__(self) -> AsyncKnot[R]:
         if self._state is not _State.UNOPENED:
             raise KnotError(
                 f"knot {self.name!r} was already {self._state.value}: a knot opens once; "
@@ -263,7 +269,7 @@ class AsyncKnot:
         retain: bool,
         return_exceptions: bool,
         kwargs: Mapping[str, Any] | None,
-    ) -> Run:
+    ) -> Run[R]:
         store, backend, _ = self._check_open()
         function = self._function_with(kwargs)  # before anything is stored or started
         run_id = new_run_id()
@@ -276,7 +282,9 @@ class AsyncKnot:
             starmap=starmap,
             store_environment=tuple(sorted(store.worker_environment().items())),
         )
-        run = Run(spec, store, backend.name, retain=retain, return_exceptions=return_exceptions)
+        run: Run[R] = Run(
+            spec, store, backend.name, retain=retain, return_exceptions=return_exceptions
+        )
         run.backend_run = backend.open_run(spec, run.watcher)
         self._functions[spec.function_key] = function
         self._runs.add(run)
@@ -301,7 +309,7 @@ class AsyncKnot:
             await store.put(key, self._functions[key].data)
         self._stored_functions.add(key)
 
-    async def _submit(self, run: Run, inputs: Inputs) -> None:
+    async def _submit(self, run: Run[R], inputs: Inputs) -> None:
         """Store the inputs segment by segment, submitting each as soon as it is stored.
 
         Storing never waits for the backend: while it is still getting ready (a stack, an
@@ -346,7 +354,7 @@ class AsyncKnot:
         run._submission_finished()
         await run._write_manifest()
 
-    async def _watch(self, run: Run) -> None:
+    async def _watch(self, run: Run[R]) -> None:
         """Watch a run until every input has an outcome, or watching fails.
 
         A failed watch (a store or control-plane outage outlasting its retries) ends the run's
@@ -366,7 +374,7 @@ class AsyncKnot:
         starmap: bool = False,
         return_exceptions: bool = False,
         kwargs: Mapping[str, Any] | None = None,
-    ) -> Run:
+    ) -> Run[R]:
         """Store every input and submit every task; returns the ``Run`` to read results from.
 
         ``return_exceptions`` sets the default for iterating and gathering the run;
@@ -393,7 +401,7 @@ class AsyncKnot:
         ordered: bool = False,
         return_exceptions: bool = False,
         kwargs: Mapping[str, Any] | None = None,
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncIterator[R]:
         """Results while inputs are still being submitted: as completed, or in input order.
 
         The run belongs to the iteration: leaving the ``async for`` early (or cancelling the
@@ -407,8 +415,8 @@ class AsyncKnot:
         return self._iterate(group, run, inputs, ordered)
 
     async def _iterate(
-        self, group: anyio.abc.TaskGroup, run: Run, inputs: Inputs, ordered: bool
-    ) -> AsyncIterator[Any]:
+        self, group: anyio.abc.TaskGroup, run: Run[R], inputs: Inputs, ordered: bool
+    ) -> AsyncIterator[R]:
         submission = anyio.CancelScope()
 
         async def submit_in_background() -> None:
@@ -428,7 +436,7 @@ class AsyncKnot:
             submission.cancel()
             await run.cancel()
 
-    async def attach(self, run_id: str) -> Run:
+    async def attach(self, run_id: str) -> Run[R]:
         """A run of this knot started earlier, maybe by another process, from its manifest."""
         store, backend, group = self._check_open()
         prefix = run_prefix(self.name, validate_run_id(run_id))
@@ -454,7 +462,7 @@ class AsyncKnot:
             store_url=store.url,
             starmap=manifest["starmap"],
         )
-        run = Run(spec, store, backend.name, retain=True)
+        run: Run[R] = Run(spec, store, backend.name, retain=True)
         run.created = float(manifest["created"])
         if manifest.get("cancelled"):
             # Whatever has no record will never get one.

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 from ._exceptions import ConfigurationError
 
@@ -48,6 +48,56 @@ IMAGE_OPTIONS = (
     "registry",
     "docker_host",
 )
+
+
+class KnotOptionsDict(TypedDict, total=False):
+    """Every option a knot takes, typed, so that a type checker flags a typo or a bad type
+    (``**options: Unpack[KnotOptionsDict]``). A test keeps it equal to the options accepted."""
+
+    # Where inputs and results live, and how long.
+    bucket: str
+    endpoint_url: str
+    profile: str
+    region: str
+    directory: str | os.PathLike[str]
+    retention_days: int
+    # Watching and reporting.
+    progress: Callable[[str], None]
+    watch_timeout: float
+    # The local backend.
+    workers: int
+    # AWS Batch.
+    environment: str
+    job_queue: str
+    vcpus: float
+    memory: int
+    gpus: int
+    timeout: int
+    retries: int
+    env: Mapping[str, str]
+    secrets: Mapping[str, str]
+    job_role_policies: Sequence[str]
+    compute_type: Literal["EC2", "SPOT", "FARGATE", "FARGATE_SPOT"]
+    instance_types: Sequence[str]
+    min_vcpus: int
+    desired_vcpus: int
+    max_vcpus: int
+    bid_percentage: int
+    image_id: str
+    ec2_key_pair: str
+    volume_size: int
+    use_default_vpc: bool
+    tags: Mapping[str, str]
+    # The worker image on AWS.
+    image: str
+    base_image: str
+    requirements: Sequence[str]
+    extra_requirements: Sequence[str]
+    apt_packages: Sequence[str]
+    dockerfile_lines: Sequence[str]
+    rebuild: bool
+    registry: str
+    docker_host: str
 
 
 @dataclass(frozen=True)

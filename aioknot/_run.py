@@ -13,7 +13,7 @@ import os
 import socket
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import anyio
 
@@ -24,12 +24,14 @@ from ._store import Store
 from ._version import __version__
 from ._watch import Outcome, ResultWatcher
 
+R = TypeVar("R")  # what the knot's function returns
+
 MANIFEST_FORMAT = 1
 CANCELLED_REASON = "the run was cancelled"
 MANIFEST_ON_CANCEL_SECONDS = 3.0
 
 
-class Run:
+class Run(Generic[R]):
     """The inputs, jobs and results of one map. Iterate it for results as they complete."""
 
     def __init__(
@@ -180,7 +182,7 @@ class Run:
 
     async def items(
         self, *, return_exceptions: bool | None = None, ordered: bool = False
-    ) -> AsyncIterator[tuple[int, Any]]:
+    ) -> AsyncIterator[tuple[int, R]]:
         """``(index, value)`` pairs as they complete (or in input order with ``ordered``).
 
         A failed input raises its ``TaskError`` / ``TaskLost`` here, unless
@@ -214,11 +216,11 @@ class Run:
                 self._consumed = position
             yield completed, self._deliver(outcome, keep_going)
 
-    async def __aiter__(self) -> AsyncIterator[Any]:
+    async def __aiter__(self) -> AsyncIterator[R]:
         async for _, value in self.items():
             yield value
 
-    async def gather(self, *, return_exceptions: bool | None = None) -> list[Any]:
+    async def gather(self, *, return_exceptions: bool | None = None) -> list[R]:
         """Every result, in input order, once all are in.
 
         Raises the failure of the lowest failed input unless ``return_exceptions``.

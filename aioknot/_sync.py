@@ -27,18 +27,25 @@ import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ._exceptions import KnotError
 from ._knot import AsyncKnot
+from ._options import KnotOptionsDict
 from ._run import Run
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+R = TypeVar("R")  # what the function returns
+T = TypeVar("T")  # what a job's result is
 
 logger = logging.getLogger("aioknot")
 
-_LIVE_KNOTS: weakref.WeakSet[Knot] = weakref.WeakSet()
+_LIVE_KNOTS: weakref.WeakSet[Knot[Any]] = weakref.WeakSet()
 _LIVE_LOOPS: weakref.WeakSet[_Loop] = weakref.WeakSet()
 # After a fork, the parent's loops are kept here, never closed nor collected: closing (or
 # collecting) a portal's context manager would wait on a loop thread the child does not have.
@@ -55,12 +62,12 @@ class _Loop:
     worker processes stop, silently.
     """
 
-    def __init__(self, knot: AsyncKnot) -> None:
+    def __init__(self, knot: AsyncKnot[Any]) -> None:
         self.knot = knot
         self._lock = threading.Lock()
         self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
         self.portal: BlockingPortal | None = None
-        self._knot_cm: AbstractContextManager[AsyncKnot] | None = None
+        self._knot_cm: AbstractContextManager[AsyncKnot[Any]] | None = None
         self.closing = False
         self._closed = threading.Event()
         self._pid = os.getpid()
@@ -141,14 +148,14 @@ def _close_dropped_loops() -> None:
             logger.debug("closing a knot at exit failed", exc_info=True)
 
 
-class Job:
+class Job(Generic[T]):
     """One ``knot.map`` call: ``.done``, ``.result(timeout=None)``, ``.status``, ``.cancel()``."""
 
     def __init__(
         self,
         name: str,
-        future: concurrent.futures.Future[Any],
-        runs: list[Run],
+        future: concurrent.futures.Future[T],
+        runs: list[Run[Any]],
         portal: BlockingPortal | None = None,
     ) -> None:
         self.name = name
@@ -157,7 +164,7 @@ class Job:
         self._portal = portal
 
     @property
-    def run(self) -> Run | None:
+    def run(self) -> Run[Any] | None:
         return self._runs[0] if self._runs else None
 
     @property
@@ -168,7 +175,7 @@ class Job:
     def done(self) -> bool:
         return self.future.done()
 
-    def result(self, timeout: float | None = None) -> Any:
+    def result(self, timeout: float | None = None) -> T:
         """The results in input order (the value, for a ``submit``); raises the first
         failure, or ``TimeoutError``."""
         return self.future.result(timeout)
@@ -203,7 +210,7 @@ class Job:
         return f"<Job {self.id} {self.status} {finished}/{total}>"
 
 
-class Knot:
+class Knot(Generic[R]):
     """Run ``func`` over many inputs, blocking: ``knot.map(xs)`` returns a ``Future``.
 
     >>> knot = Knot(f, name="squares", backend="local")
@@ -215,17 +222,17 @@ class Knot:
 
     def __init__(
         self,
-        func: Callable[..., Any],
+        func: Callable[..., R],
         *,
         name: str | None = None,
         backend: str | None = None,
-        **options: Any,
+        **options: Unpack[KnotOptionsDict],
     ) -> None:
         # Built here so that a bad name, option or function fails in the caller's thread.
         self._arguments = (func, name, backend, options)
         self._async = AsyncKnot(func, name=name, backend=backend, **options)
         self.name = self._async.name
-        self.jobs: list[Job] = []
+        self.jobs: list[Job[Any]] = []
         self._loop = _Loop(self._async)
         # A knot dropped without close() stops its thread and workers when it is collected.
         self._finalizer = weakref.finalize(self, self._loop.close_dropped)
@@ -275,7 +282,7 @@ class Knot:
         starmap: bool = False,
         return_exceptions: bool = False,
         kwargs: Mapping[str, Any] | None = None,
-    ) -> concurrent.futures.Future[list[Any]]:
+    ) -> concurrent.futures.Future[list[R]]:
         """Submit ``func`` over ``inputs``; returns a ``Future`` of the results in input order.
 
         A failed input makes the future raise its ``TaskError`` / ``TaskLost``, unless
@@ -283,7 +290,7 @@ class Knot:
         are keyword arguments given to every call. Cancelling the future cancels the run.
         """
         portal = self._open()
-        runs: list[Run] = []  # the task may start before the Job exists: hand the run over
+        runs: list[Run[Any]] = []  # the task may start before the Job exists: hand the run over
 
         async def map_and_gather() -> list[Any]:
             # Refers to self on purpose: a running map keeps its knot (and so its loop and
@@ -308,7 +315,7 @@ class Knot:
         it completes, on the knot's thread (for ``Executor``: each future settles at once).
         Cancelling the returned future cancels the run."""
         portal = self._open()
-        runs: list[Run] = []
+        runs: list[Run[Any]] = []
 
         async def map_each() -> None:
             run = await self._async.map(inputs, return_exceptions=True)
@@ -331,7 +338,7 @@ class Knot:
         ordered: bool = False,
         return_exceptions: bool = False,
         kwargs: Mapping[str, Any] | None = None,
-    ) -> Iterator[Any]:
+    ) -> Iterator[R]:
         """Results as they complete (or in input order with ``ordered``), blocking.
 
         The run belongs to the iteration, as with ``AsyncKnot.amap``: breaking out of the
@@ -347,7 +354,7 @@ class Knot:
         )
         return self._iterate(portal, results)
 
-    def _iterate(self, portal: BlockingPortal, results: AsyncIterator[Any]) -> Iterator[Any]:
+    def _iterate(self, portal: BlockingPortal, results: AsyncIterator[R]) -> Iterator[R]:
         async def next_result() -> tuple[bool, Any]:
             try:
                 return True, await results.__anext__()
@@ -367,10 +374,10 @@ class Knot:
                 with contextlib.suppress(Exception):
                     portal.call(close)
 
-    def submit(self, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+    def submit(self, *args: Any, **kwargs: Any) -> concurrent.futures.Future[R]:
         """One call ``func(*args, **kwargs)`` on the backend; a ``Future`` of its value."""
         portal = self._open()
-        runs: list[Run] = []
+        runs: list[Run[Any]] = []
 
         async def call_once() -> Any:
             run = await self._async.map([args], starmap=True, kwargs=kwargs)
@@ -394,11 +401,11 @@ class Knot:
             finished, total = job.progress
             print(f"{job.id:<24} {job.name:<24} {job.status:<11} {finished}/{total}")
 
-    def attach(self, run_id: str) -> Job:
+    def attach(self, run_id: str) -> Job[list[R]]:
         """A blocking handle on a run started earlier (maybe by another process or day):
         ``job.status``, ``job.result(timeout)``, ``job.cancel()``, ``job.logs(index)``."""
         portal = self._open()
-        run: Run = portal.call(self._async.attach, run_id)
+        run: Run[Any] = portal.call(self._async.attach, run_id)
 
         async def gather() -> list[Any]:
             try:
@@ -413,7 +420,7 @@ class Knot:
         self.jobs.append(job)
         return job
 
-    def gather(self, run: Run | Job, timeout: float | None = None) -> list[Any]:
+    def gather(self, run: Run[R] | Job[list[R]], timeout: float | None = None) -> list[R]:
         """The results of an attached run, in input order (blocking)."""
         if isinstance(run, Job):
             results: list[Any] = run.result(timeout)
@@ -445,7 +452,7 @@ class Knot:
         self._finalizer.detach()
         self._loop.close()
 
-    def __enter__(self) -> Knot:
+    def __enter__(self) -> Knot[R]:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -104,3 +104,11 @@ def test_task_failures_survive_pickling() -> None:
     lost = aioknot.TaskLost(index=1, reason="killed", log="stream", exit_code=137)
     copy_lost = pickle.loads(pickle.dumps(lost))
     assert (copy_lost.index, copy_lost.reason, copy_lost.exit_code) == (1, "killed", 137)
+
+
+def test_the_typed_options_are_exactly_the_options_a_knot_takes() -> None:
+    from aioknot._aws_options import OPTION_NAMES
+    from aioknot._options import COMMON_OPTIONS, IMAGE_OPTIONS, LOCAL_OPTIONS, KnotOptionsDict
+
+    known = {*COMMON_OPTIONS, *LOCAL_OPTIONS, *IMAGE_OPTIONS, *OPTION_NAMES}
+    assert set(KnotOptionsDict.__annotations__) == known
