@@ -106,6 +106,7 @@ PREPARE_FIRST_DELAY = 1.0
 PREPARE_LONGEST_DELAY = 15.0
 # Jobs that still need the environment's queue and compute environment.
 ACTIVE_JOB_STATUSES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
+ENOUGH_JOBS_NAMED = 100
 # Waiting for Batch to disable, then delete, a queue or compute environment (minutes on AWS).
 CLEANUP_FIRST_POLL = 2.0
 CLEANUP_LONGEST_POLL = 15.0
@@ -513,7 +514,8 @@ class AwsBackend:
             named.append(f"the ACTIVE job definitions of knots {', '.join(sorted(knots))}")
         if jobs:
             shown = ", ".join(sorted(jobs)[:5]) + (" ..." if len(jobs) > 5 else "")
-            named.append(f"{len(jobs)} active jobs in its job queue ({shown})")
+            count = f"{len(jobs)}+" if len(jobs) >= ENOUGH_JOBS_NAMED else str(len(jobs))
+            named.append(f"{count} active jobs in its job queue ({shown})")
         raise ConfigurationError(
             f"environment {self.options.environment!r} (stack "
             f"{self.options.environment_stack_name}) is still used by {' and '.join(named)}: "
@@ -562,9 +564,11 @@ class AwsBackend:
                         if not mine.match(name):
                             names.append(name or str(job.get("jobId")))
                     token = response.get("nextToken")
-                    if not token:
+                    if not token or len(names) >= ENOUGH_JOBS_NAMED:
                         break
                     arguments["nextToken"] = token
+            if len(names) >= ENOUGH_JOBS_NAMED:
+                break  # enough to refuse; a million queued jobs need not be paged through
         return names
 
     async def _delete_environment(self, cloudformation: Any) -> None:

@@ -4,7 +4,9 @@
 (e.g. Fargate's vCPU/memory pairs) and raises `ConfigurationError` saying what was wrong and
 what to do, so that a typo never costs a CloudFormation round trip or a stuck job.
 Credentials, region and profile follow the standard AWS chain; endpoints come from
-``AWS_ENDPOINT_URL[_<SERVICE>]``, which botocore reads by itself.
+``AWS_ENDPOINT_URL[_<SERVICE>]``, which botocore reads by itself. ``env=`` never carries AWS
+credentials (jobs get the knot's job role); API tokens go in ``secrets=`` as Secrets Manager
+or SSM parameter ARNs, which Batch resolves when the container starts.
 """
 
 from __future__ import annotations
