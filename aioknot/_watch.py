@@ -23,6 +23,7 @@ as themselves.
 from __future__ import annotations
 
 import math
+import pickle
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,9 +59,10 @@ HINT_GATHER_SECONDS = 0.005
 # LIST sweep, rather than one sweep each.
 LOSS_GATHER_SECONDS = 0.05
 NO_RECORD_REASON = "the backend reports the task over, but it wrote no result"
-# What a failure to unpickle says about the bytes: these mean "not importable here" (the value
-# is intact, this machine lacks its class); anything else means the bytes are damaged.
-NOT_IMPORTABLE = (ImportError, AttributeError)
+# What a failure to decode says about the bytes: these mean they are damaged (cut short, not
+# a record, a table that does not add up); anything else (ImportError, AttributeError, a
+# class that will not rebuild) means the value is intact but cannot be rebuilt here.
+DAMAGED = (pickle.UnpicklingError, EOFError, struct.error, ValueError)
 
 
 class CorruptRecord(ValueError):
@@ -76,9 +78,10 @@ class Outcome:
 
 def unreadable(index: int, error: Exception, run_id: str, where: str = "") -> Outcome:
     """The result cannot be used here: damaged bytes (``TaskLost`` naming the record), or an
-    intact value whose class this machine cannot import (``TaskError`` saying so)."""
-    if not isinstance(error, NOT_IMPORTABLE):
-        at = f" at {where}" if where else ""
+    intact value this machine cannot rebuild, its class not importable, say (``TaskError``
+    saying so)."""
+    at = f" at {where}" if where else ""
+    if isinstance(error, DAMAGED):
         return Outcome(
             index,
             error=TaskLost(
@@ -95,7 +98,7 @@ def unreadable(index: int, error: Exception, run_id: str, where: str = "") -> Ou
         error=TaskError(
             index=index,
             remote_type=type(error).__name__,
-            remote_message=f"the result could not be unpickled on this machine: {error}",
+            remote_message=f"the result{at} could not be unpickled on this machine: {error}",
             remote_traceback="",
             run_id=run_id,
         ),
@@ -105,18 +108,23 @@ def unreadable(index: int, error: Exception, run_id: str, where: str = "") -> Ou
 def outcome_from_record(index: int, data: bytes, run_id: str, where: str = "") -> Outcome:
     try:
         ok, payload = decode_record(data)
+        if ok:
+            return Outcome(index, value=payload)
+        info, exception = payload
+        try:
+            remote = (str(info["type"]), str(info["message"]), str(info["traceback"]))
+        except (KeyError, TypeError):
+            raise CorruptRecord("its error header lacks the exception's type or text") from None
     except Exception as error:  # damaged bytes, or a value whose class is not importable here
         return unreadable(index, error, run_id, where)
-    if ok:
-        return Outcome(index, value=payload)
-    info, exception = payload
+    remote_type, remote_message, remote_traceback = remote
     return Outcome(
         index,
         error=TaskError(
             index=index,
-            remote_type=info["type"],
-            remote_message=info["message"],
-            remote_traceback=info["traceback"],
+            remote_type=remote_type,
+            remote_message=remote_message,
+            remote_traceback=remote_traceback,
             exception=exception,
             run_id=run_id,
         ),

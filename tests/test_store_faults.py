@@ -28,6 +28,8 @@ from aioknot._store_local import LocalStore
 from aioknot._store_s3 import S3Store
 from aioknot._watch import Outcome, ResultWatcher
 from aioknot._worker import (
+    RECORD_MAGIC,
+    RECORD_VALUE,
     encode_error_record,
     encode_group,
     encode_results,
@@ -225,20 +227,25 @@ async def test_a_corrupt_record_fails_only_its_own_inputs(tmp_path: Path) -> Non
         result_key(RUN, 26, 2), encode_group([encode_value_record(i) for i in (1, 2, 3)])
     )
     await store.put(result_key(RUN, 28), encode_error_record(ValueError("boom")))
+    # An intact value whose class this machine cannot import: a TaskError saying so.
+    await store.put(result_key(RUN, 29), RECORD_MAGIC + RECORD_VALUE + b"cno_such_module\nThing\n.")
+    # An error record whose header is valid JSON but not what a worker writes.
+    await store.put(result_key(RUN, 30), RECORD_MAGIC + b"E" + struct.pack("<I", 2) + b"[]")
     got: list[Outcome] = []
     watcher = ResultWatcher(store, RUN, "r", got.extend)
-    watcher.submitted(29)
+    watcher.submitted(31)
     watcher.submission_over()
     with anyio.fail_after(30):
         await watcher.run(NeverOver())  # type: ignore[arg-type]
     by_index = {o.index: o for o in got}
-    assert sorted(by_index) == list(range(29))
+    assert sorted(by_index) == list(range(31))
     corrupt = {
         **{i: result_key(RUN, 0, 10) for i in range(10)},
         20: result_key(RUN, 20),
         **{i: result_key(RUN, 21, 4) for i in range(21, 25)},
         26: result_key(RUN, 26, 2),
         27: result_key(RUN, 26, 2),
+        30: result_key(RUN, 30),
     }
     for i, key in corrupt.items():
         error = by_index[i].error
@@ -247,6 +254,9 @@ async def test_a_corrupt_record_fails_only_its_own_inputs(tmp_path: Path) -> Non
     assert [by_index[i].value for i in [*range(10, 20), 25]] == [*range(10, 20), 25]
     failed = by_index[28].error
     assert isinstance(failed, TaskError) and failed.remote_type == "ValueError"
+    alien = by_index[29].error
+    assert isinstance(alien, TaskError) and alien.remote_type == "ModuleNotFoundError"
+    assert "could not be unpickled on this machine" in str(alien)
 
 
 def test_a_truncated_group_header_is_corrupt_not_a_crash() -> None:
