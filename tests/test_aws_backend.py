@@ -352,12 +352,10 @@ async def test_a_permanent_refusal_is_not_retried(
 ) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", fault_proxy.url)
     denied = fault_proxy.add(Fault(kind="403", service="batch", operation="describejobdefinitions"))
-    started = time.monotonic()
     async with knot() as k:
         with pytest.raises(ConfigurationError, match="AccessDenied"):
             await k.map([1])
     assert denied.injected == 1  # asked once: retrying a refusal only delays the message
-    assert time.monotonic() - started < 60
 
 
 def _submitted(calls: Calls) -> list[tuple[int, int, int]]:
