@@ -3,9 +3,11 @@
 Results come from the store (the run's watcher); Batch is asked only what the store cannot
 tell: which children ended, and how. ``watch`` polls DescribeJobs (100 ids a call) for the jobs
 not yet over, backing off while nothing changes. A rise in an array's FAILED count streams
-ListJobs pages of its FAILED children (up to 1,000 a page): each 100 of them costs one
-DescribeJobs (for what the summaries lack: the log stream and the attempts) and are reported
-lost at once, with Batch's reason, exit code, job id and log stream. A rise in its SUCCEEDED
+ListJobs pages of its FAILED children (up to 1,000 a page) into losses, each with the job id,
+Batch's reason and the exit code from the summary. What summaries lack (the log stream, the
+attempt count) costs one DescribeJobs per 100 children, for the first
+``DESCRIBED_CHILDREN_MAX`` children of each array in each state: a mass failure is one cause
+repeated, and ``run.logs(i)`` finds any child's log on demand. A rise in its SUCCEEDED
 count lists the newly SUCCEEDED children the same way (at most once per ``SUCCEEDED_LIST_SECONDS``
 per page, and once more when the job is over), and reports their inputs too: the watcher drops
 a report for an input whose record exists, so only a child that succeeded without writing one
@@ -44,6 +46,9 @@ LIST_PAGE = 1000  # ListJobs with a jobStatus returns at most 1,000 summaries a 
 FIRST_POLL_SECONDS = 1.0
 MAX_POLL_SECONDS = 30.0
 POLL_BACKOFF = 1.5
+# Children of one array described for their log stream and attempts, per state: beyond this,
+# reports carry what ListJobs says (10,000 failed children cost 10 DescribeJobs, not 100).
+DESCRIBED_CHILDREN_MAX = 1_000
 # Retrying a transient failure: the first pause and the longest (jittered, doubling).
 RETRY_FIRST_SECONDS = 0.5
 RETRY_LONGEST_SECONDS = 30.0
@@ -89,6 +94,7 @@ class _Job:
     failed_children: set[int] = field(default_factory=set)  # reported lost
     succeeded_children: set[int] = field(default_factory=set)  # reported (for the watcher)
     next_succeeded_listing: float = 0.0
+    described: dict[str, int] = field(default_factory=dict)  # children described, by state
     over: bool = False
 
 
@@ -175,7 +181,8 @@ def attempt_count(description: Mapping[str, Any]) -> int | None:
 def needs_description(summary: Mapping[str, Any]) -> bool:
     """Whether a child's ListJobs summary lacks what a report needs. Batch's summaries carry
     the status reason and exit code but never the log stream or the attempts, so in practice
-    every reported child is described, once, in batches of 100."""
+    each reported child is described (up to ``DESCRIBED_CHILDREN_MAX`` an array), once, in
+    batches of 100."""
     container = summary.get("container") or {}
     return not container.get("logStreamName") or "attempts" not in summary
 
@@ -487,7 +494,8 @@ class AwsRun:
 
     async def _report_children(self, job: _Job, shape: JobShape, status: str) -> None:
         """Stream the array's children in ``status`` (FAILED or SUCCEEDED) not yet reported,
-        page by page, each 100 described once and reported at once."""
+        page by page, each 100 reported at once (once described, for the first
+        ``DESCRIBED_CHILDREN_MAX``)."""
         batch = await self._target.client("batch")
         reported = job.failed_children if status == "FAILED" else job.succeeded_children
         arguments: dict[str, Any] = {
@@ -510,8 +518,11 @@ class AwsRun:
                     fresh.append((child_id, child, summary))
             for start in range(0, len(fresh), DESCRIBE_BATCH):
                 chunk = fresh[start : start + DESCRIBE_BATCH]
+                budget = DESCRIBED_CHILDREN_MAX - job.described.get(status, 0)
                 wanted = [child_id for child_id, _, summary in chunk if needs_description(summary)]
+                wanted = wanted[: max(budget, 0)]
                 descriptions = await self._describe(wanted) if wanted else {}
+                job.described[status] = job.described.get(status, 0) + len(wanted)
                 for child_id, child, summary in chunk:
                     if child in reported:
                         continue  # a page repeated by a paging glitch

@@ -295,19 +295,27 @@ async def test_failed_children_stream_page_by_page_with_every_detail() -> None:
         await run.submit([Segment(0, 2_500)], last=True)
         await run.watch()
     assert sorted(listener.losses) == list(range(2_500))
-    loss = listener.losses[1_234]
-    assert loss["job_id"] == f"{PARENT}:1234"
-    assert loss["exit_code"] == 3  # from the summary: moto's description has none
-    assert loss["attempts"] == 1
-    assert loss["log"] == f"defn/default/{PARENT}:1234"
-    assert loss["reason"].startswith(f"AWS Batch job {PARENT}:1234 FAILED")
+    described = _aws_watch.DESCRIBED_CHILDREN_MAX
+    for child in (0, described - 1):
+        loss = listener.losses[child]
+        assert loss["job_id"] == f"{PARENT}:{child}"
+        assert loss["exit_code"] == 3  # from the summary: moto's description has none
+        assert loss["attempts"] == 1
+        assert loss["log"] == f"defn/default/{PARENT}:{child}"
+        assert loss["reason"].startswith(f"AWS Batch job {PARENT}:{child} FAILED")
+    # Beyond the first children described, a report says what ListJobs says.
+    beyond = listener.losses[described]
+    assert beyond["job_id"] == f"{PARENT}:{described}" and beyond["exit_code"] == 3
+    assert beyond["log"] is None and beyond["attempts"] is None
     operations = [name for name, _ in batch.calls]
-    # 3 pages of up to 1,000, each child described once in batches of 100, one poll.
+    # 3 pages of up to 1,000; the described children once each, 100 a call; one poll.
     assert operations.count("list_jobs") == 3
-    assert operations.count("describe_jobs") == 1 + 25
+    assert operations.count("describe_jobs") == 1 + described // 100
     # Each batch of 100 is reported before the next is described: losses stream.
     describes = [seen for name, seen in batch.calls if name == "describe_jobs"][1:]
-    assert describes == [100 * n for n in range(25)]
+    assert describes == [100 * n for n in range(described // 100)]
+    pages = [seen for name, seen in batch.calls if name == "list_jobs"]
+    assert pages == [0, 1_000, 2_000]  # each page reported before the next is listed
     assert "cancel_job" not in operations and "terminate_job" not in operations
 
 
