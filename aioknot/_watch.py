@@ -283,12 +283,14 @@ class ResultWatcher:
         """The outcomes of the unfinished inputs held by one result object. Whatever is wrong
         with the object fails its own inputs only, never the run."""
         finished = self._finished
-        unfinished = [i for i in range(first, first + count) if not finished[i]]
+        # Bounded by what was submitted: a stray key must not index past the run.
+        stop = min(first + count, len(finished))
+        unfinished = [i for i in range(first, stop) if not finished[i]]
         where = f"{self._store.url}/{key}"
         try:
             values = decode_values(data)
-            if values is not None and len(values) != count:
-                raise CorruptRecord(f"it holds {len(values)} values for {count} inputs")
+            if values is not None and (not isinstance(values, list) or len(values) != count):
+                raise CorruptRecord(f"it does not hold the {count} values its key says")
             records = None if values is not None else checked_records(data, count)
         except Exception as error:  # damaged bytes, or a class not importable here
             return [unreadable(i, error, self._run_id, where) for i in unfinished]
