@@ -47,6 +47,10 @@ STORE_OUTAGE_SECONDS = 15.0
 # blip (it waits rand(0, 1) s); anything longer is ours to retry, on the clock above. Few, so
 # that the outage window above stays the bound: 15 s plus a second or so per request.
 BOTOCORE_ATTEMPTS = 2
+# A request that hangs is abandoned and retried like a failed one, rather than holding its
+# slot for botocore's default 60 s (per connect / per read, not for the whole transfer).
+CONNECT_TIMEOUT_SECONDS = 5.0
+READ_TIMEOUT_SECONDS = 20.0
 # Codes that say the credentials themselves are wrong or stale (after the retries above,
 # an expired token is no longer "being refreshed").
 CREDENTIAL_CODES = frozenset(
@@ -285,9 +289,15 @@ class S3Store:
         config = Config(
             max_pool_connections=self._concurrency,
             retries={"max_attempts": BOTOCORE_ATTEMPTS, "mode": "standard"},
+            connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            read_timeout=READ_TIMEOUT_SECONDS,
         )
+        # botocore reads AWS_DEFAULT_REGION, not AWS_REGION; the worker reads both, so do we.
+        region = self.region
+        if region is None and not os.environ.get("AWS_DEFAULT_REGION"):
+            region = os.environ.get("AWS_REGION") or None
         try:
-            session = aioboto3.Session(profile_name=self.profile, region_name=self.region)
+            session = aioboto3.Session(profile_name=self.profile, region_name=region)
             self._client = await self._stack.enter_async_context(
                 session.client("s3", endpoint_url=self.endpoint_url, config=config)
             )

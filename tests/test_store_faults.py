@@ -24,6 +24,7 @@ from infra.fault_proxy import Fault, FaultProxy
 from infra.moto import FAKE_CREDENTIALS, MotoServer
 
 from aioknot import AsyncKnot, ConfigurationError, StoreError, TaskError, TaskLost
+from aioknot import _store_s3 as store_s3
 from aioknot._store_local import LocalStore
 from aioknot._store_s3 import S3Store
 from aioknot._watch import Outcome, ResultWatcher
@@ -143,6 +144,23 @@ async def test_access_denied_is_a_configuration_error_at_once(
     assert "credentials" in message  # says what to check
     # Not retried: one request (botocore does not retry a 403 either).
     assert proxied.faults[("s3", "PUT", "403")] == 1
+
+
+async def test_a_hung_request_is_abandoned_and_retried(
+    proxied: FaultProxy, aws: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_bucket(aws, "faulty")
+    # The real read timeout is 20 s; 1 s keeps the test short, the mechanism is the same.
+    monkeypatch.setattr(store_s3, "READ_TIMEOUT_SECONDS", 1.0)
+    store = await S3Store("s3://faulty/data", endpoint_url=proxied.url).open()
+    try:
+        await store.put("k", b"v")
+        proxied.add(Fault(kind="delay", service="s3", operation="GET", seconds=5.0, times=1))
+        with anyio.fail_after(4):  # well before the hung answer would have come
+            assert await store.get("k") == b"v"
+        assert proxied.faults[("s3", "GET", "delay")] == 1
+    finally:
+        await store.aclose()
 
 
 # -- every stored record counts ---------------------------------------------------------------
