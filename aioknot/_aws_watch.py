@@ -248,12 +248,16 @@ class AwsRun:
 
     # -- every call to AWS -------------------------------------------------------------------
 
-    async def _call(self, doing: str, call: Callable[[], Awaitable[T]]) -> T:
+    async def _call(
+        self, doing: str, call: Callable[[], Awaitable[T]], *, outage: str | None = None
+    ) -> T:
         """``await call()``, retried while it fails transiently and the run's outage (no
         successful call to AWS) has lasted less than ``watch_timeout``; our errors otherwise.
 
         The clock is the run's, not the call's: a poll that fails after an earlier one already
-        failed for ten minutes has five left, whichever call it is.
+        failed for ten minutes has five left, whichever call it is. An outage that outlasts it
+        is `WatchTimeout`, saying that the jobs keep running and how to re-attach, unless
+        ``outage`` says what it means instead (a submission: `KnotError`).
         """
 
         async def attempt() -> T:
@@ -283,18 +287,25 @@ class AwsRun:
             if is_transient(error):
                 now = anyio.current_time()
                 waited = now - (self._failing_since or now)
-                raise self._outage(doing, error, waited) from error
+                raise self._outage(doing, error, waited, outage) from error
             if isinstance(error, AWS_ERRORS):
                 raise translate(error, doing) from error
             raise
 
-    def _outage(self, doing: str, error: BaseException, waited: float) -> WatchTimeout:
+    def _outage(
+        self, doing: str, error: BaseException, waited: float, consequence: str | None
+    ) -> KnotError:
         run_id = self._spec.run_id
-        return WatchTimeout(
+        failed = (
             f"{doing} has failed for {waited:.0f} s (last: {error_summary(error)}); the "
-            f"watch_timeout is {self._target.watch_timeout:g} s. Nothing was cancelled: AWS "
-            f"Batch keeps running the run's jobs and their results keep being stored. Once "
-            f'AWS answers again, re-attach with `await knot.attach("{run_id}")`.',
+            f"watch_timeout is {self._target.watch_timeout:g} s. "
+        )
+        if consequence is not None:
+            return KnotError(failed + consequence)
+        return WatchTimeout(
+            failed + "Nothing was cancelled: AWS Batch keeps running the run's jobs and their "
+            "results keep being stored. Once AWS answers again, re-attach with "
+            f'`await knot.attach("{run_id}")`.',
             run_id=run_id,
         )
 
@@ -351,10 +362,11 @@ class AwsRun:
                 raise
             return str(response["jobId"])
 
-        inputs = f"inputs {shape.first} to {shape.stop - 1}"
         job_id = await self._call(
-            f"submitting job {name} ({inputs}, not submitted yet) of run {self._spec.run_id}",
+            f"submitting job {name} of run {self._spec.run_id}",
             once,
+            outage=f"Inputs {shape.first} on were not submitted; the jobs submitted before "
+            "keep running.",
         )
         self._jobs.append(_Job(job_id, shape))
         self._wake.set()
@@ -586,6 +598,7 @@ class AwsRun:
             await self._call(
                 f"stopping job {job_id} of run {self._spec.run_id}",
                 functools.partial(getattr(batch, name), jobId=job_id, reason=CANCEL_REASON),
+                outage="The job may still be running: cancel the run again once AWS answers.",
             )
 
         async with task_group() as group:  # the first failure raised as itself

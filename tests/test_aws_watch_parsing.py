@@ -380,3 +380,14 @@ async def test_a_sustained_outage_ends_the_watch_with_watch_timeout() -> None:
     assert f'await knot.attach("{SPEC.run_id}")' in message and "Nothing was cancelled" in message
     assert listener.losses == {}
     assert not any(name in ("cancel_job", "terminate_job") for name, _ in batch.calls)
+
+
+async def test_a_submission_outage_says_which_inputs_were_not_submitted() -> None:
+    batch = PagedBatch(10)
+    batch.fail_next = [_error("TooManyRequestsException", 429)] * 10_000
+    async with paged_run(batch, watch_timeout=0.3) as (run, _):
+        with pytest.raises(KnotError, match="Inputs 0 on were not submitted") as caught:
+            await run.submit([Segment(0, 10)], last=True)
+    assert not isinstance(caught.value, WatchTimeout)  # nothing to re-attach for them
+    assert isinstance(caught.value.__cause__, ClientError)
+    assert run.job_ids == []
