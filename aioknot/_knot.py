@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import anyio
 import anyio.abc
 
+from . import _host
 from ._backend import Backend, EndedRun, RunSpec, Segment
 from ._dockerfile import ImageSpec
 from ._exceptions import ConfigurationError, KnotError
@@ -101,7 +102,11 @@ class AsyncKnot(Generic[R]):
         self._stored_functions: set[str] = set()
         self._prepared = anyio.Event()
         self._prepare_error: BaseException | None = None
-        self._preparing: anyio.CancelScope | None = None  # clobber() stops preparation by it
+        self._preparing: anyio.CancelScope | None = None
+        # The knot's host task (see _host): opened, asked to close, done; and what failed.
+        self._opened = self._closing = self._host_done = anyio.Event()
+        self._open_error: BaseException | None = None
+        self._close_error: BaseException | None = None  # clobber() stops preparation by it
         self._runs: weakref.WeakSet[Run[Any]] = weakref.WeakSet()  # to cancel on close
 
     @property
@@ -129,25 +134,54 @@ class AsyncKnot(Generic[R]):
                 "create a new AsyncKnot to run again"
             )
         self._state = _State.OPENED
+        self._opened, self._closing, self._host_done = anyio.Event(), anyio.Event(), anyio.Event()
+        _host.spawn(self._host)
         try:
-            self._store = await self._open_store()
-            self._exit_stack.push_async_callback(self._store.aclose)
-            self._backend = self._make_backend()
-            self._exit_stack.push_async_callback(self._backend.aclose)
-            self._group = await self._exit_stack.enter_async_context(task_group())
-            # Runs first on exit: stop every watcher and worker before the group is awaited.
-            self._exit_stack.callback(self._group.cancel_scope.cancel)
-            start = getattr(self._backend, "start", None)
-            if start is not None:
-                start(self._group)
-            # Made here, inside the loop; clobber() may cancel it before the task even starts.
-            self._preparing = anyio.CancelScope()
-            self._group.start_soon(self._prepare)
-        except BaseException:
+            await self._opened.wait()
+        except BaseException:  # cancelled while opening: the host closes what it opened
             self._state = _State.CLOSED
-            await self._exit_stack.aclose()
+            self._closing.set()
+            with anyio.CancelScope(shield=True):
+                await self._host_done.wait()
             raise
+        if self._open_error is not None:
+            self._state = _State.CLOSED
+            raise self._open_error
         return self
+
+    async def _host(self) -> None:
+        """The knot's own task: opens the store, the backend and the task group, keeps them
+        until the knot closes (from whichever task), then closes them in the same task."""
+        try:
+            try:
+                self._store = await self._open_store()
+                self._exit_stack.push_async_callback(self._store.aclose)
+                self._backend = self._make_backend()
+                self._exit_stack.push_async_callback(self._backend.aclose)
+                self._group = await self._exit_stack.enter_async_context(task_group())
+                # Runs first on exit: stop every watcher and worker before the group is awaited.
+                self._exit_stack.callback(self._group.cancel_scope.cancel)
+                start = getattr(self._backend, "start", None)
+                if start is not None:
+                    start(self._group)
+                # clobber() may cancel it before the task even starts.
+                self._preparing = anyio.CancelScope()
+                self._group.start_soon(self._prepare)
+            except BaseException as error:
+                self._open_error = error
+                self._opened.set()
+                await self._exit_stack.aclose()
+                return
+            self._opened.set()
+            await self._closing.wait()
+            # Not shielded: a cancel scope here would not nest with the task group's. Nobody
+            # cancels this task but the event loop's own shutdown.
+            await self._exit_stack.aclose()
+        except BaseException as error:  # closing failed: aclose() raises it
+            self._close_error = error
+        finally:
+            self._opened.set()
+            self._host_done.set()
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
@@ -157,16 +191,22 @@ class AsyncKnot(Generic[R]):
 
         ``amap`` runs and local runs are cancelled (their readers get ``TaskLost``); a ``map``
         run on a backend whose jobs go on without the client (Batch) keeps running, to be
-        re-attached, and its readers get a ``KnotError`` that says so.
+        re-attached, and its readers get a ``KnotError`` that says so. It may be called from
+        another task than the one that opened the knot (a notebook's next cell).
         """
-        if self._state is _State.CLOSED:
+        if self._state is not _State.OPENED:
+            self._state = _State.CLOSED
             return
         self._state = _State.CLOSED
         try:
             await self._settle_runs_on_close()
         finally:
             # Whatever happened above, the task group, the workers and the clients close.
-            await self._exit_stack.aclose()
+            self._closing.set()
+            with anyio.CancelScope(shield=True):
+                await self._host_done.wait()
+        if self._close_error is not None:
+            raise self._close_error
 
     async def _settle_runs_on_close(self) -> None:
         """Cancel the runs whose work belongs to this knot; leave the others running."""
@@ -485,11 +525,16 @@ class AsyncKnot(Generic[R]):
         With the AWS backend it also deregisters the knot's job definitions, and with
         ``environment=True`` deletes the environment stack (refused while other knots use it,
         unless ``force=True``), with ``images=True`` its images. It first stops the knot's
-        own background preparation and its runs, and never creates anything.
+        own background preparation and its runs, and never creates anything. After
+        ``environment=True`` the default bucket may be gone too (it is deleted when empty):
+        open a new knot to run again.
         Returns the number of stored objects deleted.
         """
         store, backend, _ = self._check_open()
         await self._stop_preparing()
+        check = getattr(backend, "check_environment_unused", None)
+        if environment and not force and check is not None:
+            await check()  # refuses (and so deletes nothing) while other knots use it
         for run in list(self._runs):
             await run.cancel()
         deleted = await store.delete_prefix(knot_prefix(self.name) + "/")

@@ -120,13 +120,13 @@ def instrument() -> None:
 
     aiodocker.docker.Docker._do_query = counting_query  # type: ignore[method-assign]
 
-    original_exists = _aws_image.image_exists
+    original_digest = _aws_image.image_digest
 
-    async def counting_exists(*args: Any, **kwargs: Any) -> bool:
+    async def counting_digest(*args: Any, **kwargs: Any) -> str | None:
         METER.registry_lookups += 1
-        return await original_exists(*args, **kwargs)
+        return await original_digest(*args, **kwargs)
 
-    _aws_image.image_exists = counting_exists  # type: ignore[assignment]
+    _aws_image.image_digest = counting_digest  # type: ignore[assignment]
     backend = _aws_backend.AwsBackend
     backend._ensure_environment = timed("stacks", backend._ensure_environment)  # type: ignore[method-assign]
     backend._ensure_knot_stack = timed("stacks", backend._ensure_knot_stack)  # type: ignore[method-assign]

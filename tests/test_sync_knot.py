@@ -301,12 +301,15 @@ print("exiting with the map still running", flush=True)
 def test_a_knot_never_closed_leaks_nothing(tmp_path: Path) -> None:
     """The one-liner `Knot(f).map(xs).result()` in a loop leaves no worker, thread or file."""
     script = LEAK_SCRIPT.format(tests=str(Path(__file__).parent))
+    private = tmp_path / "tmp"
+    private.mkdir()
     done = subprocess.run(
         [sys.executable, "-c", script],
         capture_output=True,
         text=True,
         timeout=110,
-        env={**os.environ, "AIOKNOT_HOME": str(tmp_path / "home")},
+        # A temp dir of its own: other processes' worker files must not count.
+        env={**os.environ, "AIOKNOT_HOME": str(tmp_path / "home"), "TMPDIR": str(private)},
     )
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""  # silently: no "cannot join current thread", no tracebacks
