@@ -1,0 +1,78 @@
+"""examples/fastapi_app.py under a real uvicorn on 127.0.0.1, 50 concurrent requests by httpx."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import httpx
+from helpers.processes import worker_processes
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _primes_below(n: int) -> int:
+    return sum(1 for k in range(2, n) if all(k % d for d in range(2, int(k**0.5) + 1)))
+
+
+async def _fifty_requests(base: str) -> None:
+    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+        with anyio.fail_after(30):
+            while True:
+                try:
+                    await client.get("/primes", params={"below": 10, "parts": 1})
+                    break
+                except httpx.TransportError:
+                    await anyio.sleep(0.1)
+        answers: dict[int, dict[str, int]] = {}
+
+        async def ask(i: int) -> None:
+            below = 1_000 + 10 * i
+            response = await client.get("/primes", params={"below": below, "parts": 4})
+            response.raise_for_status()
+            answers[i] = response.json()
+
+        async with anyio.create_task_group() as group:
+            for i in range(50):
+                group.start_soon(ask, i)
+        for i in range(50):
+            below = 1_000 + 10 * i
+            assert answers[i] == {"below": below, "primes": _primes_below(below)}
+        streamed = await client.get("/primes/stream", params={"below": 2_000, "parts": 5})
+        assert sum(int(line) for line in streamed.text.split()) == _primes_below(2_000)
+
+
+def test_fifty_concurrent_requests_fan_out(tmp_path: Path) -> None:
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "examples.fastapi_app:app", "--port", str(port)],
+        cwd=ROOT,
+        env={**os.environ, "AIOKNOT_HOME": str(tmp_path / "home"), "AIOKNOT_BACKEND": "local"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        anyio.run(_fifty_requests, f"http://127.0.0.1:{port}")
+        workers = worker_processes(server.pid)
+        assert workers  # the app's knot runs its tasks in worker processes of its own
+    finally:
+        server.send_signal(signal.SIGINT)  # uvicorn shuts down: the lifespan closes the knot
+        output = server.communicate(timeout=60)[0].decode()
+    assert server.returncode == 0, output
+    assert "Traceback" not in output, output
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in workers):
+        time.sleep(0.05)
+    assert not [p for p in workers if os.path.exists(f"/proc/{p}")]
