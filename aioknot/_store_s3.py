@@ -43,9 +43,10 @@ DEFAULT_CONCURRENCY = 32
 # between two polls (up to 5 s) when the outage starts, and the last attempt takes its time
 # (measured: a permanent 500 reported after 26 s with a 20 s window, hence 15 s).
 STORE_OUTAGE_SECONDS = 15.0
-# botocore's own attempts per request (the first included): one quick retry of a single
-# blip (it waits rand(0, 1) s); anything longer is ours to retry, on the clock above. Few, so
-# that the outage window above stays the bound: 15 s plus a second or so per request.
+# botocore's own attempts per request, the first included: one quick retry of a single blip
+# (it waits rand(0, 1) s); anything longer is ours to retry, on the clock above. Few, so that
+# the outage window stays the bound: 15 s plus a second or so per request. (botocore's
+# ``max_attempts`` counts retries, not attempts: ``total_max_attempts`` is the one meant.)
 BOTOCORE_ATTEMPTS = 2
 # A request that hangs is abandoned and retried like a failed one, rather than holding its
 # slot for botocore's default 60 s (per connect / per read, not for the whole transfer).
@@ -288,7 +289,7 @@ class S3Store:
     async def open(self) -> S3Store:
         config = Config(
             max_pool_connections=self._concurrency,
-            retries={"max_attempts": BOTOCORE_ATTEMPTS, "mode": "standard"},
+            retries={"total_max_attempts": BOTOCORE_ATTEMPTS, "mode": "standard"},
             connect_timeout=CONNECT_TIMEOUT_SECONDS,
             read_timeout=READ_TIMEOUT_SECONDS,
         )
