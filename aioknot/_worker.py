@@ -256,8 +256,10 @@ class FileStore:
 # then the worker's own jittered retries for this long since a call's first failure. A blip
 # or a burst of 503s costs time, never a result; a longer outage fails the inputs affected,
 # each with the reason, and the client decides what the run does.
-STORE_ATTEMPTS = 10
+STORE_ATTEMPTS = 3
 STORE_GIVE_UP_SECONDS = 120.0
+STORE_CONNECT_TIMEOUT_SECONDS = 5.0
+STORE_READ_TIMEOUT_SECONDS = 20.0
 # The codes and statuses that say "not now" rather than "no" (aioknot._retry has the same
 # list; the worker cannot import it).
 _TRANSIENT_CODES = frozenset(
@@ -361,6 +363,9 @@ class S3Store:
         session = boto3.Session(profile_name=env.get("AIOKNOT_PROFILE") or None)
         config = Config(
             retries={"mode": "standard", "max_attempts": STORE_ATTEMPTS},
+            # A request that hangs is abandoned and retried (botocore waits 60 s by default).
+            connect_timeout=STORE_CONNECT_TIMEOUT_SECONDS,
+            read_timeout=STORE_READ_TIMEOUT_SECONDS,
             # The worker writes from two threads (the flusher and the main one).
             max_pool_connections=4,
         )
@@ -470,6 +475,10 @@ class Worker:
         self._functions: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
         self._flusher = _Flusher(self._lock)
+        # Seconds the last chunk spent in its inputs (unpickling and the function), not in
+        # the store: what sizes the next chunks. A store's latency is paid once per chunk, so
+        # counting it per input would make chunks smaller exactly when they should be bigger.
+        self.computing_seconds = 0.0
 
     def store(self, url: str, environment: Mapping[str, str] | None = None) -> WorkerStore:
         key = (url, tuple(sorted(environment.items())) if environment is not None else ())
@@ -510,6 +519,7 @@ class Worker:
         """
         store = self.store(store_url, environment)
         lock = self._lock
+        self.computing_seconds = 0.0
         # Results of inputs first..first+len-1 not yet written. Values are pickled when they
         # are written (within ~40 ms), as a process pool pickles a chunk's results at its end.
         pending: list[tuple[bool, Any]] = []
@@ -595,6 +605,7 @@ class Worker:
                 except BaseException as error:  # KeyboardInterrupt too: the user's code raised
                     result = (False, encode_error_record(error))
                 finished = time.perf_counter()
+                self.computing_seconds += finished - began
                 with lock:
                     if not pending:
                         opened = began
@@ -694,7 +705,8 @@ def serve(progress_path: str | None = None) -> int:
     Reports on the original stdout, one line each: ``ready``; ``done <first> <count>`` per
     written object; ``failed <first> <count> <reason>`` for inputs whose record could not be
     written or whose input could not be read; ``chunk <seconds> <end>`` when a chunk is over,
-    ``end`` being where it stopped (its ``stop``, or where the backend took the rest back).
+    ``seconds`` being the time its inputs took (``Worker.computing_seconds``) and ``end`` where
+    it stopped (its ``stop``, or where the backend took the rest back).
 
     ``progress_path`` names a file shared with the parent (``PROGRESS_*``): the index of the
     input running now, written before each input (a memory store, not a syscall), so that
@@ -737,7 +749,6 @@ def serve(progress_path: str | None = None) -> int:
     channel.write("ready\n")
     for line in tasks:
         task = json.loads(line)
-        began = time.perf_counter()
         end = worker.run_chunk(
             store_url=task["store"],
             run=task["run"],
@@ -753,7 +764,7 @@ def serve(progress_path: str | None = None) -> int:
             stop_at=stop_at if progress is not None else None,
         )
         report_start(-1)
-        channel.write(f"chunk {time.perf_counter() - began:.6f} {end}\n")
+        channel.write(f"chunk {worker.computing_seconds:.6f} {end}\n")
     return 0
 
 

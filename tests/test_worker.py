@@ -7,6 +7,8 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -167,8 +169,6 @@ def test_a_function_that_cannot_be_loaded_gives_every_input_the_reason(tmp_path:
 
 
 def test_results_of_a_group_with_an_error_or_an_unpicklable_value_are_records() -> None:
-    import threading
-
     from aioknot._worker import encode_results
 
     try:
@@ -182,3 +182,206 @@ def test_results_of_a_group_with_an_error_or_an_unpicklable_value_are_records() 
     assert records[1][1][0]["type"] == "OSError"
     assert "input 12 cannot be pickled" in records[2][1][0]["message"]
     assert decode_values(encode_results(0, [(True, None), (True, "x")])) == [None, "x"]
+
+
+# -- the store as the client uses it; transient faults; hung inputs; failed writes -----------
+
+
+def test_the_s3_store_takes_endpoint_region_and_profile_from_the_chunk(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import botocore.exceptions
+
+    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    (tmp_path / "config").write_text("[profile chosen]\nregion = eu-west-3\n")
+    environment = {
+        "AIOKNOT_ENDPOINT_URL": "http://127.0.0.1:9",
+        "AIOKNOT_REGION": "ap-south-1",
+        "AIOKNOT_PROFILE": "chosen",
+    }
+    store = _worker.S3Store("s3://bucket/prefix", environment)
+    assert store.client.meta.endpoint_url == "http://127.0.0.1:9"
+    assert store.client.meta.region_name == "ap-south-1"  # the option wins over the profile's
+    del environment["AIOKNOT_REGION"]
+    assert _worker.S3Store("s3://b", environment).client.meta.region_name == "eu-west-3"
+    with pytest.raises(botocore.exceptions.ProfileNotFound):
+        _worker.S3Store("s3://b", {"AIOKNOT_PROFILE": "not-configured"})
+    # Without a chunk environment (a Batch child) the process's own variables say it.
+    monkeypatch.setenv("AIOKNOT_ENDPOINT_URL", "http://127.0.0.1:8")
+    monkeypatch.setenv("AWS_REGION", "sa-east-1")  # botocore alone ignores AWS_REGION
+    store = _worker.S3Store("s3://b")
+    assert store.client.meta.endpoint_url == "http://127.0.0.1:8"
+    assert store.client.meta.region_name == "sa-east-1"
+
+
+def _client_error(code: str, status: int) -> Exception:
+    from botocore.exceptions import ClientError
+
+    response = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+    return ClientError(response, "PutObject")  # type: ignore[arg-type]
+
+
+def test_transient_store_errors_are_told_from_real_ones() -> None:
+    import errno
+
+    from botocore.exceptions import ConnectionClosedError, EndpointConnectionError
+
+    assert _worker.is_transient(_client_error("SlowDown", 503))
+    assert _worker.is_transient(_client_error("InternalError", 500))
+    assert _worker.is_transient(_client_error("Whatever", 502))
+    assert _worker.is_transient(EndpointConnectionError(endpoint_url="http://x"))
+    assert _worker.is_transient(ConnectionClosedError(endpoint_url="http://x"))
+    assert _worker.is_transient(ConnectionResetError())
+    assert not _worker.is_transient(_client_error("AccessDenied", 403))
+    assert not _worker.is_transient(_client_error("NoSuchBucket", 404))
+    assert not _worker.is_transient(OSError(errno.ENOSPC, "No space left on device"))
+
+
+def test_transient_failures_are_retried_and_real_ones_raised_at_once() -> None:
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise _client_error("SlowDown", 503)
+        return "ok"
+
+    assert _worker.retry_transient(flaky) == "ok" and len(calls) == 3
+
+    def denied() -> None:
+        calls.append(1)
+        raise _client_error("AccessDenied", 403)
+
+    calls.clear()
+    with pytest.raises(Exception, match="AccessDenied"):
+        _worker.retry_transient(denied)
+    assert len(calls) == 1
+
+    def down() -> None:
+        raise _client_error("ServiceUnavailable", 503)
+
+    with pytest.raises(Exception, match="ServiceUnavailable"):
+        _worker.retry_transient(down, give_up_after=0.5)  # an outage ends, with its error
+
+
+def _hangs_on_three(x: tuple[int, str]) -> int:
+    index, release = x
+    if index == 3:
+        while not os.path.exists(release):
+            time.sleep(0.005)
+    return index
+
+
+def test_a_finished_record_is_written_while_the_next_input_hangs_and_the_rest_can_be_taken_back(
+    tmp_path: Path,
+) -> None:
+    store = FileStore(str(tmp_path))
+    run, release = "knots/k/runs/r3", str(tmp_path / "release")
+    store.write("knots/k/functions/f.pkl", pickle_function(_hangs_on_three).data)
+    store.write(segment_key(run, 0), pack_segment([pickle.dumps((i, release)) for i in range(8)]))
+    done: list[tuple[int, int]] = []
+    started: list[int] = []
+    limit = [8]
+    ended: list[int] = []
+    worker = _worker.Worker()
+    thread = threading.Thread(
+        target=lambda: ended.append(
+            worker.run_chunk(
+                store_url=f"file://{tmp_path}",
+                run=run,
+                function_key="knots/k/functions/f.pkl",
+                segment_first=0,
+                start=0,
+                stop=8,
+                starmap=False,
+                on_done=lambda first, count: done.append((first, count)),
+                on_start=started.append,
+                on_failed=lambda first, count, reason: pytest.fail(reason),
+                stop_at=lambda: limit[0],
+            )
+        )
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while sum(count for _, count in done) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # Inputs 0-2 are written and reported although input 3 has not finished.
+        assert sorted(i for first, count in done for i in range(first, first + count)) == [
+            0,
+            1,
+            2,
+        ]
+        assert started[-1] == 3
+        limit[0] = 4  # the backend takes back inputs 4-7
+    finally:
+        Path(release).touch()
+        thread.join(30)
+    assert ended == [4]
+    assert sorted(i for first, count in done for i in range(first, first + count)) == [0, 1, 2, 3]
+    assert started[-1] == -1  # it announced input 4, saw the limit, and took it back
+    assert len(os.listdir(tmp_path / run / "results")) == len(done)
+
+
+def test_a_record_that_cannot_be_written_is_reported_and_the_chunk_goes_on(
+    tmp_path: Path,
+) -> None:
+    store = FileStore(str(tmp_path))
+    run = "knots/k/runs/r4"
+    store.write("knots/k/functions/f.pkl", pickle_function(_double).data)
+    store.write(segment_key(run, 0), pack_segment([pickle.dumps(i) for i in range(5)]))
+    (tmp_path / run / "results").write_text("a file where the results directory should be")
+    failed: list[tuple[int, int, str]] = []
+    end = _worker.Worker().run_chunk(
+        store_url=f"file://{tmp_path}",
+        run=run,
+        function_key="knots/k/functions/f.pkl",
+        segment_first=0,
+        start=0,
+        stop=5,
+        starmap=False,
+        on_failed=lambda first, count, reason: failed.append((first, count, reason)),
+    )
+    assert end == 5
+    assert sorted(i for first, count, _ in failed for i in range(first, first + count)) == [
+        0,
+        1,
+        2,
+        3,
+        4,
+    ]
+    for _, _, reason in failed:
+        assert "could not write its result" in reason and f"file://{tmp_path}" in reason
+        assert "\n" not in reason
+
+
+def test_no_space_left_is_said_plainly() -> None:
+    import errno
+
+    error = OSError(errno.ENOSPC, "No space left on device")
+    reason = _worker.store_failure(error, "file:///data/aioknot", "write its result")
+    assert reason.startswith("no space left on device") and "file:///data/aioknot" in reason
+
+
+def test_batch_mode_reports_a_record_it_cannot_write_and_exits_1(tmp_path: Path) -> None:
+    store = FileStore(str(tmp_path))
+    run = "knots/k/runs/r5"
+    store.write("knots/k/functions/f.pkl", pickle_function(_double).data)
+    store.write(segment_key(run, 0), pack_segment([pickle.dumps(i) for i in range(2)]))
+    (tmp_path / run / "results").write_text("not a directory")
+    environment = {
+        **os.environ,
+        "AIOKNOT_STORE": f"file://{tmp_path}",
+        "AIOKNOT_RUN": run,
+        "AIOKNOT_FUNCTION": "knots/k/functions/f.pkl",
+        "AIOKNOT_SEGMENTS": "0:2",
+        "AIOKNOT_CHUNK": "2",
+        "AWS_BATCH_JOB_ID": "parent-job:0",
+    }
+    result = subprocess.run(
+        [sys.executable, _worker.__file__], env=environment, capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert "inputs 0..1" in result.stderr and "could not write its result" in result.stderr
