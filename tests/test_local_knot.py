@@ -432,3 +432,26 @@ async def test_attaching_in_the_same_process_a_run_that_was_cancelled(
             values = await attached.gather(return_exceptions=True)
     assert values[0] == 0.0
     assert all(isinstance(v, TaskLost) and "cancelled" in v.reason for v in values[1:])
+
+
+async def test_tiny_tasks_on_an_s3_store_travel_in_large_chunks(
+    aws: object, fault_proxy: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks are sized by the inputs' own time: the store's latency, paid once per chunk,
+    must not shrink them (it did: one input per chunk, three requests per result)."""
+    import aioboto3
+    from infra.fault_proxy import FaultProxy
+
+    assert isinstance(fault_proxy, FaultProxy)
+    monkeypatch.delenv("AWS_ENDPOINT_URL")  # every request goes through the counting proxy
+    async with aioboto3.Session().client("s3", endpoint_url=fault_proxy.url) as s3:
+        await s3.create_bucket(Bucket="tiny-tasks")
+    fault_proxy.reset_counts()
+    count = 2_000
+    async with AsyncKnot(
+        square, backend="local", bucket="s3://tiny-tasks/w", endpoint_url=fault_proxy.url
+    ) as knot:
+        run = await knot.map(range(count))
+        assert await run.gather() == [x * x for x in range(count)]
+    requests = sum(fault_proxy.counts.values())
+    assert requests < count / 10, fault_proxy.counts
