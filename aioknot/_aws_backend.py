@@ -32,6 +32,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import os
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -45,6 +46,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ._aws_errors import aws_errors, error_code, translate
 from ._aws_image import (
     ImageSettings,
+    check_buildable,
     ecr_host,
     image_settings,
     plan_image,
@@ -129,15 +131,19 @@ def knot_aws_options(options: KnotOptions) -> AwsOptions:
 
 
 def _session(options: KnotOptions) -> tuple[aioboto3.Session, str]:
+    # botocore reads AWS_DEFAULT_REGION and the profile but not AWS_REGION (the variable the
+    # newer SDKs and the CLI document): it is read here, so that both work as promised.
+    region_name = options.region or os.environ.get("AWS_REGION") or None
     try:
-        session = make_session(options.profile, options.region)
+        session = make_session(options.profile, region_name)
     except BotoCoreError as error:  # e.g. a profile that does not exist
         raise translate(error, "opening the AWS session") from error
     region = session.region_name
     if not region:
         raise ConfigurationError(
-            "backend='aws' needs a region: set AWS_REGION (or AWS_DEFAULT_REGION), add one to "
-            "your profile in ~/.aws/config, or pass region='us-east-1' (say)"
+            "backend='aws' needs a region and none is set: pass region='us-east-1' (say), or "
+            "set AWS_REGION or AWS_DEFAULT_REGION, or add region = ... to your profile in "
+            "~/.aws/config"
         )
     return session, str(region)
 
@@ -149,12 +155,26 @@ async def caller_account(session: aioboto3.Session, endpoint_url: str | None) ->
     return str(identity["Account"])
 
 
-async def open_aws_store(knot: str, options: KnotOptions) -> S3Store:
-    """The knot's S3 store, opened; the default bucket is created when missing."""
+async def open_aws_store(
+    knot: str, options: KnotOptions, image_spec: ImageSpec | None = None
+) -> S3Store:
+    """The knot's S3 store, opened; the default bucket is created when missing.
+
+    Before the bucket (the first thing a knot may create), an image that must be built
+    needs a Docker engine that answers: checked here, so that nothing exists if not.
+    """
     knot_aws_options(options)
-    image_settings(options.aws)  # bad image options fail here, before any request
+    settings = image_settings(options.aws)  # bad image options fail here, before any request
     session, region = _session(options)
     account = await caller_account(session, options.endpoint_url)
+
+    async with contextlib.AsyncExitStack() as clients:
+
+        async def ecr() -> Any:
+            client = session.client("ecr", endpoint_url=options.endpoint_url, config=CLIENT_CONFIG)
+            return await clients.enter_async_context(client)
+
+        await check_buildable(settings, image_spec, ecr=ecr, account=account, region=region)
     default = options.bucket is None
     location = options.bucket or default_bucket_name(account, region)
     store = S3Store(

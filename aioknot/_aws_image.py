@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._dockerfile import ImageSpec, make_image_spec
-from ._exceptions import ConfigurationError
+from ._exceptions import ConfigurationError, ImageBuildError
 from ._image_builder import (
     DEFAULT_REPOSITORY,
     Registry,
@@ -181,6 +181,37 @@ async def plan_image(
         replace=digest is not None and ecr_client is not None,
         ecr_client=ecr_client,
     )
+
+
+async def check_buildable(
+    settings: ImageSettings,
+    spec: ImageSpec | None,
+    *,
+    ecr: Callable[[], Any],
+    account: str,
+    region: str,
+) -> None:
+    """Before anything is created: raise ImageBuildError if the image must be built and no
+    Docker engine answers. The engine is asked first (one local request); only when it is
+    down is the registry asked whether the image is there already (then none is needed)."""
+    if spec is None:
+        return  # a prebuilt image=
+    try:
+        await check_engine(settings.docker_host)
+        return
+    except ImageBuildError:
+        registry = settings.registry
+        ecr_client = None
+        if registry is None:
+            ecr_client = await ecr()
+            registry = Registry(
+                host=ecr_host(account, region), repository=DEFAULT_REPOSITORY, ecr=True
+            )
+        if (
+            settings.rebuild
+            or await image_digest(registry, spec.tag, ecr_client=ecr_client) is None
+        ):
+            raise
 
 
 async def produce_image(

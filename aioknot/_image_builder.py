@@ -224,25 +224,36 @@ async def check_engine(docker_host: str | None = None, *, timeout: float = ENGIN
     ``/version`` request), so a caller can run it before creating any cloud resource.
     """
     async with _engine(docker_host) as docker:
-        await _check_engine_client(docker, timeout)
+        await _check_engine_client(docker, timeout, docker_host)
 
 
-async def _check_engine_client(docker: Any, timeout: float = ENGINE_TIMEOUT) -> None:
+def engine_address(docker_host: str | None) -> str:
+    """The engine address in force, as the user configured it (aiodocker itself calls every
+    unix socket "unix://localhost", which names nothing the user can check)."""
+    if docker_host:
+        return docker_host
+    if os.environ.get("DOCKER_HOST"):
+        return f"{os.environ['DOCKER_HOST']} (from DOCKER_HOST)"
+    return "unix:///var/run/docker.sock (the default; DOCKER_HOST is not set)"
+
+
+async def _check_engine_client(
+    docker: Any, timeout: float = ENGINE_TIMEOUT, docker_host: str | None = None
+) -> None:
     import aiohttp
 
     aiodocker = _aiodocker()
+    where = engine_address(docker_host)
     try:
         await asyncio.wait_for(docker.version(), timeout)
     except asyncio.TimeoutError as error:
         raise ImageBuildError(
-            f"the Docker engine at {docker.docker_host} did not answer within "
-            f"{timeout:g} s. {_NO_ENGINE_ADVICE}"
+            f"the Docker engine at {where} did not answer within {timeout:g} s. {_NO_ENGINE_ADVICE}"
         ) from error
     except (aiodocker.DockerError, aiohttp.ClientError, OSError) as error:
         message = getattr(error, "message", None) or repr(error)
         raise ImageBuildError(
-            f"no Docker engine is reachable at {docker.docker_host} ({message}). "
-            f"{_NO_ENGINE_ADVICE}"
+            f"no Docker engine is reachable at {where} ({message}). {_NO_ENGINE_ADVICE}"
         ) from error
 
 
@@ -546,7 +557,7 @@ async def build_and_push(
     async with _engine(docker_host) as docker:
         started = time.monotonic()
         if nocache or not await _has_local_image(docker, uri):
-            await _check_engine_client(docker)
+            await _check_engine_client(docker, docker_host=docker_host)
             log(f"building {uri} from {spec.base_image} for {platform}")
             await _build(docker, spec, uri, log, nocache=nocache, platform=platform)
             built = time.monotonic()

@@ -235,7 +235,7 @@ class AsyncKnot(Generic[R]):
         if options.backend == "aws":
             from ._aws_backend import open_aws_store
 
-            return await open_aws_store(self.name, options)
+            return await open_aws_store(self.name, options, self._image_spec)
         if options.bucket is not None:
             from ._store_s3 import S3Store
 
