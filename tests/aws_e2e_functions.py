@@ -8,6 +8,7 @@ module's own imports (pytest, aioknot) must not end up in the image.
 from __future__ import annotations
 
 import math
+import os
 
 
 def hypotenuse(pair: tuple[float, float]) -> float:
@@ -18,3 +19,9 @@ def refuse_three(x: int) -> int:
     if x == 3:
         raise ValueError(f"three is right out (got {x})")
     return int(math.pow(x, 2))
+
+
+def exit_on_three(x: int) -> int:
+    if x == 3:
+        os._exit(3)  # the process dies at once: no record, no traceback, exit code 3
+    return x * x

@@ -10,7 +10,9 @@ credentials endpoint, whose address Batch puts in ``AWS_CONTAINER_CREDENTIALS_RE
 moto's Batch has no such agent, so this test runs one: a loopback HTTP server answering the
 endpoint's JSON with moto's test credentials, named by ``AWS_CONTAINER_CREDENTIALS_FULL_URI``
 in the knot's ``env=``. That is the same botocore path a real job takes, and no credential
-ever travels in an environment variable (the options refuse them).
+ever travels in an environment variable. The options refuse that variable from users (it would
+point a job at another role's credentials); the test lifts the refusal for it alone, standing
+in for the agent that sets it on AWS (`agent_variable_allowed`).
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ from typing import Any
 
 import anyio
 import pytest
-from aws_e2e_functions import hypotenuse, refuse_three
+from aws_e2e_functions import exit_on_three, hypotenuse, refuse_three
 from infra.containers import ContainerStack
 from infra.moto import FAKE_CREDENTIALS, MotoServer, start_moto_server, stop_moto_server
 
 import aioknot
-from aioknot import _aws_stack, _aws_watch
+from aioknot import _aws_options, _aws_stack, _aws_watch
 from aioknot._aws_image import image_settings, image_spec
 from aioknot._pickling import pickle_function
 
@@ -71,6 +73,14 @@ def job_role_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture
+def agent_variable_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ECS agent sets AWS_CONTAINER_CREDENTIALS_* on AWS; moto has no agent, so the test
+    passes the stand-in endpoint through ``env=``, which refuses the variable from users."""
+    allowed = _aws_options.CREDENTIAL_VARIABLES - {"AWS_CONTAINER_CREDENTIALS_FULL_URI"}
+    monkeypatch.setattr(_aws_options, "CREDENTIAL_VARIABLES", allowed)
+
+
+@pytest.fixture
 def batch_moto(
     container_stack: ContainerStack, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[MotoServer]:
@@ -107,7 +117,10 @@ def knot_options(stack: ContainerStack, repository: str, credentials: str) -> di
 
 
 async def test_real_containers_end_to_end(
-    batch_moto: MotoServer, container_stack: ContainerStack, job_role_endpoint: str
+    batch_moto: MotoServer,
+    container_stack: ContainerStack,
+    job_role_endpoint: str,
+    agent_variable_allowed: None,
 ) -> None:
     # A fresh repository: the first knot must build and push, whatever earlier runs left.
     repository = f"aioknot-e2e-{uuid.uuid4().hex[:8]}"
@@ -137,8 +150,8 @@ async def test_real_containers_end_to_end(
     async with aioknot.AsyncKnot(
         refuse_three, name="e2e-refuse", progress=second_log.append, **options
     ) as knot:
-        run = await knot.map([1, 2, 3, 4])
-        outcomes = await run.gather(return_exceptions=True)
+        refused = await knot.map([1, 2, 3, 4])
+        outcomes = await refused.gather(return_exceptions=True)
     assert outcomes[:2] == [1, 4] and outcomes[3] == 16
     error = outcomes[2]
     assert isinstance(error, aioknot.TaskError) and error.index == 2
@@ -156,6 +169,30 @@ async def test_real_containers_end_to_end(
         assert sync_knot.map([5, 6]).result(timeout=300) == [25, 36]
         with pytest.raises(aioknot.TaskError, match="three is right out"):
             sync_knot.map([3]).result(timeout=300)
+
+
+async def test_a_process_that_exits_is_lost_with_its_exit_code(
+    batch_moto: MotoServer,
+    container_stack: ContainerStack,
+    job_role_endpoint: str,
+    agent_variable_allowed: None,
+) -> None:
+    """An input whose process exits with code 3: Batch fails its child (a real container that
+    really exited 3), and its TaskLost says so. moto's DescribeJobs has no exit code; its
+    ListJobs summary does, from the container, and the watcher reads it there."""
+    options = knot_options(container_stack, "aioknot-e2e-exit", job_role_endpoint)
+    async with aioknot.AsyncKnot(exit_on_three, name="e2e-exit", **options) as knot:
+        exiting = await knot.map([2, 3])
+        exited = await exiting.gather(return_exceptions=True)
+        assert exiting.backend_run is not None
+        job_ids = list(exiting.backend_run.job_ids)
+    assert exited[0] == 4
+    lost = exited[1]
+    assert isinstance(lost, aioknot.TaskLost) and lost.index == 1, exited
+    assert lost.exit_code == 3, lost
+    assert lost.job_id == f"{job_ids[0]}:1"
+    assert lost.attempts is not None and lost.attempts >= 1
+    assert lost.log is not None and "FAILED" in lost.reason
 
 
 def test_an_added_import_makes_a_new_image_tag(tmp_path: Any, monkeypatch: Any) -> None:
