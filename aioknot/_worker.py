@@ -11,8 +11,8 @@ Two ways to run it:
   (``AIOKNOT_*`` below); the array index comes from ``AWS_BATCH_JOB_ARRAY_INDEX``, else the
   ``:<i>`` suffix of ``AWS_BATCH_JOB_ID`` (moto sets only the latter).
 * ``python aioknot_worker.py --serve`` (the local backend): reads one JSON task chunk per line
-  on stdin, and reports ``done <first> <count>`` per written object and ``chunk <seconds>`` per
-  chunk on the original stdout; the user's prints go to stderr so they cannot corrupt it.
+  on stdin (with the store's settings: endpoint, region, profile), and reports on the original
+  stdout (``serve`` lists the lines); the user's prints go to stderr so they cannot corrupt it.
 
 Data layout (relative to the store's root; DESIGN.md):
     <run>/inputs/<first index:09d>         a segment: many pickled inputs behind an offset table
@@ -21,7 +21,13 @@ Data layout (relative to the store's root; DESIGN.md):
 
 A record is written as soon as its input finishes. Inputs that finish within a few
 milliseconds of each other (tiny tasks) share one object: one write instead of hundreds, which
-is what makes 10,000 tiny tasks cheap; an input that takes a while gets its own object at once.
+is what makes 10,000 tiny tasks cheap; an input that takes a while gets its own object at once,
+and records that wait in a group are written by a flusher thread if the next input runs long.
+
+What can go wrong in the store is handled here, not by dying: S3 calls are retried while they
+fail transiently (botocore's standard mode, then jittered retries of our own); an input whose
+record cannot be written (a full disk, a refusal) is reported with the reason and the chunk
+goes on, so one bad disk costs one clear ``TaskLost`` per input, not a crash per input.
 """
 
 from __future__ import annotations
