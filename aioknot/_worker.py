@@ -409,6 +409,10 @@ def open_store(url: str, environment: Mapping[str, str] | None = None) -> Worker
     raise ValueError(f"unknown store URL {url!r}")
 
 
+# A reason is one line of the channel, which the backend reads in lines of at most 64 KiB.
+MAX_REASON = 2_000
+
+
 def store_failure(error: BaseException, store_url: str, what: str) -> str:
     """One line that says why ``what`` failed in the store, for the inputs' ``TaskLost``."""
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -417,7 +421,8 @@ def store_failure(error: BaseException, store_url: str, what: str) -> str:
     else:
         detail = f"{type(error).__name__}: {error}"
         text = f"the worker could not {what} in the store {store_url}: {detail}"
-    return " ".join(text.split())  # one line: it travels on the worker's channel
+    text = " ".join(text.split())  # one line: it travels on the worker's channel
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
 
 
 # ---------------------------------------------------------------------------------------------
