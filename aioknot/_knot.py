@@ -13,6 +13,7 @@ import enum
 import json
 import logging
 import math
+import time
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -49,6 +50,9 @@ Inputs = Iterable[Any] | AsyncIterable[Any]
 # Closing a knot waits at most this long for each run it cancels (a store or control plane
 # that is down must not hold the user's program up).
 CLOSE_CANCEL_SECONDS = 10.0
+# A knot open for days looks again whether its function is stored: the bucket's lifecycle
+# rule (retention_days, at least 1) may have expired it.
+FUNCTION_RECHECK_SECONDS = 6 * 3600.0
 
 
 class _State(enum.Enum):
@@ -99,7 +103,7 @@ class AsyncKnot(Generic[R]):
         self._backend: Backend | None = None
         # Functions by key (with kwargs bound, or not), and which of them the store has.
         self._functions: dict[str, PickledFunction] = {}
-        self._stored_functions: set[str] = set()
+        self._stored_functions: dict[str, float] = {}  # key -> when last seen stored
         self._prepared = anyio.Event()
         self._prepare_error: BaseException | None = None
         self._preparing: anyio.CancelScope | None = None
@@ -342,12 +346,13 @@ class AsyncKnot(Generic[R]):
         return pickle_function(self.func, kwargs)
 
     async def _store_function(self, store: Store, key: str) -> None:
-        if key in self._stored_functions:
+        checked = self._stored_functions.get(key)
+        if checked is not None and time.monotonic() - checked < FUNCTION_RECHECK_SECONDS:
             return
         (exists,) = await store.exists_many([key])
         if not exists:  # content-addressed: an unchanged function is stored once
             await store.put(key, self._functions[key].data)
-        self._stored_functions.add(key)
+        self._stored_functions[key] = time.monotonic()
 
     async def _submit(self, run: Run[R], inputs: Inputs) -> None:
         """Store the inputs segment by segment, submitting each as soon as it is stored.
