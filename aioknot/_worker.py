@@ -258,11 +258,17 @@ class FileStore:
             raise
 
 
-# Transient S3 failures: botocore's standard retry mode first (this many attempts per call),
-# then the worker's own jittered retries for this long since a call's first failure. A blip
-# or a burst of 503s costs time, never a result; a longer outage fails the inputs affected,
-# each with the reason, and the client decides what the run does.
-STORE_ATTEMPTS = 3
+# Transient S3 failures are retried by the worker's own jittered backoff, for this long since
+# a call's first failure: a blip or a burst of 503s costs time, never a result; a longer outage
+# fails the inputs affected, each with the reason, and the client decides what the run does.
+# botocore's standard mode makes STORE_ATTEMPTS attempts per call under it, but its backoff
+# (up to 1 s, then 2 s, not configurable) made each fault cost ~0.6 s of a chunk's critical
+# path: 15% faulty requests cut throughput to a third. Ours waits ~50 ms after a 5xx or a
+# dropped connection, ~0.5 s after throttling (where waiting is the point), doubling to 5 s.
+STORE_ATTEMPTS = 1
+FIRST_PAUSE_SECONDS = 0.05
+FIRST_THROTTLED_PAUSE_SECONDS = 0.5
+LONGEST_PAUSE_SECONDS = 5.0
 STORE_GIVE_UP_SECONDS = 120.0
 STORE_CONNECT_TIMEOUT_SECONDS = 5.0
 STORE_READ_TIMEOUT_SECONDS = 20.0
@@ -294,6 +300,18 @@ _TRANSIENT_CODES = frozenset(
     }
 )
 _TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+_THROTTLING_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "SlowDown",
+    }
+)
 # botocore's and urllib3's connection-level errors, told by name so that the worker needs no
 # import beyond boto3 (their classes live in botocore and urllib3).
 _TRANSIENT_CLASSES = frozenset(
@@ -321,11 +339,19 @@ def is_transient(error: BaseException) -> bool:
     return any(cls.__name__ in _TRANSIENT_CLASSES for cls in type(error).__mro__)
 
 
+def _throttled(error: BaseException) -> bool:
+    response = getattr(error, "response", None)
+    if not isinstance(response, dict):
+        return False
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return str(response.get("Error", {}).get("Code", "")) in _THROTTLING_CODES or status == 429
+
+
 def retry_transient(call: Callable[[], Any], give_up_after: float = STORE_GIVE_UP_SECONDS) -> Any:
     """``call()``, retried with jittered backoff while it fails transiently, for at most
     ``give_up_after`` seconds since its first failure; then the last error is raised."""
     failing_since: float | None = None
-    delay = 0.2
+    delay = 0.0
     while True:
         try:
             return call()
@@ -335,12 +361,13 @@ def retry_transient(call: Callable[[], Any], give_up_after: float = STORE_GIVE_U
             now = time.monotonic()
             if failing_since is None:
                 failing_since = now
+            throttled = FIRST_THROTTLED_PAUSE_SECONDS if _throttled(error) else 0.0
+            delay = min(max(delay * 2, FIRST_PAUSE_SECONDS, throttled), LONGEST_PAUSE_SECONDS)
             # Jittered: the workers that failed together must not retry together.
             pause = random.uniform(delay / 2, delay)
             if now - failing_since + pause > give_up_after:
                 raise
         time.sleep(pause)
-        delay = min(delay * 2, 5.0)
 
 
 class S3Store:
