@@ -5,6 +5,7 @@ processes, a real tmpfs, real SIGKILLs, a real moto server behind a real proxy."
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -204,6 +205,27 @@ async def test_closing_the_knot_kills_what_finished_functions_left_running(
         assert all(running(pid) for pid in children)  # the functions returned, they live on
     assert await wait_until_gone(children) == []
     assert await anyio.to_thread.run_sync(wait_for_no_workers, os.getpid(), 5.0) == []
+
+
+def starts_a_child_then_dies(x: tuple[int, str]) -> int:
+    index, pids = x
+    if index == 1:
+        starts_a_child((index, pids, 0.0))
+        os.kill(os.getpid(), signal.SIGKILL)  # the worker dies; its child must not live on
+    return index
+
+
+async def test_a_worker_that_dies_takes_the_processes_its_function_started_with_it(
+    tmp_path: Path,
+) -> None:
+    async with AsyncKnot(starts_a_child_then_dies, backend="local", workers=2) as knot:
+        run = await knot.map([(i, str(tmp_path)) for i in range(4)])
+        values = await run.gather(return_exceptions=True)
+        (child,) = await read_pids(tmp_path, 1)
+        # Still inside the knot: the group was killed when its worker was found dead.
+        assert await wait_until_gone([child]) == []
+    assert isinstance(values[1], TaskLost) and "SIGKILL" in values[1].reason
+    assert [v for i, v in enumerate(values) if i != 1] == [0, 2, 3]
 
 
 # -- the store's settings reach the workers; transient S3 faults lose nothing ----------------
