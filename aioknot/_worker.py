@@ -37,6 +37,7 @@ import json
 import os
 import pickle
 import random
+import signal
 import struct
 import sys
 import threading
@@ -783,27 +784,62 @@ def serve(progress_path: str | None = None) -> int:
     def report_failed(first: int, count: int, reason: str) -> None:
         channel.write(f"failed {first} {count} {reason}\n")
 
+    _watch_parent(os.getppid(), progress_path)
     worker = Worker()
-    channel.write("ready\n")
-    for line in tasks:
-        task = json.loads(line)
-        end = worker.run_chunk(
-            store_url=task["store"],
-            run=task["run"],
-            function_key=task["function"],
-            segment_first=task["segment"],
-            start=task["start"],
-            stop=task["stop"],
-            starmap=task["starmap"],
-            environment=task.get("env"),
-            on_done=report_done,
-            on_start=report_start,
-            on_failed=report_failed,
-            stop_at=stop_at if progress is not None else None,
-        )
-        report_start(-1)
-        channel.write(f"chunk {worker.computing_seconds:.6f} {end}\n")
+    try:
+        channel.write("ready\n")
+        for line in tasks:
+            task = json.loads(line)
+            end = worker.run_chunk(
+                store_url=task["store"],
+                run=task["run"],
+                function_key=task["function"],
+                segment_first=task["segment"],
+                start=task["start"],
+                stop=task["stop"],
+                starmap=task["starmap"],
+                environment=task.get("env"),
+                on_done=report_done,
+                on_start=report_start,
+                on_failed=report_failed,
+                stop_at=stop_at if progress is not None else None,
+            )
+            report_start(-1)
+            channel.write(f"chunk {worker.computing_seconds:.6f} {end}\n")
+    except BrokenPipeError:
+        # The client is gone: nobody is left to report to. Quietly: point the channel at
+        # nothing so that its flush at exit raises nothing either.
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, channel.fileno())
+        os.close(null)
     return 0
+
+
+PARENT_POLL_SECONDS = 0.5
+
+
+def _watch_parent(parent: int, progress_path: str | None) -> None:
+    """End this worker, its function's processes and its file when its client dies.
+
+    The client removes the progress file and stops the worker's process group when it closes;
+    a client that was killed (SIGKILL, a crashed notebook) can do neither, and a worker
+    busy in a long input would not notice its closed stdin until that input ends.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_SECONDS)
+        if progress_path is not None:
+            try:
+                os.unlink(progress_path)
+            except OSError:
+                pass
+        try:
+            os.killpg(os.getpgrp(), signal.SIGKILL)  # the worker leads its own group
+        except OSError:
+            os._exit(0)
+
+    threading.Thread(target=watch, name="aioknot parent watch", daemon=True).start()
 
 
 def _argument(name: str) -> str | None:

@@ -344,3 +344,47 @@ def _alive(pid: int) -> bool:
             return file.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+KILLED_CLIENT_SCRIPT = r"""
+import os, sys, time
+import aioknot
+
+def sleepy(path):
+    with open(path, "w") as file:
+        file.write(str(os.getpid()))
+    time.sleep(120)
+
+knot = aioknot.Knot(sleepy, workers=2)
+future = knot.map([os.path.join({pids!r}, f"pid{{i}}") for i in range(2)])
+print("mapped", flush=True)
+time.sleep(120)
+"""
+
+
+def test_workers_of_a_killed_client_exit_quietly_and_remove_their_files(tmp_path: Path) -> None:
+    pids, private = tmp_path / "pids", tmp_path / "tmp"
+    pids.mkdir()
+    private.mkdir()
+    client = subprocess.Popen(
+        [sys.executable, "-c", KILLED_CLIENT_SCRIPT.format(pids=str(pids))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "AIOKNOT_HOME": str(tmp_path / "home"), "TMPDIR": str(private)},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(pids.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = [int(path.read_text()) for path in pids.iterdir()]
+        assert len(workers) == 2
+        assert list(private.glob("aioknot-worker-*"))  # their progress files, while they run
+    finally:
+        client.kill()  # as a crashed notebook dies: no close, no atexit
+        _, stderr = client.communicate(timeout=30)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.05)
+    assert not [pid for pid in workers if _alive(pid)]
+    assert list(private.glob("aioknot-worker-*")) == []
+    assert b"Traceback" not in stderr
