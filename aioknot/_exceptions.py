@@ -190,7 +190,7 @@ class StackError(KnotError):
 
 
 class WatchTimeout(KnotError, TimeoutError):
-    """Watching a run saw no successful answer from the backend or the store for too long.
+    """Watching a run saw no successful answer from the backend (Batch) for ``watch_timeout``.
 
     Nothing was cancelled: the run's jobs keep running and its results keep being stored.
     ``run_id`` names the run to re-attach (``await knot.attach(run_id)``) once the service

@@ -122,7 +122,8 @@ class Executor(concurrent.futures.Executor):
                 future.set_exception(error)
             return
         with self._lock:
-            self._sent.append(run)
+            # Only runs still going are kept: a long-lived executor sends many batches.
+            self._sent = [sent for sent in self._sent if not sent.done()] + [run]
         run.add_done_callback(lambda done: _settle_the_rest(futures, done))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -133,14 +134,12 @@ class Executor(concurrent.futures.Executor):
                     future.cancel()
         self._flush()  # what is left goes now, not after the timer
         if wait:
-            with self._lock:
-                sent = list(self._sent)
-            concurrent.futures.wait(sent)
-            self._knot.close()
+            self._close_when_done()
         else:
             threading.Thread(target=self._close_when_done, daemon=True).start()
 
     def _close_when_done(self) -> None:
+        """Wait for every run sent, then close the knot (its loop and workers)."""
         with self._lock:
             sent = list(self._sent)
         concurrent.futures.wait(sent)

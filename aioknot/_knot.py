@@ -106,11 +106,12 @@ class AsyncKnot(Generic[R]):
         self._stored_functions: dict[str, float] = {}  # key -> when last seen stored
         self._prepared = anyio.Event()
         self._prepare_error: BaseException | None = None
-        self._preparing: anyio.CancelScope | None = None
-        # The knot's host task (see _host): opened, asked to close, done; and what failed.
+        self._preparing: anyio.CancelScope | None = None  # clobber() stops preparation by it
+        # The knot's host task (see _host): opened, asked to close, done (made anew when the
+        # knot opens, on its loop); and what failed opening or closing.
         self._opened = self._closing = self._host_done = anyio.Event()
         self._open_error: BaseException | None = None
-        self._close_error: BaseException | None = None  # clobber() stops preparation by it
+        self._close_error: BaseException | None = None
         self._runs: weakref.WeakSet[Run[Any]] = weakref.WeakSet()  # to cancel on close
 
     @property

@@ -25,7 +25,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -270,9 +270,6 @@ class Knot(Generic[R]):
             )
         return self._loop.open()
 
-    def _call(self, func: Callable[..., Any], *args: Any) -> Any:
-        return self._open().call(func, *args)
-
     # -- the API -------------------------------------------------------------------------
 
     def map(
@@ -289,22 +286,42 @@ class Knot(Generic[R]):
         ``return_exceptions`` (then it stands in the list in place of the value). ``kwargs``
         are keyword arguments given to every call. Cancelling the future cancels the run.
         """
+
+        async def start() -> Run[R]:
+            return await self._async.map(
+                inputs, starmap=starmap, return_exceptions=return_exceptions, kwargs=kwargs
+            )
+
+        async def gather(run: Run[R]) -> list[R]:
+            return await run.gather()
+
+        return self._start_job("map", start, gather)
+
+    def _start_job(
+        self,
+        what: str,
+        start: Callable[[], Awaitable[Run[Any]]],
+        finish: Callable[[Run[Any]], Awaitable[T]],
+    ) -> concurrent.futures.Future[T]:
+        """Start a run on the knot's loop and ``finish`` it there; a ``Job`` tracks it.
+
+        The run is cancelled when the job ends: a cancelled future, a failure raised, or the
+        loop stopping. ``start`` refers to ``self`` (it calls the knot), on purpose: a running
+        job keeps its knot, and so its loop and workers, alive, so that
+        ``Knot(f).map(xs).result()`` works with the knot dropped.
+        """
         portal = self._open()
         runs: list[Run[Any]] = []  # the task may start before the Job exists: hand the run over
 
-        async def map_and_gather() -> list[Any]:
-            # Refers to self on purpose: a running map keeps its knot (and so its loop and
-            # workers) alive, so `Knot(f).map(xs).result()` works with the knot dropped.
-            run = await self._async.map(
-                inputs, starmap=starmap, return_exceptions=return_exceptions, kwargs=kwargs
-            )
+        async def job() -> T:
+            run = await start()
             runs.append(run)
             try:
-                return await run.gather()
+                return await finish(run)
             finally:
-                await run.cancel()  # the future was cancelled (or the loop stops): so is the run
+                await run.cancel()
 
-        future = portal.start_task_soon(map_and_gather, name=f"aioknot map of {self.name}")
+        future = portal.start_task_soon(job, name=f"aioknot {what} of {self.name}")
         self.jobs.append(Job(self.name, future, runs, portal))
         return future
 
@@ -314,21 +331,15 @@ class Knot(Generic[R]):
         """A map whose every ``(index, value or TaskFailure)`` is handed to ``on_result`` as
         it completes, on the knot's thread (for ``Executor``: each future settles at once).
         Cancelling the returned future cancels the run."""
-        portal = self._open()
-        runs: list[Run[Any]] = []
 
-        async def map_each() -> None:
-            run = await self._async.map(inputs, return_exceptions=True)
-            runs.append(run)
-            try:
-                async for index, value in run.items():
-                    on_result(index, value)
-            finally:
-                await run.cancel()
+        async def start() -> Run[Any]:
+            return await self._async.map(inputs, return_exceptions=True)
 
-        future = portal.start_task_soon(map_each, name=f"aioknot calls of {self.name}")
-        self.jobs.append(Job(self.name, future, runs, portal))
-        return future
+        async def each(run: Run[Any]) -> None:
+            async for index, value in run.items():
+                on_result(index, value)
+
+        return self._start_job("calls", start, each)
 
     def imap(
         self,
@@ -376,23 +387,15 @@ class Knot(Generic[R]):
 
     def submit(self, *args: Any, **kwargs: Any) -> concurrent.futures.Future[R]:
         """One call ``func(*args, **kwargs)`` on the backend; a ``Future`` of its value."""
-        portal = self._open()
-        runs: list[Run[Any]] = []
 
-        async def call_once() -> Any:
-            run = await self._async.map([args], starmap=True, kwargs=kwargs)
-            runs.append(run)
-            try:
-                (value,) = await run.gather()
-                return value
-            finally:
-                await run.cancel()
+        async def start() -> Run[R]:
+            return await self._async.map([args], starmap=True, kwargs=kwargs)
 
-        future: concurrent.futures.Future[Any] = portal.start_task_soon(
-            call_once, name=f"aioknot call of {self.name}"
-        )
-        self.jobs.append(Job(self.name, future, runs, portal))
-        return future
+        async def value(run: Run[R]) -> R:
+            (only,) = await run.gather()
+            return only
+
+        return self._start_job("call", start, value)
 
     def view_jobs(self) -> None:
         """Print one line per job: id, name, status and finished/total inputs."""
