@@ -13,7 +13,8 @@ revision matches. A repeat knot therefore costs one DescribeStacks, one
 DescribeJobDefinitions and one image lookup, and creates nothing.
 
 Preparing rides out transient AWS failures (throttling, 5xx, resets) beyond botocore's own
-retries: every step is idempotent, so it is simply done again, for up to five minutes.
+retries: every step is idempotent, so it is simply done again, for up to five minutes (or
+``watch_timeout=``, if shorter).
 
 `AwsBackend.clobber` only deletes, never creates (it never prepares the knot). With
 ``environment=True`` it first refuses, naming them, while other knots' ACTIVE job
@@ -94,7 +95,7 @@ from ._dockerfile import ImageSpec
 from ._exceptions import ConfigurationError, KnotError
 from ._names import knot_prefix
 from ._options import KnotOptions
-from ._retry import backoff_delays, is_transient
+from ._retry import is_transient, retry_transient
 from ._store import Store
 from ._store_s3 import S3Store
 from ._tasks import concurrently
@@ -320,28 +321,29 @@ class AwsBackend:
     async def _prepare_riding_out_blips(self) -> None:
         """`_prepare`, again while it fails because AWS failed transiently (throttling, 5xx,
         a reset, credentials being refreshed: the translated error's cause says so), on top
-        of botocore's own retries, for up to `PREPARE_OUTAGE_SECONDS`.
+        of botocore's own retries, for up to `PREPARE_OUTAGE_SECONDS` (or ``watch_timeout``
+        if shorter).
 
         Every step is idempotent (a stack is found, or waited for, before it is created; a
         definition is found by its hash before it is registered), so a retry repeats only
         what did not happen; a lost RegisterJobDefinition answer costs one spare revision.
         """
-        failing_since: float | None = None
-        give_up_after = min(PREPARE_OUTAGE_SECONDS, self.watch_timeout)
-        for delay in backoff_delays(PREPARE_FIRST_DELAY, PREPARE_LONGEST_DELAY):
-            try:
-                await self._prepare()
-                return
-            except KnotError as error:
-                cause = error.__cause__
-                if cause is None or not is_transient(cause):
-                    raise
-                now = anyio.current_time()
-                failing_since = now if failing_since is None else failing_since
-                if now - failing_since + delay > give_up_after:
-                    raise
-                self._report(f"preparing knot {self.knot} failed for now ({error}); retrying")
-            await anyio.sleep(delay)
+
+        def aws_failed_for_now(error: Exception) -> bool:
+            cause = error.__cause__
+            return isinstance(error, KnotError) and cause is not None and is_transient(cause)
+
+        def report(error: Exception) -> None:
+            self._report(f"preparing knot {self.knot} failed for now ({error}); retrying")
+
+        await retry_transient(
+            self._prepare,
+            give_up_after=min(PREPARE_OUTAGE_SECONDS, self.watch_timeout),
+            first=PREPARE_FIRST_DELAY,
+            longest=PREPARE_LONGEST_DELAY,
+            transient=aws_failed_for_now,
+            on_retry=report,
+        )
 
     async def _prepare(self) -> None:
         plan = await plan_image(

@@ -27,10 +27,8 @@ CREDENTIAL_ERRORS = frozenset(
         "UnrecognizedClientException",
     }
 )
-# Batch answers too many requests with these; they are worth waiting out.
-THROTTLING_ERRORS = frozenset(
-    {"TooManyRequestsException", "ThrottlingException", "Throttling", "RequestLimitExceeded"}
-)
+# What botocore raises for a request that failed: caught and translated at this boundary.
+AWS_ERRORS = (ClientError, BotoCoreError, ResponseParserError)
 
 
 def error_code(error: ClientError) -> str:
@@ -39,10 +37,6 @@ def error_code(error: ClientError) -> str:
 
 def error_message(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Message", "")) or str(error)
-
-
-def is_throttling(error: BaseException) -> bool:
-    return isinstance(error, ClientError) and error_code(error) in THROTTLING_ERRORS
 
 
 def error_summary(error: BaseException) -> str:
@@ -92,5 +86,5 @@ def aws_errors(doing: str, failure: type[KnotError] = KnotError) -> Iterator[Non
         yield
     # An endpoint that answers a failure in the wrong protocol (moto, for a resource it
     # refuses) surfaces as ResponseParserError, which is no BotoCoreError.
-    except (ClientError, BotoCoreError, ResponseParserError) as error:
+    except AWS_ERRORS as error:
         raise translate(error, doing, failure) from error

@@ -1,9 +1,11 @@
 """The AWS backend's image step: which worker image a knot runs, and whether it must be built.
 
-`image_settings` validates the image options without any I/O. `plan_image` decides, with one
-registry or ECR request, whether the content-tagged image exists; when it does not, it checks
-that a Docker engine answers *before* the caller creates any AWS resource. `produce_image`
-then builds and pushes (or does nothing) and returns the URI a job definition names.
+`image_settings` validates the image options without any I/O. `check_buildable` runs before
+the knot creates anything (its bucket first): an image that must be built needs a Docker
+engine that answers. `plan_image` decides, with one registry or ECR request, whether the
+content-tagged image exists (and checks the engine again when it must be built).
+`produce_image` then builds and pushes (or does nothing) and returns the URI a job definition
+names.
 """
 
 from __future__ import annotations
@@ -159,13 +161,9 @@ async def plan_image(
     if spec is None:
         assert settings.image is not None
         return ImagePlan(None, None, settings.image, build=False)
-    registry = settings.registry
-    ecr_client = None
-    if registry is None:
-        ecr_client = await ecr()
-        # Looked up before logging in: an existing image needs no login, and the login would
-        # create the repository, which must wait until we know the engine answers.
-        registry = Registry(host=ecr_host(account, region), repository=DEFAULT_REPOSITORY, ecr=True)
+    # Looked up before logging in: an existing image needs no login, and the login would
+    # create the repository, which must wait until we know the engine answers.
+    registry, ecr_client = await _registry(settings, ecr, account, region)
     # One request either way; the digest pins the job definition to exactly this image.
     digest = await image_digest(registry, spec.tag, ecr_client=ecr_client)
     if digest is not None and not settings.rebuild:
@@ -200,24 +198,28 @@ async def check_buildable(
         await check_engine(settings.docker_host)
         return
     except ImageBuildError:
-        registry = settings.registry
-        ecr_client = None
-        if registry is None:
-            ecr_client = await ecr()
-            registry = Registry(
-                host=ecr_host(account, region), repository=DEFAULT_REPOSITORY, ecr=True
-            )
-        if (
-            settings.rebuild
-            or await image_digest(registry, spec.tag, ecr_client=ecr_client) is None
-        ):
+        if settings.rebuild:
             raise
+        registry, ecr_client = await _registry(settings, ecr, account, region)
+        if await image_digest(registry, spec.tag, ecr_client=ecr_client) is None:
+            raise
+
+
+async def _registry(
+    settings: ImageSettings, ecr: Callable[[], Any], account: str, region: str
+) -> tuple[Registry, Any]:
+    """Where the image lives: ``registry=``, or the account's ECR (with its client)."""
+    if settings.registry is not None:
+        return settings.registry, None
+    registry = Registry(host=ecr_host(account, region), repository=DEFAULT_REPOSITORY, ecr=True)
+    return registry, await ecr()
 
 
 async def produce_image(
     plan: ImagePlan, settings: ImageSettings, progress: Callable[[str], None] | None
 ) -> str:
-    """Build and push the planned image if it must be; the URI (by digest) either way."""
+    """Build and push the planned image if it must be; the URI to run: by digest when the
+    registry said it (a prebuilt ``image=`` stays as the user named it)."""
     if not plan.build:
         if progress is not None and plan.spec is not None:
             progress(f"image {plan.uri} is already in the registry; nothing to build")

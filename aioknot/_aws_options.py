@@ -94,8 +94,8 @@ CREDENTIAL_VARIABLES = frozenset(
         "AWS_CONFIG_FILE",
     }
 )
-# Batch passes at most this many secrets to a container (the job definition's limit is far
-# higher; this keeps the execution role's policy well under IAM's size limit).
+# aioknot's own cap on secrets= (Batch takes more): it keeps the execution role's policy,
+# which names each ARN, well under IAM's size limit.
 MAX_SECRETS = 100
 
 _ENVIRONMENT = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,31}$")

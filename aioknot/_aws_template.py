@@ -2,11 +2,11 @@
 
 - The **environment stack** (``aioknot-<environment>``), shared by every knot of that
   environment: a Batch service role, the instance role and profile (EC2, SPOT) or the job
-  execution role (FARGATE, FARGATE_SPOT), an optional launch template for the root volume, a
-  security group without ingress, the VPC (the default one, its subnets passed as parameters,
-  or a new one with public subnets and an internet gateway), the compute environment and the
-  job queue. EC2 instances start from a launch template that requires IMDSv2 with a hop limit
-  of 1, so that a job's container cannot borrow the instance role.
+  execution role (FARGATE, FARGATE_SPOT), a launch template (EC2, SPOT: IMDSv2, and the root
+  volume's size when given), a security group without ingress, the VPC (the default one, its
+  subnets passed as parameters, or a new one with public subnets and an internet gateway),
+  the compute environment and the job queue. The launch template requires IMDSv2 with a hop
+  limit of 1, so that a job's container cannot borrow the instance role.
 - The **knot stack** (``aioknot-knot-<knot>``): the knot's job role, which may read and write
   (never delete) only the knot's prefix of the bucket, and, when the knot has ``secrets``, an
   execution role that may read exactly those secrets and parameters. It is separate because

@@ -29,14 +29,13 @@ from typing import Any, Protocol, TypeVar
 
 import anyio
 import anyio.abc
-from botocore.exceptions import BotoCoreError, ClientError
-from botocore.parsers import ResponseParserError
+from botocore.exceptions import ClientError
 
-from ._aws_errors import error_code, error_summary, is_throttling, translate
+from ._aws_errors import AWS_ERRORS, error_code, error_summary, translate
 from ._aws_jobs import LOG_GROUP, JobBatcher, JobShape, submit_request
 from ._backend import RunSpec, Segment, TaskListener
 from ._exceptions import KnotError, WatchTimeout
-from ._retry import is_transient, retry_transient
+from ._retry import is_throttling, is_transient, retry_transient
 from ._tasks import task_group
 
 T = TypeVar("T")
@@ -65,8 +64,6 @@ TERMINAL = frozenset({"SUCCEEDED", "FAILED"})
 QUEUED = ("SUBMITTED", "PENDING", "RUNNABLE")
 RUNNING = ("STARTING", "RUNNING")
 CANCEL_REASON = "cancelled by aioknot (run.cancel)"
-# botocore's errors, and the one an endpoint answering in the wrong protocol gives (not one).
-AWS_ERRORS = (ClientError, BotoCoreError, ResponseParserError)
 
 
 class BatchTarget(Protocol):
@@ -176,15 +173,6 @@ def attempt_count(description: Mapping[str, Any]) -> int | None:
     """How many attempts Batch made (0: it never started); None when not described."""
     attempts = description.get("attempts")
     return len(attempts) if isinstance(attempts, list) else None
-
-
-def needs_description(summary: Mapping[str, Any]) -> bool:
-    """Whether a child's ListJobs summary lacks what a report needs. Batch's summaries carry
-    the status reason and exit code but never the log stream or the attempts, so in practice
-    each reported child is described (up to ``DESCRIBED_CHILDREN_MAX`` an array), once, in
-    batches of 100."""
-    container = summary.get("container") or {}
-    return not container.get("logStreamName") or "attempts" not in summary
 
 
 def status_counts(jobs: Iterable[tuple[JobShape | None, str, Mapping[str, int]]]) -> dict[str, int]:
@@ -531,13 +519,14 @@ class AwsRun:
             for start in range(0, len(fresh), DESCRIBE_BATCH):
                 chunk = fresh[start : start + DESCRIBE_BATCH]
                 budget = DESCRIBED_CHILDREN_MAX - job.described.get(status, 0)
-                wanted = [child_id for child_id, _, summary in chunk if needs_description(summary)]
-                wanted = wanted[: max(budget, 0)]
+                # Summaries carry the reason and exit code, never the log stream or the
+                # attempts: each reported child is described (up to the budget), once.
+                wanted = [child_id for child_id, _, _ in chunk][: max(budget, 0)]
                 descriptions = await self._describe(wanted) if wanted else {}
                 job.described[status] = job.described.get(status, 0) + len(wanted)
                 for child_id, child, summary in chunk:
                     if child in reported:
-                        continue  # a page repeated by a paging glitch
+                        continue  # listed twice within one page
                     inputs = shape.child_inputs(child)
                     description = descriptions.get(child_id, {})
                     self._report(inputs.start, inputs.stop, child_id, description, summary, status)

@@ -20,8 +20,8 @@ import contextlib
 import io
 import ipaddress
 import logging
+import math
 import os
-import random
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 from ._dockerfile import ImageSpec, build_context
 from ._exceptions import ConfigurationError, ImageBuildError
+from ._retry import backoff_delays
 
 logger = logging.getLogger("aioknot")
 
@@ -399,8 +400,9 @@ async def ecr_registry_login(
     except ClientError as error:
         raise ImageBuildError(
             f"cannot prepare ECR repository {repository!r}: {error}. The credentials need "
-            "ecr:DescribeRepositories, ecr:CreateRepository, ecr:GetAuthorizationToken and "
-            "the push permissions"
+            "ecr:DescribeRepositories, ecr:CreateRepository, ecr:ListTagsForResource, "
+            "ecr:PutImageTagMutability, ecr:PutImageScanningConfiguration, "
+            "ecr:GetAuthorizationToken and the push permissions"
         ) from error
     except BotoCoreError as error:
         raise ImageBuildError(f"cannot reach ECR for repository {repository!r}: {error}") from error
@@ -447,7 +449,9 @@ async def untag_ecr_image(ecr_client: Any, repository: str, tag: str) -> None:
         await ecr_client.batch_delete_image(repositoryName=repository, imageIds=[{"imageTag": tag}])
     except (ClientError, BotoCoreError) as error:
         raise ImageBuildError(
-            f"cannot remove {repository}:{tag} from ECR to rebuild it: {error}"
+            f"cannot remove {repository}:{tag} from ECR to rebuild it (its tags are "
+            f"immutable): {error}. The credentials need ecr:BatchDeleteImage; or drop "
+            "rebuild=True to use the image that is there"
         ) from error
 
 
@@ -653,7 +657,9 @@ async def _push_with_retries(
 ) -> str:
     """Push with retries of transient failures; returns the digest the registry answered."""
     uri = registry.image_uri(tag)
-    for attempt in range(1, max(1, attempts) + 1):
+    # Jittered pauses keep several knots from retrying against the registry in step.
+    pauses = backoff_delays(delay, longest=math.inf)
+    for attempt, wait in zip(range(1, max(1, attempts) + 1), pauses, strict=False):
         try:
             return await _push_once(docker, registry, tag, log)
         except _TransientPushError as error:
@@ -661,8 +667,6 @@ async def _push_with_retries(
                 raise ImageBuildError(
                     f"pushing {uri} failed {attempts} times; the last error: {error}"
                 ) from error
-            # Full jitter keeps several knots from retrying against the registry in step.
-            wait = delay * 2 ** (attempt - 1) * (0.5 + random.random() / 2)
             log(f"push of {uri} failed ({error}); retrying in {wait:.1f} s")
             await asyncio.sleep(wait)
     raise AssertionError("unreachable: the last attempt returns or raises")

@@ -540,7 +540,10 @@ class AsyncKnot(Generic[R]):
         await self._stop_preparing()
         check = getattr(backend, "check_environment_unused", None)
         if environment and not force and check is not None:
-            await check()  # refuses (and so deletes nothing) while other knots use it
+            # Checked here, before anything is deleted, so that a refusal deletes nothing;
+            # once checked, the backend need not ask again (force=True below).
+            await check()
+            force = True
         for run in list(self._runs):
             await run.cancel()
         deleted = await store.delete_prefix(knot_prefix(self.name) + "/")

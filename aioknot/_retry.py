@@ -20,11 +20,9 @@ import anyio
 
 T = TypeVar("T")
 
-# Error codes that say "not now" rather than "no" (AWS's own list for its SDKs' retries,
-# plus the credential codes a refresh cures).
-TRANSIENT_CODES = frozenset(
+# Error codes that say "too many requests, wait" (the request was refused, not lost).
+THROTTLING_CODES = frozenset(
     {
-        # throttling
         "Throttling",
         "ThrottlingException",
         "ThrottledException",
@@ -36,6 +34,12 @@ TRANSIENT_CODES = frozenset(
         "SlowDown",
         "EC2ThrottledException",
         "PriorRequestNotComplete",
+    }
+)
+# Error codes that say "not now" rather than "no" (AWS's own list for its SDKs' retries,
+# plus the credential codes a refresh cures).
+TRANSIENT_CODES = THROTTLING_CODES | frozenset(
+    {
         # the service's own trouble
         "InternalError",
         "InternalFailure",
@@ -95,6 +99,16 @@ def is_transient(error: BaseException) -> bool:
     return isinstance(error, (builtins.ConnectionError, TimeoutError))
 
 
+def is_throttling(error: BaseException) -> bool:
+    """Whether ``error`` is AWS refusing a request for now (so it was not carried out)."""
+    from botocore.exceptions import ClientError
+
+    return (
+        isinstance(error, ClientError)
+        and str(error.response.get("Error", {}).get("Code", "")) in THROTTLING_CODES
+    )
+
+
 def backoff_delays(
     first: float = 0.2, longest: float = 5.0, factor: float = 2.0
 ) -> Iterator[float]:
@@ -112,20 +126,25 @@ async def retry_transient(
     give_up_after: float,
     first: float = 0.2,
     longest: float = 5.0,
+    transient: Callable[[Exception], bool] = is_transient,
+    on_retry: Callable[[Exception], None] | None = None,
 ) -> T:
-    """``await call()``, retried while it fails transiently, for at most ``give_up_after``
-    seconds since its first failure; then the last error is raised as it is."""
+    """``await call()``, retried while it fails ``transient``-ly, for at most
+    ``give_up_after`` seconds since its first failure; then the last error is raised as it
+    is. ``on_retry`` hears of each failure that will be retried."""
     failing_since: float | None = None
     for delay in backoff_delays(first, longest):
         try:
             return await call()
         except Exception as error:
-            if not is_transient(error):
+            if not transient(error):
                 raise
             now = anyio.current_time()
             if failing_since is None:
                 failing_since = now
             if now - failing_since + delay > give_up_after:
                 raise
+            if on_retry is not None:
+                on_retry(error)
         await anyio.sleep(delay)
     raise AssertionError("unreachable: backoff_delays never ends")
