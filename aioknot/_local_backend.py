@@ -321,7 +321,10 @@ class LocalBackend:
     async def _run_process(self) -> None:
         progress_fd, progress_path = tempfile.mkstemp(prefix="aioknot-worker-")
         try:
-            os.write(progress_fd, _I64.pack(-1) + _I64.pack(_NO_LIMIT))
+            initial = bytearray(_worker.PROGRESS_SIZE)  # laid out by the worker's offsets
+            _I64.pack_into(initial, _worker.PROGRESS_RUNNING, -1)
+            _I64.pack_into(initial, _worker.PROGRESS_STOP_AT, _NO_LIMIT)
+            os.write(progress_fd, initial)
         except BaseException:
             os.close(progress_fd)
             os.unlink(progress_path)
@@ -393,9 +396,7 @@ class LocalBackend:
             worker.chunk, worker.deadline = None, math.inf
             if end < chunk.stop and not run.cancelled and not self._closed:
                 # It stopped at a limit it saw before the backend knew (see _take_back).
-                self.enqueue(_Range(run, chunk.segment, end, chunk.stop), front=True)
-                run.running -= chunk.stop - end
-                run.queued += chunk.stop - end
+                self._give_back(chunk, end, chunk.stop)
             run.check_over()
             await self._assign(worker)
             if end < chunk.stop:
@@ -435,12 +436,16 @@ class LocalBackend:
         _write_stop_at(worker.progress, limit)
         if _read_running(worker.progress) != running or limit >= chunk.stop:
             return
-        run = chunk.run
-        self.enqueue(_Range(run, chunk.segment, limit, chunk.stop), front=True)
-        run.running -= chunk.stop - limit
-        run.queued += chunk.stop - limit
+        self._give_back(chunk, limit, chunk.stop)
         chunk.stop = limit
         await self.dispatch()
+
+    def _give_back(self, chunk: _Range, start: int, stop: int) -> None:
+        """Inputs ``start..stop`` of a chunk handed out go to the front of the queue again."""
+        if start < stop:
+            self.enqueue(_Range(chunk.run, chunk.segment, start, stop), front=True)
+            chunk.run.running -= stop - start
+            chunk.run.queued += stop - start
 
     async def _handle_death(
         self, worker: _WorkerProcess, returncode: int | None, running: int
@@ -460,19 +465,14 @@ class LocalBackend:
             return
         if worker.killed:
             # Killed for another run's cancel just after it took this chunk: run it again.
-            run.running -= chunk.stop - unwritten
-            if unwritten < chunk.stop:
-                self.enqueue(_Range(run, chunk.segment, unwritten, chunk.stop), front=True)
-                run.queued += chunk.stop - unwritten
+            self._give_back(chunk, unwritten, chunk.stop)
             return
         # Died between inputs (reading, writing): blame the first unwritten one, so that a
         # process that keeps dying there still makes progress.
         lost = running if unwritten <= running < chunk.stop else unwritten
-        run.running -= chunk.stop - unwritten
-        for start, stop in ((unwritten, lost), (lost + 1, chunk.stop)):
-            if start < stop:
-                self.enqueue(_Range(run, chunk.segment, start, stop), front=True)
-                run.queued += stop - start
+        self._give_back(chunk, unwritten, lost)
+        self._give_back(chunk, lost + 1, chunk.stop)
+        run.running -= 1  # the lost input: reported below, not run again
         run.listener.lost(
             lost, death_reason(returncode), log="this process's stderr", exit_code=returncode
         )

@@ -18,46 +18,15 @@ from typing import TypeVar
 
 import anyio
 
+from . import _worker
+
 T = TypeVar("T")
 
-# Error codes that say "too many requests, wait" (the request was refused, not lost).
-THROTTLING_CODES = frozenset(
-    {
-        "Throttling",
-        "ThrottlingException",
-        "ThrottledException",
-        "RequestThrottledException",
-        "TooManyRequestsException",
-        "RequestLimitExceeded",
-        "ProvisionedThroughputExceededException",
-        "BandwidthLimitExceeded",
-        "SlowDown",
-        "EC2ThrottledException",
-        "PriorRequestNotComplete",
-    }
-)
-# Error codes that say "not now" rather than "no" (AWS's own list for its SDKs' retries,
-# plus the credential codes a refresh cures).
-TRANSIENT_CODES = THROTTLING_CODES | frozenset(
-    {
-        # the service's own trouble
-        "InternalError",
-        "InternalFailure",
-        "InternalServerError",
-        "ServiceUnavailable",
-        "ServiceUnavailableException",
-        "ServerException",
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "TransactionInProgressException",
-        # credentials being refreshed (an SSO token, an assumed role's session)
-        "ExpiredToken",
-        "ExpiredTokenException",
-        "RequestExpired",
-        "IDPCommunicationError",
-    }
-)
-TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+# The error codes that say "wait" and "not now" (rather than "no"), and the statuses: written
+# once, in the worker (which must stay self-contained), for the client and the workers alike.
+THROTTLING_CODES = _worker.THROTTLING_CODES
+TRANSIENT_CODES = _worker.TRANSIENT_CODES
+TRANSIENT_STATUS = _worker.TRANSIENT_STATUS
 
 
 def is_transient(error: BaseException) -> bool:

@@ -14,19 +14,15 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import threading
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import anyio.to_thread
 
 from ._exceptions import ConfigurationError, KnotError, StoreError
-from ._worker import FileStore
+from ._worker import DISK_FULL, FileStore
 
 T = TypeVar("T")
-
-# "The device is full" in its two forms: no blocks left, or this user's quota spent.
-FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class LocalStore:
@@ -48,7 +44,7 @@ class LocalStore:
         """``error`` of ``what`` (e.g. "writing run/inputs/000000000") as a KnotError that
         says what was wrong and what to do."""
         where = error.filename or self.root
-        if error.errno in FULL:
+        if error.errno in DISK_FULL:
             return StoreError(
                 f"no space left on device for the store in {self.root} ({what}): free space "
                 "on that disk, or point the store at a larger one (directory= or AIOKNOT_HOME)"
@@ -70,7 +66,10 @@ class LocalStore:
                 f"{where}; make it writable by this user, or choose another directory= "
                 "(or AIOKNOT_HOME)"
             )
-        return StoreError(f"the store in {self.root} failed {what}: {error}")
+        return StoreError(
+            f"the store in {self.root} failed {what}: {error}; check that directory, or "
+            "choose another directory= (or AIOKNOT_HOME)"
+        )
 
     async def _run(self, what: str, call: Callable[[], T]) -> T:
         try:
@@ -78,22 +77,9 @@ class LocalStore:
         except OSError as error:
             raise self.translate(error, what) from error
 
-    def _write(self, key: str, data: bytes) -> None:
-        try:
-            self._files.write(key, data)
-        except OSError:
-            # A write that failed (a full disk, most often) leaves its temporary file behind,
-            # holding the very space that ran out. Its name is FileStore.write's rule.
-            path = self._path(key)
-            temporary = f"{path}.{os.getpid()}-{threading.get_ident()}.tmp"
-            try:
-                os.remove(temporary)
-            except OSError:
-                pass
-            raise
-
     async def put(self, key: str, data: bytes) -> None:
-        await self._run(f"writing {key}", lambda: self._write(key, data))
+        # FileStore.write removes its temporary file when the write fails (a full disk).
+        await self._run(f"writing {key}", lambda: self._files.write(key, data))
 
     def _read(self, key: str) -> bytes:
         try:

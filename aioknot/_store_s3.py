@@ -28,6 +28,7 @@ import anyio
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ProfileNotFound
 
+from ._aws_errors import error_code
 from ._exceptions import ConfigurationError, KnotError, StoreError
 from ._retry import is_transient, retry_transient
 from ._tasks import task_group
@@ -78,10 +79,6 @@ def parse_bucket(location: str) -> tuple[str, str]:
             "digits, dots and hyphens, e.g. bucket='s3://my-bucket/aioknot' or bucket='my-bucket'"
         )
     return bucket, prefix.strip("/")
-
-
-def _error_code(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code", ""))
 
 
 def _status(error: ClientError) -> int | None:
@@ -244,7 +241,7 @@ class S3Store:
                 "`aws configure --profile NAME` (or pass profile=None for the default chain)"
             )
         if isinstance(error, ClientError):
-            code = _error_code(error)
+            code = error_code(error)
             if code in ("NoSuchBucket", "404") and what.startswith("bucket"):
                 return ConfigurationError(
                     f"bucket {self.bucket!r} does not exist: create it, or pass another bucket="
@@ -268,7 +265,10 @@ class S3Store:
                 f"(last: {_describe(error)}): the store is unavailable; check the endpoint, "
                 "your network and the service's health, then try again"
             )
-        return StoreError(f"S3 refused {what}: {_describe(error)}")
+        return StoreError(
+            f"S3 refused {what}: {_describe(error)}; check the bucket and its settings under "
+            f"{self.url}, or pass another bucket="
+        )
 
     async def _request(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """``await call()`` in a slot of the store's limiter, retried while it fails
@@ -316,7 +316,7 @@ class S3Store:
                 await self._client.head_bucket(Bucket=self.bucket, **self._owner())
                 return True
             except ClientError as error:
-                if _error_code(error) in ("404", "NoSuchBucket") and self.create_bucket:
+                if error_code(error) in ("404", "NoSuchBucket") and self.create_bucket:
                     return False
                 raise
 
@@ -337,7 +337,7 @@ class S3Store:
                 await self._client.create_bucket(Bucket=self.bucket, **extra)
             except ClientError as error:
                 # A retry after a lost answer, or another knot creating it at the same moment.
-                if _error_code(error) != "BucketAlreadyOwnedByYou":
+                if error_code(error) != "BucketAlreadyOwnedByYou":
                     raise
 
         calls: list[Callable[[], Awaitable[Any]]] = [
@@ -409,7 +409,7 @@ class S3Store:
                     Bucket=self.bucket, Key=self._key(key), **self._owner()
                 )
             except ClientError as error:
-                if _error_code(error) in ("NoSuchKey", "404"):
+                if error_code(error) in ("NoSuchKey", "404"):
                     raise KeyError(key) from None
                 raise
             async with response["Body"] as body:
@@ -425,7 +425,7 @@ class S3Store:
                 )
                 return True
             except ClientError as error:
-                if _error_code(error) in ("404", "NoSuchKey"):
+                if error_code(error) in ("404", "NoSuchKey"):
                     return False
                 raise
 
@@ -496,7 +496,7 @@ class S3Store:
 
 def _describe(error: BaseException) -> str:
     if isinstance(error, ClientError):
-        code = _error_code(error) or "?"
+        code = error_code(error) or "?"
         status = _status(error)
         message = error.response.get("Error", {}).get("Message") or ""
         return f"HTTP {status} {code}" + (f": {message}" if message else "")

@@ -36,7 +36,6 @@ from ._exceptions import TaskError, TaskFailure, TaskLost
 from ._store import Store
 from ._tasks import task_group
 from ._worker import (
-    GROUP_MAGIC,
     GROUP_MAX_INPUTS,
     decode_group,
     decode_record,
@@ -134,18 +133,10 @@ def outcome_from_record(index: int, data: bytes, run_id: str, where: str = "") -
 def checked_records(data: bytes, count: int) -> list[bytes]:
     """The records of a (grouped) result object that should hold ``count`` inputs; raises
     ``CorruptRecord`` when its framing says otherwise (a truncated object, most often)."""
-    if data[:4] == GROUP_MAGIC:
-        try:
-            (held,) = struct.unpack_from("<I", data, 4)
-            sizes = struct.unpack_from(f"<{held}Q", data, 8)
-        except struct.error as error:
-            raise CorruptRecord(f"its header is cut short: {error}") from None
-        expected = 8 + 8 * held + sum(sizes)
-        if expected != len(data):
-            raise CorruptRecord(f"it has {len(data)} bytes where its table says {expected}")
+    try:
         records = decode_group(data)
-    else:
-        records = [data]
+    except ValueError as error:
+        raise CorruptRecord(str(error)) from None
     if len(records) != count:
         raise CorruptRecord(f"it holds {len(records)} records for {count} inputs")
     return records

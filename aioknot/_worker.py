@@ -135,10 +135,18 @@ def decode_values(data: bytes) -> list[Any] | None:
 
 
 def decode_group(data: bytes) -> list[bytes]:
+    """The records of a result object; raises ValueError when its framing does not add up (an
+    object cut short, most often)."""
     if data[:4] != GROUP_MAGIC:
         return [data]
-    (count,) = _U32.unpack_from(data, 4)
-    sizes = struct.unpack_from(f"<{count}Q", data, 8)
+    try:
+        (count,) = _U32.unpack_from(data, 4)
+        sizes = struct.unpack_from(f"<{count}Q", data, 8)
+    except struct.error as error:
+        raise ValueError(f"its header is cut short: {error}") from None
+    expected = 8 + 8 * count + sum(sizes)
+    if expected != len(data):
+        raise ValueError(f"it has {len(data)} bytes where its table says {expected}")
     records, offset = [], 8 + 8 * count
     for size in sizes:
         records.append(data[offset : offset + size])
@@ -262,20 +270,22 @@ class FileStore:
 # Transient S3 failures are retried by the worker's own jittered backoff, for this long since
 # a call's first failure: a blip or a burst of 503s costs time, never a result; a longer outage
 # fails the inputs affected, each with the reason, and the client decides what the run does.
-# botocore's standard mode makes STORE_ATTEMPTS attempts per call under it, but its backoff
-# (up to 1 s, then 2 s, not configurable) made each fault cost ~0.6 s of a chunk's critical
-# path: 15% faulty requests cut throughput to a third. Ours waits ~50 ms after a 5xx or a
-# dropped connection, ~0.5 s after throttling (where waiting is the point), doubling to 5 s.
-STORE_ATTEMPTS = 1
+# botocore's standard mode retries each call BOTOCORE_RETRIES time(s) under it (its
+# ``max_attempts`` counts retries: two attempts in all). Leaving the retrying to botocore
+# alone, with its own backoff, made each fault cost ~0.6 s of a chunk's critical path: 15%
+# faulty requests cut throughput to a third. Ours waits ~50 ms after a 5xx or a dropped
+# connection, ~0.5 s after throttling (where waiting is the point), doubling to 5 s.
+BOTOCORE_RETRIES = 1
 FIRST_PAUSE_SECONDS = 0.05
 FIRST_THROTTLED_PAUSE_SECONDS = 0.5
 LONGEST_PAUSE_SECONDS = 5.0
 STORE_GIVE_UP_SECONDS = 120.0
 STORE_CONNECT_TIMEOUT_SECONDS = 5.0
 STORE_READ_TIMEOUT_SECONDS = 20.0
-# The codes and statuses that say "not now" rather than "no" (aioknot._retry has the same
-# list; the worker cannot import it).
-_TRANSIENT_CODES = frozenset(
+# The error codes that say "too many requests, wait", and those that say "not now" rather
+# than "no" (AWS's own list for its SDKs' retries, plus the credential codes a refresh cures).
+# Written here, where the self-contained worker can read them; aioknot._retry builds on them.
+THROTTLING_CODES = frozenset(
     {
         "Throttling",
         "ThrottlingException",
@@ -283,9 +293,15 @@ _TRANSIENT_CODES = frozenset(
         "RequestThrottledException",
         "TooManyRequestsException",
         "RequestLimitExceeded",
+        "ProvisionedThroughputExceededException",
         "BandwidthLimitExceeded",
         "SlowDown",
+        "EC2ThrottledException",
         "PriorRequestNotComplete",
+    }
+)
+TRANSIENT_CODES = THROTTLING_CODES | frozenset(
+    {
         "InternalError",
         "InternalFailure",
         "InternalServerError",
@@ -294,25 +310,14 @@ _TRANSIENT_CODES = frozenset(
         "ServerException",
         "RequestTimeout",
         "RequestTimeoutException",
+        "TransactionInProgressException",
         "ExpiredToken",
         "ExpiredTokenException",
         "RequestExpired",
         "IDPCommunicationError",
     }
 )
-_TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
-_THROTTLING_CODES = frozenset(
-    {
-        "Throttling",
-        "ThrottlingException",
-        "ThrottledException",
-        "RequestThrottledException",
-        "TooManyRequestsException",
-        "RequestLimitExceeded",
-        "BandwidthLimitExceeded",
-        "SlowDown",
-    }
-)
+TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
 # botocore's and urllib3's connection-level errors, told by name so that the worker needs no
 # import beyond boto3 (their classes live in botocore and urllib3).
 _TRANSIENT_CLASSES = frozenset(
@@ -330,22 +335,27 @@ _TRANSIENT_CLASSES = frozenset(
 )
 
 
+def _answer(error: BaseException) -> tuple[str, int | None] | None:
+    """``(error code, HTTP status)`` of a botocore ClientError (the service answered)."""
+    response = getattr(error, "response", None)
+    if not isinstance(response, dict):
+        return None
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return str(response.get("Error", {}).get("Code", "")), status
+
+
 def is_transient(error: BaseException) -> bool:
     """Whether a store call that raised ``error`` may well succeed if tried again."""
-    response = getattr(error, "response", None)
-    if isinstance(response, dict):  # a botocore ClientError: the service answered
-        code = str(response.get("Error", {}).get("Code", ""))
-        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        return code in _TRANSIENT_CODES or status in _TRANSIENT_STATUS
+    answer = _answer(error)
+    if answer is not None:
+        code, status = answer
+        return code in TRANSIENT_CODES or status in TRANSIENT_STATUS
     return any(cls.__name__ in _TRANSIENT_CLASSES for cls in type(error).__mro__)
 
 
 def _throttled(error: BaseException) -> bool:
-    response = getattr(error, "response", None)
-    if not isinstance(response, dict):
-        return False
-    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return str(response.get("Error", {}).get("Code", "")) in _THROTTLING_CODES or status == 429
+    answer = _answer(error)
+    return answer is not None and (answer[0] in THROTTLING_CODES or answer[1] == 429)
 
 
 def retry_transient(call: Callable[[], Any], give_up_after: float = STORE_GIVE_UP_SECONDS) -> Any:
@@ -396,7 +406,7 @@ class S3Store:
             region = os.environ.get("AWS_REGION") or None
         session = boto3.Session(profile_name=env.get("AIOKNOT_PROFILE") or None)
         config = Config(
-            retries={"mode": "standard", "max_attempts": STORE_ATTEMPTS},
+            retries={"mode": "standard", "max_attempts": BOTOCORE_RETRIES},
             # A request that hangs is abandoned and retried (botocore waits 60 s by default).
             connect_timeout=STORE_CONNECT_TIMEOUT_SECONDS,
             read_timeout=STORE_READ_TIMEOUT_SECONDS,
@@ -437,13 +447,15 @@ def open_store(url: str, environment: Mapping[str, str] | None = None) -> Worker
     raise ValueError(f"unknown store URL {url!r}")
 
 
+# "The device is full" in its two forms: no blocks left, or this user's quota spent.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 # A reason is one line of the channel, which the backend reads in lines of at most 64 KiB.
 MAX_REASON = 2_000
 
 
 def store_failure(error: BaseException, store_url: str, what: str) -> str:
     """One line that says why ``what`` failed in the store, for the inputs' ``TaskLost``."""
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+    if isinstance(error, OSError) and error.errno in DISK_FULL:
         why = "no space left on device" if error.errno == errno.ENOSPC else "disk quota exceeded"
         text = f"{why}: the worker could not {what} in the store {store_url} ({error})"
     else:
