@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -26,7 +25,7 @@ sys.path.insert(
     0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
 )
 
-from infra.moto import FAKE_CREDENTIALS  # noqa: E402  (one set of fake credentials)
+from infra.moto import FAKE_CREDENTIALS, free_port  # noqa: E402  (one set, one helper)
 
 LOG_PATH = "/__bench__/log"
 RESET_PATH = "/__bench__/reset"
@@ -96,17 +95,11 @@ def _serve_moto(port: int) -> None:
     run_simple("127.0.0.1", port, app, threaded=True, request_handler=MotoRequestHandler)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class CountingMotoServer:
     """A moto server in its own process that records every request it receives."""
 
     def __init__(self) -> None:
-        port = _free_port()
+        port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.process = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--serve-moto", str(port)],

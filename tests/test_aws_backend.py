@@ -316,16 +316,18 @@ async def test_preparation_rides_out_a_control_plane_outage(
 ) -> None:
     """More failures in a row than botocore's own attempts, on the calls that prepare a knot:
     the map still goes through, and no stack or definition is made twice."""
+    # Shorter pauses between the backend's own retries: the same path, in less time.
     monkeypatch.setattr(_aws_backend, "PREPARE_FIRST_DELAY", 0.1)
     monkeypatch.setattr(_aws_backend, "PREPARE_LONGEST_DELAY", 0.5)
-    # botocore's own 2 attempts instead of 5 (its backoff would make the test wait ~45 s for
-    # the same point): each rule below outlasts them, so only the backend's retry can cope.
+    # botocore's own 3 attempts (max_attempts counts retries) instead of 6: its backoff would
+    # make the test wait ~45 s for the same point. Each rule below outlasts them, so only the
+    # backend's retry can cope.
     monkeypatch.setattr(
         _aws_backend,
         "CLIENT_CONFIG",
         Config(max_pool_connections=16, retries={"max_attempts": 2, "mode": "standard"}),
     )
-    monkeypatch.setenv("AWS_ENDPOINT_URL", fault_proxy.url)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", fault_proxy.url)  # every AWS call via the proxy
     faults = [
         Fault(kind="throttle", service="cloudformation", operation="DescribeStacks", times=5),
         Fault(kind="500", service="batch", operation="registerjobdefinition", times=3),
@@ -350,7 +352,7 @@ async def test_preparation_rides_out_a_control_plane_outage(
 async def test_a_permanent_refusal_is_not_retried(
     simple_batch: MotoServer, fault_proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("AWS_ENDPOINT_URL", fault_proxy.url)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", fault_proxy.url)  # every AWS call via the proxy
     denied = fault_proxy.add(Fault(kind="403", service="batch", operation="describejobdefinitions"))
     async with knot() as k:
         with pytest.raises(ConfigurationError, match="AccessDenied"):

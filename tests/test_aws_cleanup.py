@@ -46,6 +46,7 @@ def cube(x: int) -> int:
 
 @pytest.fixture(autouse=True)
 def fast_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shorter pauses between polls (moto answers at once): the same waits, in less time."""
     monkeypatch.setattr(_aws_watch, "FIRST_POLL_SECONDS", 0.05)
     monkeypatch.setattr(_aws_watch, "MAX_POLL_SECONDS", 0.5)
     monkeypatch.setattr(_aws_stack, "FIRST_POLL_INTERVAL", 0.01)
@@ -209,6 +210,7 @@ async def test_the_last_knots_clobber_leaves_nothing_behind(boto: Clients, calls
         assert definition["containerProperties"]["image"] == f"{ECR_HOST}/{REPOSITORY}@{digest}"
         calls.made.clear()
         await k.clobber(environment=True, images=True)
+    assert any(op.startswith("Delete") for _, op in calls.made)  # the counter saw the clobber
     assert what_remains(boto) == {kind: [] for kind in before}
     # Deleting creates nothing; the only changes are disabling what moto's CloudFormation
     # leaves behind (the queue and compute environment), before deleting them.
@@ -228,6 +230,7 @@ async def test_clobber_of_a_knot_that_never_ran_creates_nothing(
         assert opened["buckets"] == [BUCKET]  # the store opens (creates) the default bucket
         calls.made.clear()
         await k.clobber(environment=True, images=True)
+    assert calls.made  # the counter saw the clobber's reads
     assert calls.writes() == []
     remains = what_remains(boto)
     assert remains["stacks"] == [] and remains["job definitions"] == []

@@ -221,6 +221,7 @@ async def test_listing_failed_children_through_bursts(
         run = await k.map(inputs)
         outcomes = await run.gather(return_exceptions=True)
         job_ids = list(run.backend_run.job_ids)  # type: ignore[union-attr]
+    assert sum(failing_batch.faults.values()) > 0  # the bursts happened
     children = failing_worker.children
     assert sum(len(c) for c in children) == len(inputs) and len(children) > 2
     for number, child in enumerate(children):

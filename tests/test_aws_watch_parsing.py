@@ -285,6 +285,7 @@ async def paged_run(
 
 @pytest.fixture(autouse=True)
 def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shorter pauses between retries of a transient failure: the same path, in less time."""
     monkeypatch.setattr(_aws_watch, "RETRY_FIRST_SECONDS", 0.01)
     monkeypatch.setattr(_aws_watch, "RETRY_LONGEST_SECONDS", 0.05)
 

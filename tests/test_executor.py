@@ -77,6 +77,7 @@ def test_shutdown_cancel_futures_and_no_submit_after(aioknot_home: str) -> None:
 
 def test_as_completed_wait_and_map_timeout(aioknot_home: str) -> None:
     with aioknot.Executor(workers=2) as executor:
+        list(executor.map(nap, [0.0] * 4))  # both workers up: the order is the work's
         slow, fast = executor.submit(nap, 1.5), executor.submit(nap, 0.0)
         done, pending = concurrent.futures.wait([slow, fast], return_when="FIRST_COMPLETED")
         assert fast in done and slow in pending

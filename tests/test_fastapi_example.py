@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import anyio
 import httpx
-from helpers.processes import worker_processes
+from helpers.processes import wait_until_gone, worker_processes
+from infra.moto import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _primes_below(n: int) -> int:
@@ -55,7 +48,7 @@ async def _fifty_requests(base: str) -> None:
 
 
 def test_fifty_concurrent_requests_fan_out(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "examples.fastapi_app:app", "--port", str(port)],
         cwd=ROOT,
@@ -72,7 +65,4 @@ def test_fifty_concurrent_requests_fan_out(tmp_path: Path) -> None:
         output = server.communicate(timeout=60)[0].decode()
     assert server.returncode == 0, output
     assert "Traceback" not in output, output
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in workers):
-        time.sleep(0.05)
-    assert not [p for p in workers if os.path.exists(f"/proc/{p}")]
+    assert wait_until_gone(workers) == []

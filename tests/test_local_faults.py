@@ -7,39 +7,20 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import pytest
-from helpers.processes import wait_for_no_workers
+from helpers.processes import alive, gone, wait_for_no_workers
+from helpers.tmpfs import tmpfs
 from infra.fault_proxy import Fault, FaultProxy
 from infra.moto import MotoServer
 
 from aioknot import AsyncKnot, TaskLost
 
 pytestmark = pytest.mark.usefixtures("aioknot_home")
-
-
-def running(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie has exited; it only waits to be reaped)."""
-    try:
-        with open(f"/proc/{pid}/stat") as file:
-            return file.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-async def wait_until_gone(pids: list[int], seconds: float = 10.0) -> list[int]:
-    """Wait for the processes to end (another process's end cannot be awaited)."""
-    with anyio.move_on_after(seconds):
-        while True:
-            if not any(running(pid) for pid in pids):
-                break
-            await anyio.sleep(0.05)
-    return [pid for pid in pids if running(pid)]
 
 
 async def read_pids(directory: Path, count: int, seconds: float = 30.0) -> list[int]:
@@ -107,22 +88,10 @@ def big_or_small(x: tuple[int, str]) -> bytes:
 
 
 @pytest.fixture
-def full_disk() -> Iterator[Path]:
-    """A real 1 MiB tmpfs (root only): writes beyond it fail with ENOSPC."""
-    directory = Path(tempfile.mkdtemp(prefix="aioknot-tmpfs-"))
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(directory)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        directory.rmdir()
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
-    try:
-        yield directory
-    finally:
-        subprocess.run(["umount", str(directory)], check=True)
-        directory.rmdir()
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MiB tmpfs: writes beyond it fail with ENOSPC."""
+    with tmpfs(tmp_path / "full-disk", "size=1m") as mount:
+        yield mount
 
 
 async def test_results_that_overflow_the_disk_are_task_lost_saying_no_space_left(
@@ -173,9 +142,9 @@ async def test_run_cancel_kills_the_processes_the_function_started(tmp_path: Pat
     async with AsyncKnot(starts_a_child, backend="local", workers=2) as knot:
         run = await knot.map([(i, str(tmp_path), 30.0) for i in range(2)])
         children = await read_pids(tmp_path, 2)
-        assert all(running(pid) for pid in children)
+        assert all(alive(pid) for pid in children)
         await run.cancel()
-        assert await wait_until_gone(children) == []
+        assert await gone(children) == []
         values = await run.gather(return_exceptions=True)
         assert all(isinstance(v, TaskLost) for v in values)
 
@@ -189,10 +158,10 @@ async def test_leaving_amap_kills_the_children_of_the_inputs_it_abandons(tmp_pat
             break
         abandoned = [int((tmp_path / f"{i}.pid").read_text()) for i in (1, 2)]
         # The inputs still running were cancelled with their whole process groups ...
-        assert await wait_until_gone(abandoned) == []
+        assert await gone(abandoned) == []
         assert set(abandoned) <= set(children)
     # ... and the child input 0 left behind dies when the knot closes.
-    assert await wait_until_gone(children) == []
+    assert await gone(children) == []
 
 
 async def test_closing_the_knot_kills_what_finished_functions_left_running(
@@ -202,8 +171,8 @@ async def test_closing_the_knot_kills_what_finished_functions_left_running(
         run = await knot.map([(i, str(tmp_path), 0.0) for i in range(4)])
         assert sorted(await run.gather()) == [0, 1, 2, 3]
         children = await read_pids(tmp_path, 4)
-        assert all(running(pid) for pid in children)  # the functions returned, they live on
-    assert await wait_until_gone(children) == []
+        assert all(alive(pid) for pid in children)  # the functions returned, they live on
+    assert await gone(children) == []
     assert await anyio.to_thread.run_sync(wait_for_no_workers, os.getpid(), 5.0) == []
 
 
@@ -223,7 +192,7 @@ async def test_a_worker_that_dies_takes_the_processes_its_function_started_with_
         values = await run.gather(return_exceptions=True)
         (child,) = await read_pids(tmp_path, 1)
         # Still inside the knot: the group was killed when its worker was found dead.
-        assert await wait_until_gone([child]) == []
+        assert await gone([child]) == []
     assert isinstance(values[1], TaskLost) and "SIGKILL" in values[1].reason
     assert [v for i, v in enumerate(values) if i != 1] == [0, 2, 3]
 
@@ -266,6 +235,7 @@ async def _timed_run(endpoint: str, bucket: str, count: int) -> tuple[float, lis
         return time.perf_counter() - began, values
 
 
+@pytest.mark.timeout(300)  # two runs of 2,000 inputs, one of them under faults
 async def test_fifteen_percent_of_s3_requests_failing_loses_nothing(
     aws: MotoServer, fault_proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from helpers.processes import wait_for_no_workers, worker_processes
+from helpers.processes import gone, wait_for_no_workers, worker_processes
 
 import aioknot
 from aioknot import AsyncKnot, SerializationError, TaskError, TaskLost
@@ -169,23 +169,6 @@ def busy_workers(knot: AsyncKnot) -> list[int]:
     ]
 
 
-def running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as file:
-            return file.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-async def wait_until_gone(pids: list[int]) -> list[int]:
-    """Wait up to 5 s for the processes to end (another process's end cannot be awaited)."""
-    for _ in range(100):
-        if not any(running(pid) for pid in pids):
-            break
-        await anyio.sleep(0.05)
-    return [pid for pid in pids if running(pid)]
-
-
 async def test_leaving_amap_early_stops_its_workers() -> None:
     async with AsyncKnot(sleepy, backend="local", workers=2) as knot:
         async for _ in knot.amap([0.01] + [5.0] * 6):
@@ -193,7 +176,7 @@ async def test_leaving_amap_early_stops_its_workers() -> None:
             break
         # The generator is closed when the loop is left; its run is cancelled at once: the
         # processes running its inputs are killed (idle pool processes stay for later runs).
-        assert await wait_until_gone(busy) == []
+        assert await gone(busy) == []
         assert busy_workers(knot) == [] and not knot._backend._queue  # type: ignore[union-attr]
     assert await anyio.to_thread.run_sync(wait_for_no_workers, os.getpid(), 5.0) == []
 
@@ -206,7 +189,7 @@ async def test_cancelling_the_consuming_task_stops_its_workers() -> None:
                 pass
         busy = [w.process.pid for w in knot._backend._processes]  # type: ignore[union-attr]
         assert busy_workers(knot) == []
-        assert await wait_until_gone(busy) == []  # both were running its inputs
+        assert await gone(busy) == []  # both were running its inputs
     assert await anyio.to_thread.run_sync(wait_for_no_workers, os.getpid(), 5.0) == []
 
 

@@ -44,6 +44,7 @@ async def test_the_async_face_takes_kwargs(aioknot_home: str) -> None:
 
 def test_imap_yields_as_completed_and_in_order(aioknot_home: str) -> None:
     with Knot(nap, workers=2) as knot:
+        knot.map([0.0] * 4).result(timeout=60)  # both workers up: the order is the work's
         as_completed = list(knot.imap([0.6, 0.0, 0.0]))
         assert sorted(as_completed) == [0.0, 0.0, 0.6]
         assert as_completed[-1] == 0.6  # the slow one last

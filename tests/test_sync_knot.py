@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.processes import wait_for_no_workers
+from helpers.processes import wait_for_no_workers, wait_until_gone
 
 import aioknot
 from aioknot import Knot, KnotError, TaskError
@@ -332,18 +332,7 @@ def test_exiting_with_a_knot_open_stops_its_workers(tmp_path: Path) -> None:
     assert done.stderr == ""
     running = [int(path.read_text()) for path in pids.iterdir()]
     assert len(running) == 2  # both inputs were running when the script ended
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(pid) for pid in running):
-        time.sleep(0.05)
-    assert not [pid for pid in running if _alive(pid)]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as file:
-            return file.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    assert wait_until_gone(running) == []
 
 
 KILLED_CLIENT_SCRIPT = r"""
@@ -382,9 +371,6 @@ def test_workers_of_a_killed_client_exit_quietly_and_remove_their_files(tmp_path
     finally:
         client.kill()  # as a crashed notebook dies: no close, no atexit
         _, stderr = client.communicate(timeout=30)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
-        time.sleep(0.05)
-    assert not [pid for pid in workers if _alive(pid)]
+    assert wait_until_gone(workers) == []
     assert list(private.glob("aioknot-worker-*")) == []
     assert b"Traceback" not in stderr

@@ -36,3 +36,33 @@ def wait_for_no_workers(parent: int, timeout: float = 10.0) -> list[int]:
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie has exited; it only waits to be reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            return file.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_until_gone(pids: list[int], timeout: float = 10.0) -> list[int]:
+    """Wait until none of ``pids`` is alive (another process's end cannot be awaited); returns
+    those still alive after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [pid for pid in pids if alive(pid)]
+
+
+async def gone(pids: list[int], timeout: float = 10.0) -> list[int]:
+    """`wait_until_gone` for async tests: polls without blocking the event loop."""
+    import anyio
+
+    with anyio.move_on_after(timeout):
+        while True:  # another process's end cannot be awaited, only looked at now and then
+            if not any(alive(pid) for pid in pids):
+                break
+            await anyio.sleep(0.05)
+    return [pid for pid in pids if alive(pid)]

@@ -44,7 +44,8 @@ class MotoServer:
         urllib.request.urlopen(request, timeout=30).close()
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port free now (for a server this process starts next)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -52,7 +53,7 @@ def _free_port() -> int:
 
 def start_moto_server(extra_env: dict[str, str] | None = None) -> MotoServer:
     """Start ``moto.server`` in its own process on a free loopback port and wait for it."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, **FAKE_CREDENTIALS, **(extra_env or {})}
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
