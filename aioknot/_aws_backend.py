@@ -547,24 +547,22 @@ class AwsBackend:
 
     async def _other_knots_of_environment(self) -> set[str]:
         batch = await self.client("batch")
-        arguments: dict[str, Any] = {"status": "ACTIVE"}
-        knots: set[str] = set()
         with aws_errors("listing the ACTIVE job definitions"):
-            while True:
-                response = await batch.describe_job_definitions(**arguments)
-                for definition in response.get("jobDefinitions", []):
-                    tags = definition.get("tags") or {}
-                    knot = tags.get(KNOT_TAG)
-                    if knot is None or knot == self.knot:
-                        continue
-                    # A definition from before environments were tagged may use any of them.
-                    used = tags.get(ENVIRONMENT_TAG)
-                    if used is None or used == definition_environment_tag(self.options):
-                        knots.add(str(knot))
-                token = response.get("nextToken")
-                if not token:
-                    return knots
-                arguments["nextToken"] = token
+            active = await _paged(
+                functools.partial(batch.describe_job_definitions, status="ACTIVE"),
+                "jobDefinitions",
+            )
+        knots: set[str] = set()
+        for definition in active:
+            tags = definition.get("tags") or {}
+            knot = tags.get(KNOT_TAG)
+            if knot is None or knot == self.knot:
+                continue
+            # A definition from before environments were tagged may use any of them.
+            used = tags.get(ENVIRONMENT_TAG)
+            if used is None or used == definition_environment_tag(self.options):
+                knots.add(str(knot))
+        return knots
 
     async def _other_active_jobs(self) -> list[str]:
         """Names of the active jobs in the environment's queue that are not this knot's."""
