@@ -216,7 +216,7 @@ async def test_listing_failed_children_through_bursts(
     monkeypatch.setattr(_aws_jobs, "MAX_ARRAY_SIZE", 4)  # 12 inputs: children of 3 inputs
     inputs = list(range(12))
     for operation in ("describejobs", "listjobs"):
-        failing_batch.add(Fault("503", service="batch", operation=operation, rate=0.5, times=6))
+        failing_batch.add(Fault("503", service="batch", operation=operation, times=3))
     async with knot() as k:
         run = await k.map(inputs)
         outcomes = await run.gather(return_exceptions=True)
