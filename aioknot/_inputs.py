@@ -21,7 +21,7 @@ import anyio.abc
 import anyio.lowlevel
 import anyio.to_thread
 
-from ._backend import Segment
+from ._backends.base import Segment
 from ._exceptions import ConfigurationError
 from ._pickling import pickle_input
 from ._tasks import task_group

@@ -22,9 +22,9 @@ import anyio
 import anyio.abc
 
 from . import _host
-from ._backend import Backend, EndedRun, RunSpec, Segment
-from ._dockerfile import ImageSpec
+from ._backends.base import Backend, EndedRun, RunSpec, Segment
 from ._exceptions import ConfigurationError, KnotError
+from ._image.dockerfile import ImageSpec
 from ._inputs import PackedSegment, check_inputs, pack_inputs
 from ._names import (
     default_home,
@@ -40,7 +40,7 @@ from ._names import (
 from ._options import KnotOptions, KnotOptionsDict, parse_options
 from ._pickling import PickledFunction, pickle_function
 from ._run import CANCELLED_REASON, Run
-from ._store import Store
+from ._stores.base import Store
 from ._tasks import task_group
 from ._worker import segment_key
 
@@ -93,7 +93,7 @@ class AsyncKnot(Generic[R]):
         # offline, so an import that is not installed fails before anything is created.
         self._image_spec: ImageSpec | None = None
         if self.options.backend == "aws":
-            from ._aws_image import image_settings, image_spec
+            from ._backends.aws.image import image_settings, image_spec
 
             self._image_spec = image_spec(image_settings(self.options.aws), func, self._function)
         self._state = _State.UNOPENED
@@ -238,11 +238,11 @@ class AsyncKnot(Generic[R]):
     async def _open_store(self) -> Store:
         options = self.options
         if options.backend == "aws":
-            from ._aws_backend import open_aws_store
+            from ._backends.aws.backend import open_aws_store
 
             return await open_aws_store(self.name, options, self._image_spec)
         if options.bucket is not None:
-            from ._store_s3 import S3Store
+            from ._stores.s3 import S3Store
 
             return await S3Store(
                 options.bucket,
@@ -250,13 +250,13 @@ class AsyncKnot(Generic[R]):
                 region=options.region,
                 profile=options.profile,
             ).open()
-        from ._store_local import LocalStore
+        from ._stores.local import LocalStore
 
         return LocalStore(options.directory or default_home())
 
     def _make_backend(self) -> Backend:
         if self.options.backend == "aws":
-            from ._aws_backend import AwsBackend
+            from ._backends.aws.backend import AwsBackend
 
             assert self._store is not None
             backend: Backend = AwsBackend(
@@ -267,7 +267,7 @@ class AsyncKnot(Generic[R]):
                 progress=self._progress,
             )
             return backend
-        from ._local_backend import LocalBackend
+        from ._backends.local import LocalBackend
 
         return LocalBackend(workers=self.options.workers)
 

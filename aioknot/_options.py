@@ -188,7 +188,7 @@ def parse_options(backend: str | None, options: Mapping[str, Any]) -> KnotOption
         watch_timeout=float(watch_timeout),
         retention_days=retention_days,
     )
-    from ._aws_options import OPTION_NAMES, aws_options
+    from ._backends.aws.options import OPTION_NAMES, aws_options
 
     known = set(COMMON_OPTIONS) | set(LOCAL_OPTIONS) | set(IMAGE_OPTIONS) | set(OPTION_NAMES)
     for name in rest:
@@ -204,7 +204,7 @@ def parse_options(backend: str | None, options: Mapping[str, Any]) -> KnotOption
         profile=parsed.profile,
         region=parsed.region,
     )
-    from ._aws_image import image_settings
+    from ._backends.aws.image import image_settings
 
     image_settings({name: value for name, value in aws.items() if name in IMAGE_OPTIONS})
     return KnotOptions(**{**parsed.__dict__, "aws": aws})

@@ -17,10 +17,10 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 
-from ._backend import BackendRun, RunSpec, Segment
+from ._backends.base import BackendRun, RunSpec, Segment
 from ._exceptions import KnotError, TaskLost
 from ._names import manifest_key
-from ._store import Store
+from ._stores.base import Store
 from ._version import __version__
 from ._watch import Outcome, ResultWatcher
 

@@ -31,9 +31,9 @@ from typing import Any
 
 import anyio
 
-from ._backend import BackendRun
+from ._backends.base import BackendRun
 from ._exceptions import TaskError, TaskFailure, TaskLost
-from ._store import Store
+from ._stores.base import Store
 from ._tasks import task_group
 from ._worker import (
     GROUP_MAX_INPUTS,

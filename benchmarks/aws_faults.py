@@ -100,8 +100,8 @@ class PlayedWorker:
 def playing(worker: PlayedWorker) -> Iterator[None]:
     import anyio
 
-    from aioknot._aws_jobs import JobShape
-    from aioknot._aws_watch import AwsRun
+    from aioknot._backends.aws.jobs import JobShape
+    from aioknot._backends.aws.run import AwsRun
 
     original = AwsRun._submit_group
 

@@ -97,7 +97,9 @@ def instrument() -> None:
     import aioboto3
     import aiodocker.docker
 
-    from aioknot import _aws_backend, _aws_image, _store_s3
+    from aioknot._backends.aws import backend as aws_backend
+    from aioknot._backends.aws import image as aws_image
+    from aioknot._stores import s3 as s3_store
 
     original_session = aioboto3.Session
 
@@ -120,19 +122,19 @@ def instrument() -> None:
 
     aiodocker.docker.Docker._do_query = counting_query  # type: ignore[method-assign]
 
-    original_digest = _aws_image.image_digest
+    original_digest = aws_image.image_digest
 
     async def counting_digest(*args: Any, **kwargs: Any) -> str | None:
         METER.registry_lookups += 1
         return await original_digest(*args, **kwargs)
 
-    _aws_image.image_digest = counting_digest  # type: ignore[assignment]
-    backend = _aws_backend.AwsBackend
+    aws_image.image_digest = counting_digest  # type: ignore[assignment]
+    backend = aws_backend.AwsBackend
     backend._ensure_environment = timed("stacks", backend._ensure_environment)  # type: ignore[method-assign]
     backend._ensure_knot_stack = timed("stacks", backend._ensure_knot_stack)  # type: ignore[method-assign]
-    _aws_backend.plan_image = timed("image", _aws_backend.plan_image)  # type: ignore[assignment]
-    _aws_backend.produce_image = timed("image", _aws_backend.produce_image)  # type: ignore[assignment]
-    original_put = _store_s3.S3Store.put
+    aws_backend.plan_image = timed("image", aws_backend.plan_image)  # type: ignore[assignment]
+    aws_backend.produce_image = timed("image", aws_backend.produce_image)  # type: ignore[assignment]
+    original_put = s3_store.S3Store.put
 
     async def timed_put(self: Any, key: str, data: bytes) -> None:
         start = time.monotonic()
@@ -142,7 +144,7 @@ def instrument() -> None:
             if "/inputs/" in key:  # the input segments; not the manifest written at the end
                 METER.span("upload", start, time.monotonic())
 
-    _store_s3.S3Store.put = timed_put  # type: ignore[method-assign]
+    s3_store.S3Store.put = timed_put  # type: ignore[method-assign]
 
 
 async def measure(label: str, options: dict[str, Any], inputs: int) -> dict[str, Any]:

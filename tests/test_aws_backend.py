@@ -25,10 +25,18 @@ from infra.fault_proxy import Fault, FaultProxy
 from infra.moto import FAKE_CREDENTIALS, MotoServer, start_moto_server, stop_moto_server
 
 import aioknot
-from aioknot import _aws_backend, _aws_stack, _aws_watch
-from aioknot._aws_jobs import JOB_MAX_INPUTS, MAX_ARRAY_SIZE, RETRY_RULES, JobBatcher, JobShape
-from aioknot._aws_watch import AwsRun, status_counts
-from aioknot._backend import RunSpec, Segment
+from aioknot._backends.aws import backend as aws_backend
+from aioknot._backends.aws import run as aws_run
+from aioknot._backends.aws import stack as aws_stack
+from aioknot._backends.aws.jobs import (
+    JOB_MAX_INPUTS,
+    MAX_ARRAY_SIZE,
+    RETRY_RULES,
+    JobBatcher,
+    JobShape,
+)
+from aioknot._backends.aws.run import AwsRun, status_counts
+from aioknot._backends.base import RunSpec, Segment
 from aioknot._exceptions import ConfigurationError, TaskLost
 
 REGION = "us-east-1"
@@ -85,10 +93,10 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
 
 @pytest.fixture(autouse=True)
 def fast_polls(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_aws_watch, "FIRST_POLL_SECONDS", 0.05)
-    monkeypatch.setattr(_aws_watch, "MAX_POLL_SECONDS", 0.5)
-    monkeypatch.setattr(_aws_stack, "FIRST_POLL_INTERVAL", 0.01)
-    monkeypatch.setattr(_aws_stack, "MAX_POLL_INTERVAL", 0.05)
+    monkeypatch.setattr(aws_run, "FIRST_POLL_SECONDS", 0.05)
+    monkeypatch.setattr(aws_run, "MAX_POLL_SECONDS", 0.5)
+    monkeypatch.setattr(aws_stack, "FIRST_POLL_INTERVAL", 0.01)
+    monkeypatch.setattr(aws_stack, "MAX_POLL_INTERVAL", 0.05)
 
 
 @pytest.fixture
@@ -317,13 +325,13 @@ async def test_preparation_rides_out_a_control_plane_outage(
     """More failures in a row than botocore's own attempts, on the calls that prepare a knot:
     the map still goes through, and no stack or definition is made twice."""
     # Shorter pauses between the backend's own retries: the same path, in less time.
-    monkeypatch.setattr(_aws_backend, "PREPARE_FIRST_DELAY", 0.1)
-    monkeypatch.setattr(_aws_backend, "PREPARE_LONGEST_DELAY", 0.5)
+    monkeypatch.setattr(aws_backend, "PREPARE_FIRST_DELAY", 0.1)
+    monkeypatch.setattr(aws_backend, "PREPARE_LONGEST_DELAY", 0.5)
     # botocore's own 3 attempts (max_attempts counts retries) instead of 6: its backoff would
     # make the test wait ~45 s for the same point. Each rule below outlasts them, so only the
     # backend's retry can cope.
     monkeypatch.setattr(
-        _aws_backend,
+        aws_backend,
         "CLIENT_CONFIG",
         Config(max_pool_connections=16, retries={"max_attempts": 2, "mode": "standard"}),
     )

@@ -17,7 +17,9 @@ import pytest
 from infra.moto import MotoServer
 
 import aioknot
-from aioknot import _aws_backend, _aws_stack, _aws_watch
+from aioknot._backends.aws import backend as aws_backend
+from aioknot._backends.aws import run as aws_run
+from aioknot._backends.aws import stack as aws_stack
 from aioknot._exceptions import ConfigurationError
 
 REGION = "us-east-1"
@@ -47,12 +49,12 @@ def cube(x: int) -> int:
 @pytest.fixture(autouse=True)
 def fast_polls(monkeypatch: pytest.MonkeyPatch) -> None:
     """Shorter pauses between polls (moto answers at once): the same waits, in less time."""
-    monkeypatch.setattr(_aws_watch, "FIRST_POLL_SECONDS", 0.05)
-    monkeypatch.setattr(_aws_watch, "MAX_POLL_SECONDS", 0.5)
-    monkeypatch.setattr(_aws_stack, "FIRST_POLL_INTERVAL", 0.01)
-    monkeypatch.setattr(_aws_stack, "MAX_POLL_INTERVAL", 0.05)
-    monkeypatch.setattr(_aws_backend, "CLEANUP_FIRST_POLL", 0.01)
-    monkeypatch.setattr(_aws_backend, "CLEANUP_LONGEST_POLL", 0.05)
+    monkeypatch.setattr(aws_run, "FIRST_POLL_SECONDS", 0.05)
+    monkeypatch.setattr(aws_run, "MAX_POLL_SECONDS", 0.5)
+    monkeypatch.setattr(aws_stack, "FIRST_POLL_INTERVAL", 0.01)
+    monkeypatch.setattr(aws_stack, "MAX_POLL_INTERVAL", 0.05)
+    monkeypatch.setattr(aws_backend, "CLEANUP_FIRST_POLL", 0.01)
+    monkeypatch.setattr(aws_backend, "CLEANUP_LONGEST_POLL", 0.05)
 
 
 @pytest.fixture
@@ -289,7 +291,7 @@ async def test_active_jobs_of_others_in_the_queue_refuse_the_environment(
             arrayProperties={"size": 2},
         )
         status = batch.describe_jobs(jobs=[other["jobId"]])["jobs"][0]["status"]
-        if status not in _aws_backend.ACTIVE_JOB_STATUSES:
+        if status not in aws_backend.ACTIVE_JOB_STATUSES:
             pytest.skip(f"moto ended the job at once ({status}): no active job to show")
         # The parent, and its children too where moto's Batch reaches a Docker engine.
         with pytest.raises(ConfigurationError, match=r"\d+ active jobs in its job queue") as used:

@@ -31,8 +31,10 @@ from infra.containers import ContainerStack
 from infra.moto import FAKE_CREDENTIALS, MotoServer, start_moto_server, stop_moto_server
 
 import aioknot
-from aioknot import _aws_options, _aws_stack, _aws_watch
-from aioknot._aws_image import image_settings, image_spec
+from aioknot._backends.aws import options as aws_options_module
+from aioknot._backends.aws import run as aws_run
+from aioknot._backends.aws import stack as aws_stack
+from aioknot._backends.aws.image import image_settings, image_spec
 from aioknot._pickling import pickle_function
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(900)]
@@ -76,8 +78,8 @@ def job_role_endpoint() -> Iterator[str]:
 def agent_variable_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
     """The ECS agent sets AWS_CONTAINER_CREDENTIALS_* on AWS; moto has no agent, so the test
     passes the stand-in endpoint through ``env=``, which refuses the variable from users."""
-    allowed = _aws_options.CREDENTIAL_VARIABLES - {"AWS_CONTAINER_CREDENTIALS_FULL_URI"}
-    monkeypatch.setattr(_aws_options, "CREDENTIAL_VARIABLES", allowed)
+    allowed = aws_options_module.CREDENTIAL_VARIABLES - {"AWS_CONTAINER_CREDENTIALS_FULL_URI"}
+    monkeypatch.setattr(aws_options_module, "CREDENTIAL_VARIABLES", allowed)
 
 
 @pytest.fixture
@@ -97,9 +99,9 @@ def batch_moto(
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("AWS_ENDPOINT_URL", server.url)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.setattr(_aws_watch, "FIRST_POLL_SECONDS", 0.5)
-    monkeypatch.setattr(_aws_watch, "MAX_POLL_SECONDS", 2.0)
-    monkeypatch.setattr(_aws_stack, "FIRST_POLL_INTERVAL", 0.05)
+    monkeypatch.setattr(aws_run, "FIRST_POLL_SECONDS", 0.5)
+    monkeypatch.setattr(aws_run, "MAX_POLL_SECONDS", 2.0)
+    monkeypatch.setattr(aws_stack, "FIRST_POLL_INTERVAL", 0.05)
     try:
         yield server
     finally:

@@ -24,10 +24,13 @@ from infra.fault_proxy import Fault, FaultProxy
 from infra.moto import FAKE_CREDENTIALS, MotoServer, start_moto_server, stop_moto_server
 
 import aioknot
-from aioknot import _aws_backend, _aws_jobs, _aws_stack, _aws_watch
-from aioknot._aws_jobs import JobShape
-from aioknot._aws_watch import AwsRun
-from aioknot._backend import Segment
+from aioknot._backends.aws import backend as aws_backend
+from aioknot._backends.aws import jobs as aws_jobs
+from aioknot._backends.aws import run as aws_run
+from aioknot._backends.aws import stack as aws_stack
+from aioknot._backends.aws.jobs import JobShape
+from aioknot._backends.aws.run import AwsRun
+from aioknot._backends.base import Segment
 from aioknot._exceptions import TaskLost, WatchTimeout
 from aioknot._worker import encode_results, result_key
 
@@ -46,14 +49,14 @@ def quick_clocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Short polls and retry pauses, and botocore's own retries cut to 2 attempts a call, so
     that a burst of a few faults reaches aioknot's retries (the layer under test) rather than
     being absorbed by botocore's."""
-    monkeypatch.setattr(_aws_watch, "FIRST_POLL_SECONDS", 0.05)
-    monkeypatch.setattr(_aws_watch, "MAX_POLL_SECONDS", 0.5)
-    monkeypatch.setattr(_aws_watch, "RETRY_FIRST_SECONDS", 0.05)
-    monkeypatch.setattr(_aws_watch, "RETRY_LONGEST_SECONDS", 0.5)
-    monkeypatch.setattr(_aws_stack, "FIRST_POLL_INTERVAL", 0.01)
-    monkeypatch.setattr(_aws_stack, "MAX_POLL_INTERVAL", 0.05)
+    monkeypatch.setattr(aws_run, "FIRST_POLL_SECONDS", 0.05)
+    monkeypatch.setattr(aws_run, "MAX_POLL_SECONDS", 0.5)
+    monkeypatch.setattr(aws_run, "RETRY_FIRST_SECONDS", 0.05)
+    monkeypatch.setattr(aws_run, "RETRY_LONGEST_SECONDS", 0.5)
+    monkeypatch.setattr(aws_stack, "FIRST_POLL_INTERVAL", 0.01)
+    monkeypatch.setattr(aws_stack, "MAX_POLL_INTERVAL", 0.05)
     monkeypatch.setattr(
-        _aws_backend,
+        aws_backend,
         "CLIENT_CONFIG",
         Config(max_pool_connections=16, retries={"total_max_attempts": 2, "mode": "standard"}),
     )
@@ -213,7 +216,7 @@ async def test_listing_failed_children_through_bursts(
 ) -> None:
     """Children FAILED (some after writing their grouped record), while ListJobs and
     DescribeJobs fail in bursts: every record counts, every other input is lost exactly."""
-    monkeypatch.setattr(_aws_jobs, "MAX_ARRAY_SIZE", 4)  # 12 inputs: children of 3 inputs
+    monkeypatch.setattr(aws_jobs, "MAX_ARRAY_SIZE", 4)  # 12 inputs: children of 3 inputs
     inputs = list(range(12))
     for operation in ("describejobs", "listjobs"):
         failing_batch.add(Fault("503", service="batch", operation=operation, times=3))

@@ -43,7 +43,7 @@ async def test_no_docker_engine_fails_before_any_resource(
 async def test_aws_region_is_read_and_a_missing_region_says_where(
     aws: MotoServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from aioknot._aws_backend import _session
+    from aioknot._backends.aws.backend import _session
     from aioknot._options import parse_options
 
     monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)

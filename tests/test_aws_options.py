@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from aioknot._aws_options import (
+from aioknot._backends.aws.options import (
     DEFAULT_INSTANCE_TYPES,
     DEFAULT_MAX_VCPUS,
     DEFAULT_MEMORY,

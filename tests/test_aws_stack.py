@@ -19,9 +19,9 @@ import pytest
 from botocore.exceptions import ClientError
 from infra.moto import MotoServer
 
-from aioknot import _aws_stack
-from aioknot._aws_options import AwsOptions, aws_options
-from aioknot._aws_stack import (
+from aioknot._backends.aws import stack as aws_stack
+from aioknot._backends.aws.options import AwsOptions, aws_options
+from aioknot._backends.aws.stack import (
     default_vpc_subnets,
     delete_stack,
     ensure_stack,
@@ -29,7 +29,7 @@ from aioknot._aws_stack import (
     stack_is_current,
     template_body,
 )
-from aioknot._aws_template import (
+from aioknot._backends.aws.template import (
     environment_parameters,
     environment_tags,
     environment_template,
@@ -45,8 +45,8 @@ REGION = "us-east-1"
 
 @pytest.fixture(autouse=True)
 def fast_polls(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_aws_stack, "FIRST_POLL_INTERVAL", 0.01)
-    monkeypatch.setattr(_aws_stack, "MAX_POLL_INTERVAL", 0.05)
+    monkeypatch.setattr(aws_stack, "FIRST_POLL_INTERVAL", 0.01)
+    monkeypatch.setattr(aws_stack, "MAX_POLL_INTERVAL", 0.05)
 
 
 class Calls:

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from cfnlint.api import lint
 
-from aioknot._aws_options import AwsOptions, aws_options
-from aioknot._aws_template import (
+from aioknot._backends.aws.options import AwsOptions, aws_options
+from aioknot._backends.aws.template import (
     ENVIRONMENT_TAG,
     KNOT_TAG,
     environment_parameters,

@@ -19,15 +19,15 @@ import anyio
 import pytest
 from botocore.exceptions import ClientError
 
-from aioknot import _aws_watch
-from aioknot._aws_watch import (
+from aioknot._backends.aws import run as aws_run
+from aioknot._backends.aws.run import (
     AwsRun,
     attempt_count,
     exit_code,
     failure_reason,
     log_stream,
 )
-from aioknot._backend import RunSpec, Segment
+from aioknot._backends.base import RunSpec, Segment
 from aioknot._exceptions import KnotError, WatchTimeout
 
 PARENT = "6a2336e8-5f5e-4ccb-94c0-5cc1be5e0226"
@@ -286,8 +286,8 @@ async def paged_run(
 @pytest.fixture(autouse=True)
 def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """Shorter pauses between retries of a transient failure: the same path, in less time."""
-    monkeypatch.setattr(_aws_watch, "RETRY_FIRST_SECONDS", 0.01)
-    monkeypatch.setattr(_aws_watch, "RETRY_LONGEST_SECONDS", 0.05)
+    monkeypatch.setattr(aws_run, "RETRY_FIRST_SECONDS", 0.01)
+    monkeypatch.setattr(aws_run, "RETRY_LONGEST_SECONDS", 0.05)
 
 
 async def test_failed_children_stream_page_by_page_with_every_detail() -> None:
@@ -296,7 +296,7 @@ async def test_failed_children_stream_page_by_page_with_every_detail() -> None:
         await run.submit([Segment(0, 2_500)], last=True)
         await run.watch()
     assert sorted(listener.losses) == list(range(2_500))
-    described = _aws_watch.DESCRIBED_CHILDREN_MAX
+    described = aws_run.DESCRIBED_CHILDREN_MAX
     for child in (0, described - 1):
         loss = listener.losses[child]
         assert loss["job_id"] == f"{PARENT}:{child}"

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-import aioknot._dockerfile as dockerfile_module
-from aioknot._dockerfile import (
+import aioknot._image.dockerfile as dockerfile_module
+from aioknot._exceptions import ConfigurationError
+from aioknot._image.dockerfile import (
     ENTRYPOINT,
     WORKER_PATH,
     ImageSpec,
@@ -25,7 +26,6 @@ from aioknot._dockerfile import (
     read_worker_source,
     render_dockerfile,
 )
-from aioknot._exceptions import ConfigurationError
 
 WORKER = b"print('a stand-in worker')\n"
 MINOR = f"{sys.version_info[0]}.{sys.version_info[1]}"

@@ -19,10 +19,9 @@ import pytest
 from infra.containers import ContainerStack
 from infra.fixtures import container_stack  # noqa: F401
 
-from aioknot._aws_image import ImageSettings, plan_image, produce_image
-from aioknot._dockerfile import ImageSpec, make_image_spec
+from aioknot._backends.aws.image import ImageSettings, plan_image, produce_image
 from aioknot._exceptions import ConfigurationError, ImageBuildError
-from aioknot._image_builder import (
+from aioknot._image.builder import (
     Registry,
     build_and_push,
     check_engine,
@@ -33,7 +32,8 @@ from aioknot._image_builder import (
     redact,
     registry_from_option,
 )
-from aioknot._requirements import worker_requirements
+from aioknot._image.dockerfile import ImageSpec, make_image_spec
+from aioknot._image.requirements import worker_requirements
 
 # ------------------------------------------------------------------------------- options
 

@@ -107,7 +107,7 @@ def test_task_failures_survive_pickling() -> None:
 
 
 def test_the_typed_options_are_exactly_the_options_a_knot_takes() -> None:
-    from aioknot._aws_options import OPTION_NAMES
+    from aioknot._backends.aws.options import OPTION_NAMES
     from aioknot._options import COMMON_OPTIONS, IMAGE_OPTIONS, LOCAL_OPTIONS, KnotOptionsDict
 
     known = {*COMMON_OPTIONS, *LOCAL_OPTIONS, *IMAGE_OPTIONS, *OPTION_NAMES}

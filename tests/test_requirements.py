@@ -16,7 +16,7 @@ import yaml
 from docker.errors import NotFound
 
 from aioknot._exceptions import ConfigurationError
-from aioknot._requirements import (
+from aioknot._image.requirements import (
     image_requirements,
     merge_requirements,
     pin_imports,

@@ -23,9 +23,9 @@ from infra.fault_proxy import Fault, FaultProxy
 from infra.moto import FAKE_CREDENTIALS, MotoServer
 
 from aioknot import AsyncKnot, ConfigurationError, StoreError, TaskError, TaskLost
-from aioknot import _store_s3 as store_s3
-from aioknot._store_local import LocalStore
-from aioknot._store_s3 import S3Store
+from aioknot._stores import s3 as store_s3
+from aioknot._stores.local import LocalStore
+from aioknot._stores.s3 import S3Store
 from aioknot._watch import Outcome, ResultWatcher
 from aioknot._worker import (
     RECORD_MAGIC,

@@ -11,9 +11,9 @@ import pytest
 from botocore.exceptions import ClientError
 
 from aioknot import ConfigurationError
-from aioknot._store import Store
-from aioknot._store_local import LocalStore
-from aioknot._store_s3 import (
+from aioknot._stores.base import Store
+from aioknot._stores.local import LocalStore
+from aioknot._stores.s3 import (
     S3Store,
     parse_bucket,
     partition_of,

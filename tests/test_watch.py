@@ -17,7 +17,7 @@ from infra.fault_proxy import Fault, FaultProxy
 from infra.moto import MotoServer
 
 from aioknot import ConfigurationError, StoreError
-from aioknot._store_s3 import S3Store
+from aioknot._stores.s3 import S3Store
 from aioknot._watch import Outcome, ResultWatcher
 from aioknot._worker import encode_group, encode_value_record, result_key
 

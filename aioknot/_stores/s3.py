@@ -28,10 +28,10 @@ import anyio
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ProfileNotFound
 
-from ._aws_errors import error_code
-from ._exceptions import ConfigurationError, KnotError, StoreError
-from ._retry import is_transient, retry_transient
-from ._tasks import task_group
+from .._backends.aws.errors import error_code
+from .._exceptions import ConfigurationError, KnotError, StoreError
+from .._retry import is_transient, retry_transient
+from .._tasks import task_group
 
 T = TypeVar("T")
 

@@ -25,8 +25,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from ._aws_errors import aws_errors, error_code, error_message
-from ._exceptions import ConfigurationError, StackError
+from ..._exceptions import ConfigurationError, StackError
+from .errors import aws_errors, error_code, error_message
 
 __all__ = [
     "DEFAULT_TIMEOUT",

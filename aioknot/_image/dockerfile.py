@@ -23,7 +23,7 @@ import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ._exceptions import ConfigurationError
+from .._exceptions import ConfigurationError
 
 logger = logging.getLogger("aioknot")
 

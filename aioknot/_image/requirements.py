@@ -40,7 +40,7 @@ from types import CodeType, FunctionType, MethodType, ModuleType
 
 import cloudpickle
 
-from ._exceptions import ConfigurationError
+from .._exceptions import ConfigurationError
 
 logger = logging.getLogger("aioknot")
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 from botocore.parsers import ResponseParserError
 
-from ._exceptions import ConfigurationError, KnotError
+from ..._exceptions import ConfigurationError, KnotError
 
 CREDENTIAL_ERRORS = frozenset(
     {

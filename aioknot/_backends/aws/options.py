@@ -18,8 +18,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Literal, cast
 
-from ._exceptions import ConfigurationError
-from ._names import validate_knot_name
+from ..._exceptions import ConfigurationError
+from ..._names import validate_knot_name
 
 __all__ = [
     "COMPUTE_TYPES",

@@ -19,8 +19,8 @@ from typing import TypeVar
 
 import anyio.to_thread
 
-from ._exceptions import ConfigurationError, KnotError, StoreError
-from ._worker import DISK_FULL, FileStore
+from .._exceptions import ConfigurationError, KnotError, StoreError
+from .._worker import DISK_FULL, FileStore
 
 T = TypeVar("T")
 

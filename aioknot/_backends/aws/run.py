@@ -31,12 +31,12 @@ import anyio
 import anyio.abc
 from botocore.exceptions import ClientError
 
-from ._aws_errors import AWS_ERRORS, error_code, error_summary, translate
-from ._aws_jobs import LOG_GROUP, JobBatcher, JobShape, submit_request
-from ._backend import RunSpec, Segment, TaskListener
-from ._exceptions import KnotError, WatchTimeout
-from ._retry import is_throttling, is_transient, retry_transient
-from ._tasks import task_group
+from ..._exceptions import KnotError, WatchTimeout
+from ..._retry import is_throttling, is_transient, retry_transient
+from ..._tasks import task_group
+from ..base import RunSpec, Segment, TaskListener
+from .errors import AWS_ERRORS, error_code, error_summary, translate
+from .jobs import LOG_GROUP, JobBatcher, JobShape, submit_request
 
 T = TypeVar("T")
 

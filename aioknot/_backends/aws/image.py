@@ -16,9 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ._dockerfile import ImageSpec, make_image_spec
-from ._exceptions import ConfigurationError, ImageBuildError
-from ._image_builder import (
+from ..._exceptions import ConfigurationError, ImageBuildError
+from ..._image.builder import (
     DEFAULT_REPOSITORY,
     Registry,
     build_and_push,
@@ -29,8 +28,9 @@ from ._image_builder import (
     registry_from_option,
     untag_ecr_image,
 )
-from ._pickling import PickledFunction
-from ._requirements import image_requirements
+from ..._image.dockerfile import ImageSpec, make_image_spec
+from ..._image.requirements import image_requirements
+from ..._pickling import PickledFunction
 
 _IMAGE_REFERENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ._aws_options import RESERVED_TAG_PREFIX, AwsOptions
-from ._exceptions import ConfigurationError
+from ..._exceptions import ConfigurationError
+from .options import RESERVED_TAG_PREFIX, AwsOptions
 
 __all__ = [
     "KNOT_STACK_PREFIX",

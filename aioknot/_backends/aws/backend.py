@@ -44,8 +44,17 @@ import anyio.abc
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ._aws_errors import aws_errors, error_code, translate
-from ._aws_image import (
+from ..._exceptions import ConfigurationError, KnotError
+from ..._image.dockerfile import ImageSpec
+from ..._names import knot_prefix
+from ..._options import KnotOptions
+from ..._retry import is_transient, retry_transient
+from ..._stores.base import Store
+from ..._stores.s3 import S3Store
+from ..._tasks import concurrently
+from ..base import RunSpec, TaskListener
+from .errors import aws_errors, error_code, translate
+from .image import (
     ImageSettings,
     check_buildable,
     ecr_host,
@@ -53,7 +62,7 @@ from ._aws_image import (
     plan_image,
     produce_image,
 )
-from ._aws_jobs import (
+from .jobs import (
     definition_environment_tag,
     definition_key,
     definition_request,
@@ -62,14 +71,15 @@ from ._aws_jobs import (
     register_definition,
     roles_of_knot_stack,
 )
-from ._aws_options import (
+from .options import (
     OPTION_NAMES,
     RESERVED_TAG_PREFIX,
     AwsOptions,
     aws_options,
     default_bucket_name,
 )
-from ._aws_stack import (
+from .run import AwsRun
+from .stack import (
     FINGERPRINT_OUTPUT,
     default_vpc_subnets,
     delete_stack,
@@ -77,7 +87,7 @@ from ._aws_stack import (
     stack_is_current,
     template_body,
 )
-from ._aws_template import (
+from .template import (
     ENVIRONMENT_TAG,
     KNOT_TAG,
     environment_parameters,
@@ -89,16 +99,6 @@ from ._aws_template import (
     knot_tags,
     knot_template,
 )
-from ._aws_watch import AwsRun
-from ._backend import RunSpec, TaskListener
-from ._dockerfile import ImageSpec
-from ._exceptions import ConfigurationError, KnotError
-from ._names import knot_prefix
-from ._options import KnotOptions
-from ._retry import is_transient, retry_transient
-from ._store import Store
-from ._store_s3 import S3Store
-from ._tasks import concurrently
 
 Progress = Callable[[str], None]
 

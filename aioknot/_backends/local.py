@@ -35,9 +35,9 @@ import anyio
 import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from . import _worker
-from ._backend import RunSpec, Segment, TaskListener
-from ._tasks import task_group
+from .. import _worker
+from .._tasks import task_group
+from .base import RunSpec, Segment, TaskListener
 
 WORKER_PATH = str(Path(_worker.__file__).resolve())
 # A chunk should take about this long: long enough that pipe round trips are noise, short

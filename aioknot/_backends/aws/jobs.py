@@ -37,11 +37,11 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ._aws_errors import translate
-from ._aws_options import RESERVED_TAG_PREFIX, AwsOptions
-from ._aws_template import ENVIRONMENT_TAG, KNOT_TAG
-from ._backend import RunSpec, Segment
-from ._worker import format_segments, parse_segments
+from ..._worker import format_segments, parse_segments
+from ..base import RunSpec, Segment
+from .errors import translate
+from .options import RESERVED_TAG_PREFIX, AwsOptions
+from .template import ENVIRONMENT_TAG, KNOT_TAG
 
 DEFINITION_FORMAT = 1
 DEFINITION_PREFIX = "aioknot-"

@@ -1,7 +1,7 @@
 """Building the worker image with a Docker engine and pushing it to a registry (ECR or any).
 
 ``ensure_image`` is the one call a knot needs: the image's tag is a hash of its content
-(:class:`~aioknot._dockerfile.ImageSpec`), so when the registry already has the tag nothing is
+(:class:`~aioknot._image.dockerfile.ImageSpec`), so when the registry already has the tag nothing is
 built or pushed, and no Docker engine is even contacted. ``check_engine`` lets a caller fail
 early, before any AWS resource exists, when an image will have to be built and there is no
 engine. aiodocker, aiohttp and botocore errors are translated into ``ImageBuildError`` here.
@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from ._dockerfile import ImageSpec, build_context
-from ._exceptions import ConfigurationError, ImageBuildError
-from ._retry import backoff_delays
+from .._exceptions import ConfigurationError, ImageBuildError
+from .._retry import backoff_delays
+from .dockerfile import ImageSpec, build_context
 
 logger = logging.getLogger("aioknot")
 
