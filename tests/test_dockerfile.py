@@ -45,7 +45,7 @@ def test_defaults_follow_the_client_python_and_the_installed_worker() -> None:
     made = make_image_spec(["cloudpickle==3.1.2"])
     assert made.base_image == default_base_image() == f"python:{MINOR}-slim"
     assert made.python_version == MINOR
-    installed = Path(dockerfile_module.__file__).with_name("_worker.py")
+    installed = Path(dockerfile_module.__file__).parent.parent / "_worker.py"
     assert made.worker_source == read_worker_source() == installed.read_bytes()
 
 
