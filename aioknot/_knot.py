@@ -10,22 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import json
 import logging
-import math
 import time
 import weakref
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 import anyio.abc
 
 from . import _host
-from ._backends.base import Backend, EndedRun, RunSpec, Segment
+from ._backends import make_backend
+from ._backends.base import Backend, KnotSetup, RunSpec
 from ._exceptions import ConfigurationError, KnotError
-from ._image.dockerfile import ImageSpec
-from ._inputs import PackedSegment, check_inputs, pack_inputs
+from ._inputs import check_inputs
+from ._manifest import check_attachable, read_manifest
 from ._names import (
     default_home,
     default_knot_name,
@@ -39,14 +38,13 @@ from ._names import (
 )
 from ._options import KnotOptions, KnotOptionsDict, parse_options
 from ._pickling import PickledFunction, pickle_function
-from ._run import CANCELLED_REASON, Run
+from ._run import Inputs, Run
+from ._stores import open_store
 from ._stores.base import Store
 from ._tasks import task_group
-from ._worker import segment_key
 
 logger = logging.getLogger("aioknot")
 
-Inputs = Iterable[Any] | AsyncIterable[Any]
 # Closing a knot waits at most this long for each run it cancels (a store or control plane
 # that is down must not hold the user's program up).
 CLOSE_CANCEL_SECONDS = 10.0
@@ -82,25 +80,21 @@ class AsyncKnot(Generic[R]):
         func: Callable[..., R],
         *,
         name: str | None = None,
-        backend: str | None = None,
+        backend: str | Backend | None = None,
         **options: Unpack[KnotOptionsDict],
     ) -> None:
         self.func = func
         self.name = validate_knot_name(name) if name is not None else default_knot_name(func)
         self.options: KnotOptions = parse_options(backend, options)
         self._function: PickledFunction = pickle_function(func)
-        # For AWS, the image's requirements come from the function's imports: scanned here,
-        # offline, so an import that is not installed fails before anything is created.
-        self._image_spec: ImageSpec | None = None
-        if self.options.backend == "aws":
-            from ._backends.aws.image import image_settings, image_spec
-
-            self._image_spec = image_spec(image_settings(self.options.aws), func, self._function)
+        # The backend checks now, offline, what must fail before anything is created (the
+        # AWS backend scans the function's imports for the image's requirements).
+        self._backend: Backend = make_backend(backend, self.options)
+        self._backend.bind(KnotSetup(self.name, func, self._function, self.options, self._progress))
         self._state = _State.UNOPENED
         self._exit_stack = contextlib.AsyncExitStack()
         self._group: anyio.abc.TaskGroup | None = None
         self._store: Store | None = None
-        self._backend: Backend | None = None
         # Functions by key (with kwargs bound, or not), and which of them the store has.
         self._functions: dict[str, PickledFunction] = {}
         self._stored_functions: dict[str, float] = {}  # key -> when last seen stored
@@ -159,16 +153,12 @@ class AsyncKnot(Generic[R]):
         until the knot closes (from whichever task), then closes them in the same task."""
         try:
             try:
-                self._store = await self._open_store()
-                self._exit_stack.push_async_callback(self._store.aclose)
-                self._backend = self._make_backend()
                 self._exit_stack.push_async_callback(self._backend.aclose)
+                self._store = await self._open_store()
                 self._group = await self._exit_stack.enter_async_context(task_group())
                 # Runs first on exit: stop every watcher and worker before the group is awaited.
                 self._exit_stack.callback(self._group.cancel_scope.cancel)
-                start = getattr(self._backend, "start", None)
-                if start is not None:
-                    start(self._group)
+                self._backend.start(self._group)
                 # clobber() may cancel it before the task even starts.
                 self._preparing = anyio.CancelScope()
                 self._group.start_soon(self._prepare)
@@ -215,8 +205,7 @@ class AsyncKnot(Generic[R]):
 
     async def _settle_runs_on_close(self) -> None:
         """Cancel the runs whose work belongs to this knot; leave the others running."""
-        backend = self._backend
-        outlive = backend is not None and backend.runs_outlive_client
+        outlive = self._backend.runs_outlive_client
         with anyio.CancelScope(shield=True):
             for run in list(self._runs):
                 if outlive and run.retained and not run.done:
@@ -236,47 +225,20 @@ class AsyncKnot(Generic[R]):
                     await run.cancel()
 
     async def _open_store(self) -> Store:
-        options = self.options
-        if options.backend == "aws":
-            from ._backends.aws.backend import open_aws_store
-
-            return await open_aws_store(self.name, options, self._image_spec)
-        if options.bucket is not None:
-            from ._stores.s3 import S3Store
-
-            return await S3Store(
-                options.bucket,
-                endpoint_url=options.endpoint_url,
-                region=options.region,
-                profile=options.profile,
-            ).open()
-        from ._stores.local import LocalStore
-
-        return LocalStore(options.directory or default_home())
-
-    def _make_backend(self) -> Backend:
-        if self.options.backend == "aws":
-            from ._backends.aws.backend import AwsBackend
-
-            assert self._store is not None
-            backend: Backend = AwsBackend(
-                knot=self.name,
-                options=self.options,
-                image_spec=self._image_spec,
-                store=self._store,
-                progress=self._progress,
-            )
-            return backend
-        from ._backends.local import LocalBackend
-
-        return LocalBackend(workers=self.options.workers)
+        """The store the backend decides (AWS: the account's bucket), else the one the options
+        name; closed with the knot unless the user passed it open (``store=`` an object)."""
+        store = await self._backend.open_store()
+        if store is None:
+            store = self.options.store or await open_store(self.options, default_home())
+        if store is not self.options.store:
+            self._exit_stack.push_async_callback(store.aclose)
+        return store
 
     async def _prepare(self) -> None:
         """Make the backend ready (stack, image) while the first inputs are uploaded."""
         try:
             assert self._preparing is not None
             with self._preparing:
-                assert self._backend is not None
                 await self._backend.prepare()
         except Exception as error:
             self._prepare_error = error
@@ -302,7 +264,7 @@ class AsyncKnot(Generic[R]):
                 f"knot {self.name!r} is {self._state.value}: use it inside "
                 "'async with AsyncKnot(...) as knot:'"
             )
-        assert self._store is not None and self._backend is not None and self._group is not None
+        assert self._store is not None and self._group is not None
         return self._store, self._backend, self._group
 
     # -- runs ----------------------------------------------------------------------------
@@ -317,23 +279,26 @@ class AsyncKnot(Generic[R]):
     ) -> Run[R]:
         store, backend, _ = self._check_open()
         function = self._function_with(kwargs)  # before anything is stored or started
-        run_id = new_run_id()
-        spec = RunSpec(
+        spec = self._run_spec(
+            store, new_run_id(), function_key(self.name, function.digest), starmap=starmap
+        )
+        run: Run[R] = Run.start(
+            spec, store, backend, retain=retain, return_exceptions=return_exceptions
+        )
+        self._functions[spec.function_key] = function
+        self._runs.add(run)
+        return run
+
+    def _run_spec(self, store: Store, run_id: str, function: str, *, starmap: bool) -> RunSpec:
+        return RunSpec(
             knot=self.name,
             run_id=run_id,
             run_prefix=run_prefix(self.name, run_id),
-            function_key=function_key(self.name, function.digest),
+            function_key=function,
             store_url=store.url,
             starmap=starmap,
             store_environment=tuple(sorted(store.worker_environment().items())),
         )
-        run: Run[R] = Run(
-            spec, store, backend.name, retain=retain, return_exceptions=return_exceptions
-        )
-        run.backend_run = backend.open_run(spec, run.watcher)
-        self._functions[spec.function_key] = function
-        self._runs.add(run)
-        return run
 
     def _function_with(self, kwargs: Mapping[str, Any] | None) -> PickledFunction:
         """The function to store for a run: the knot's own, or with ``kwargs=`` bound."""
@@ -356,62 +321,11 @@ class AsyncKnot(Generic[R]):
         self._stored_functions[key] = time.monotonic()
 
     async def _submit(self, run: Run[R], inputs: Inputs) -> None:
-        """Store the inputs segment by segment, submitting each as soon as it is stored.
-
-        Storing never waits for the backend: while it is still getting ready (a stack, an
-        image), stored segments queue up and are submitted together the moment it is.
-        """
+        """Store the run's function (once per content), then its inputs, submitting them as
+        they are stored; they queue up while the backend is still getting ready."""
         store, _, _ = self._check_open()
-        backend_run = run.backend_run
-        assert backend_run is not None
-        await self._store_function(store, run._spec.function_key)
-        send, receive = anyio.create_memory_object_stream[Segment](math.inf)
-        failure: list[BaseException] = []  # raised as itself, not as an ExceptionGroup
-
-        async def store_segment(packed: PackedSegment) -> None:
-            await store.put(segment_key(run._spec.run_prefix, packed.segment.first), packed.data)
-            if packed.segment.first == 0:  # re-attachable from the first segment on
-                await run._write_manifest()
-            await send.send(packed.segment)
-
-        async def store_segments() -> None:
-            async with send:
-                try:
-                    await pack_inputs(inputs, starmap=run._spec.starmap, store=store_segment)
-                except Exception as error:
-                    failure.append(error)
-
-        async with task_group() as group, receive:
-            group.start_soon(store_segments)
-            await self._wait_prepared()
-            async for segment in receive:
-                ready = [segment]
-                while True:  # everything stored meanwhile goes in one submission
-                    try:
-                        ready.append(receive.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                for stored in ready:
-                    run._stored(stored)  # before submitting: the watcher must expect them
-                await backend_run.submit(ready, last=False)
-        if failure:
-            raise failure[0]
-        await backend_run.submit([], last=True)
-        run._submission_finished()
-        await run._write_manifest()
-
-    async def _watch(self, run: Run[R]) -> None:
-        """Watch a run until every input has an outcome, or watching fails.
-
-        A failed watch (a store or control-plane outage outlasting its retries) ends the run's
-        readers with the error, and nothing else: the jobs keep running and their results
-        keep being stored, so the run can be re-attached. Only the user cancels work.
-        """
-        assert run.backend_run is not None
-        try:
-            await run.watcher.run(run.backend_run)
-        except Exception as error:
-            run._fail(error)
+        await self._store_function(store, run.function_key)
+        await run._send(inputs, ready=self._wait_prepared)
 
     async def map(
         self,
@@ -431,7 +345,7 @@ class AsyncKnot(Generic[R]):
         run = self._new_run(
             starmap=starmap, retain=True, return_exceptions=return_exceptions, kwargs=kwargs
         )
-        group.start_soon(self._watch, run)
+        group.start_soon(run._watch)
         try:
             await self._submit(run, inputs)
         except BaseException:
@@ -473,7 +387,7 @@ class AsyncKnot(Generic[R]):
                     run._fail(error)
                     await run.cancel()
 
-        group.start_soon(self._watch, run)
+        group.start_soon(run._watch)
         group.start_soon(submit_in_background)
         try:
             async for _, value in run.items(ordered=ordered):
@@ -485,8 +399,7 @@ class AsyncKnot(Generic[R]):
     async def attach(self, run_id: str) -> Run[R]:
         """A run of this knot started earlier, maybe by another process, from its manifest."""
         store, backend, group = self._check_open()
-        prefix = run_prefix(self.name, validate_run_id(run_id))
-        key = manifest_key(prefix)
+        key = manifest_key(run_prefix(self.name, validate_run_id(run_id)))
         try:
             data = await store.get(key)
         except KeyError:
@@ -494,33 +407,11 @@ class AsyncKnot(Generic[R]):
                 f"knot {self.name!r} has no run {run_id!r} in {store.url}"
             ) from None
         manifest = read_manifest(data, f"{store.url}/{key}")
-        if manifest.get("format") != 1 or not manifest.get("complete"):
-            raise ConfigurationError(
-                f"run {run_id!r} cannot be attached: its manifest is "
-                + ("of an unknown format" if manifest.get("format") != 1 else "incomplete")
-                + " (a run can be attached once its map() has returned)"
-            )
-        spec = RunSpec(
-            knot=self.name,
-            run_id=run_id,
-            run_prefix=prefix,
-            function_key=manifest["function"],
-            store_url=store.url,
-            starmap=manifest["starmap"],
-        )
-        run: Run[R] = Run(spec, store, backend.name, retain=True)
-        run.created = float(manifest["created"])
-        if manifest.get("cancelled"):
-            # Whatever has no record will never get one.
-            run.backend_run = EndedRun(list(manifest.get("jobs", [])))
-            run.watcher.no_record_reason = CANCELLED_REASON
-        else:
-            run.backend_run = backend.attach_run(spec, run.watcher, manifest)
-        for first, count in manifest["segments"]:
-            run._stored(Segment(first, count))
-        run._submission_finished()
+        check_attachable(manifest, run_id)
+        spec = self._run_spec(store, run_id, manifest.function, starmap=manifest.starmap)
+        run: Run[R] = Run.from_manifest(manifest, spec, store, backend)
         self._runs.add(run)
-        group.start_soon(self._watch, run)
+        group.start_soon(run._watch)
         return run
 
     async def clobber(
@@ -538,64 +429,15 @@ class AsyncKnot(Generic[R]):
         """
         store, backend, _ = self._check_open()
         await self._stop_preparing()
-        check = getattr(backend, "check_environment_unused", None)
-        if environment and not force and check is not None:
+        if environment and not force:
             # Checked here, before anything is deleted, so that a refusal deletes nothing;
             # once checked, the backend need not ask again (force=True below).
-            await check()
+            await backend.check_environment_unused()
             force = True
         for run in list(self._runs):
             await run.cancel()
         deleted = await store.delete_prefix(knot_prefix(self.name) + "/")
         self._stored_functions.clear()
         self._progress(f"deleted {deleted} objects under {knot_prefix(self.name)}/")
-        clobber_backend = getattr(backend, "clobber", None)
-        if clobber_backend is not None:
-            await clobber_backend(environment=environment, images=images, force=force)
-        elif environment or images:
-            raise ConfigurationError(
-                f"the {backend.name} backend has no environment or images to delete"
-            )
+        await backend.clobber(environment=environment, images=images, force=force)
         return deleted
-
-
-# Fields a manifest must have, and their types, to be attached.
-_MANIFEST_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "function": str,
-    "starmap": bool,
-    "created": (int, float),
-    "segments": list,
-}
-
-
-def read_manifest(data: bytes, where: str) -> dict[str, Any]:
-    """A run's manifest, parsed and checked; a corrupt one is a ConfigurationError naming it."""
-    try:
-        manifest: object = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ConfigurationError(
-            f"the run manifest {where} is corrupt (not JSON: {error}); the run cannot be "
-            "attached. Its results, if any, are still stored beside it"
-        ) from None
-    problems = []
-    if not isinstance(manifest, dict):
-        problems.append("it is not a JSON object")
-        manifest = {}
-    else:
-        for name, kind in _MANIFEST_FIELDS.items():
-            if not isinstance(manifest.get(name), kind):
-                problems.append(f"{name!r} is missing or of the wrong type")
-        segments = manifest.get("segments")
-        if isinstance(segments, list) and not all(
-            isinstance(pair, list)
-            and len(pair) == 2
-            and all(isinstance(n, int) and n >= 0 for n in pair)
-            for pair in segments
-        ):
-            problems.append("'segments' is not a list of [first, count] pairs")
-    if problems:
-        raise ConfigurationError(
-            f"the run manifest {where} is corrupt ({'; '.join(problems)}); the run cannot be "
-            "attached. Its results, if any, are still stored beside it"
-        )
-    return manifest

@@ -86,3 +86,36 @@ def default_home() -> str:
     import platformdirs
 
     return str(platformdirs.user_cache_path("aioknot"))
+
+
+# S3's bucket naming rules (the one check of a bucket name in the library).
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
+
+
+def check_bucket_name(name: str, what: str) -> str:
+    """``name`` if S3 would take it as a bucket name; else a ConfigurationError about ``what``."""
+    broken = (
+        not _BUCKET.fullmatch(name)
+        or ".." in name
+        or ".-" in name
+        or "-." in name
+        or _IPV4.fullmatch(name) is not None
+        or name.startswith(("xn--", "sthree-", "amzn-s3-demo-"))
+        or name.endswith(("-s3alias", "--ol-s3", ".mrap", "--x-s3"))
+    )
+    if broken:
+        raise ConfigurationError(
+            f"{what} is not a valid S3 bucket name: use 3 to 63 lower-case letters, digits, "
+            "hyphens and dots, starting and ending with a letter or digit, e.g. "
+            "bucket='my-knot-data' or bucket='s3://my-knot-data/some/prefix'"
+        )
+    return name
+
+
+def parse_bucket(location: str) -> tuple[str, str]:
+    """``"s3://bucket/some/prefix"`` or ``"bucket"`` -> ``("bucket", "some/prefix")``."""
+    rest = location.removeprefix("s3://")
+    bucket, _, prefix = rest.partition("/")
+    check_bucket_name(bucket, f"bucket={location!r}")
+    return bucket, prefix.strip("/")

@@ -1,9 +1,12 @@
-"""A knot's options: which backend, which store, and the backend's own settings.
+"""A knot's options, parsed once into one frozen, typed `KnotOptions`.
 
-Validation is pure and happens in the knot's constructor, so a bad option fails before any
-process starts, any request is sent or any money is spent. Options for ``backend="aws"`` are
-accepted (and checked) for a local knot too, so switching ``AIOKNOT_BACKEND`` between
-``local`` and ``aws`` needs no change to the code.
+Parsing is pure and happens in the knot's constructor, so that a bad option fails before any
+process starts, any request is sent or any money is spent. The core options (where the data
+lives, watching, reporting) are parsed here; each registered backend parses its own (the
+local backend's ``workers``, the AWS backend's Batch and image options) into a frozen object
+of its own, kept in `KnotOptions.backends`. Every registered backend's options are checked
+whichever backend the knot uses, so that switching ``AIOKNOT_BACKEND`` between ``local`` and
+``aws`` needs no change to the code.
 """
 
 from __future__ import annotations
@@ -11,16 +14,19 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar
 
 from ._exceptions import ConfigurationError
+from ._names import parse_bucket
+from ._stores.base import Store
 
-BACKENDS = ("local", "aws")
-DEFAULT_BACKEND = "local"  # never spend money by accident: AWS is asked for by name
+if TYPE_CHECKING:
+    from ._backends.base import Backend
 
-# Options every backend understands; the AWS backend's own are checked by _aws_options.
-COMMON_OPTIONS = (
+# Options every backend understands (the store's, watching and reporting).
+CORE_OPTIONS = (
+    "store",
     "bucket",
     "endpoint_url",
     "profile",
@@ -35,19 +41,8 @@ COMMON_OPTIONS = (
 DEFAULT_WATCH_TIMEOUT = 15 * 60.0
 # How long a run's data (inputs, results, manifest) is kept, unless AIOKNOT_RETENTION_DAYS.
 DEFAULT_RETENTION_DAYS = 7
-LOCAL_OPTIONS = ("workers",)
-# How the AWS backend gets its worker image (checked by the image builder).
-IMAGE_OPTIONS = (
-    "image",
-    "base_image",
-    "requirements",
-    "extra_requirements",
-    "apt_packages",
-    "dockerfile_lines",
-    "rebuild",
-    "registry",
-    "docker_host",
-)
+
+T = TypeVar("T")
 
 
 class KnotOptionsDict(TypedDict, total=False):
@@ -55,6 +50,7 @@ class KnotOptionsDict(TypedDict, total=False):
     (``**options: Unpack[KnotOptionsDict]``). A test keeps it equal to the options accepted."""
 
     # Where inputs and results live, and how long.
+    store: str | Store
     bucket: str
     endpoint_url: str
     profile: str
@@ -102,28 +98,112 @@ class KnotOptionsDict(TypedDict, total=False):
 
 @dataclass(frozen=True)
 class KnotOptions:
-    backend: str
+    backend: str  # the backend's name ("local", "aws", or a registered one's)
     bucket: str | None = None  # "s3://bucket/prefix" or "bucket": an S3 store
     endpoint_url: str | None = None
     profile: str | None = None
     region: str | None = None
     directory: str | None = None  # the local store's root (default: AIOKNOT_HOME / cache)
-    workers: int | None = None  # local worker processes (default: os.cpu_count())
+    # A store object the user opened and passed as store=: used as it is, never closed.
+    store: Store | None = None
     progress: Callable[[str], None] | None = None
     watch_timeout: float = DEFAULT_WATCH_TIMEOUT  # seconds without one successful poll
     retention_days: int = DEFAULT_RETENTION_DAYS  # days a run's stored data is kept
-    aws: Mapping[str, Any] = field(default_factory=dict)  # validated by the AWS backend
+    # Each registered backend's own options, parsed by it: see `backend_options`.
+    backends: Mapping[str, object] = field(default_factory=dict)
+
+    def backend_options(self, backend: str, kind: type[T]) -> T:
+        """The options ``backend`` parsed for itself, as the ``kind`` it parses them into."""
+        parsed = self.backends.get(backend)
+        if not isinstance(parsed, kind):
+            raise TypeError(f"the {backend} backend's options are not a {kind.__name__}")
+        return parsed
 
 
-def resolve_backend(backend: str | None) -> str:
-    chosen = backend if backend is not None else os.environ.get("AIOKNOT_BACKEND", DEFAULT_BACKEND)
-    if chosen not in BACKENDS:
-        source = "backend=" if backend is not None else "AIOKNOT_BACKEND"
-        raise ConfigurationError(
-            f"{source} {chosen!r} is not a backend: use 'local' (processes on this machine) "
-            "or 'aws' (AWS Batch)"
+def parse_options(backend: str | Backend | None, options: Mapping[str, Any]) -> KnotOptions:
+    """Check every option (core and every registered backend's) and parse them once."""
+    from ._backends import backend_kinds, backend_name
+
+    chosen = backend_name(backend)
+    rest = dict(options)
+    core = _core_options(chosen, rest)
+    kinds = backend_kinds()
+    known = set(CORE_OPTIONS).union(*(kind.option_names for kind in kinds))
+    for name in rest:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f" Did you mean {close[0]}=?" if close else ""
+            raise ConfigurationError(f"{name}= is not an option of a knot.{hint}")
+    parsed = {
+        kind.name: kind.parse_options(
+            {name: value for name, value in rest.items() if name in kind.option_names}, core
         )
-    return chosen
+        for kind in kinds
+    }
+    return replace(core, backends=parsed)
+
+
+def _core_options(backend: str, options: dict[str, Any]) -> KnotOptions:
+    bucket = _optional_str(options, "bucket")
+    directory = _optional_str(options, "directory")
+    store_object = None
+    store = options.pop("store", None)
+    if store is not None:
+        if bucket is not None or directory is not None:
+            raise ConfigurationError(
+                "store= names where the data lives, and so do bucket= and directory=: "
+                "pass only one of them"
+            )
+        if isinstance(store, (str, os.PathLike)):
+            bucket, directory = _store_location(os.fspath(store))
+        elif isinstance(store, Store):
+            store_object = store
+        else:
+            raise ConfigurationError(
+                "store= must be 's3://bucket/prefix', a directory ('file:///path' or a path), "
+                f"or an open store object; got {type(store).__name__}"
+            )
+    if bucket is not None:
+        parse_bucket(bucket)
+    progress = options.pop("progress", None)
+    if progress is not None and not callable(progress):
+        raise ConfigurationError("progress= must be a callable taking one message string")
+    watch_timeout = options.pop("watch_timeout", DEFAULT_WATCH_TIMEOUT)
+    if (
+        not isinstance(watch_timeout, (int, float))
+        or isinstance(watch_timeout, bool)
+        or not watch_timeout > 0
+    ):
+        raise ConfigurationError(
+            f"watch_timeout= must be a positive number of seconds, got {watch_timeout!r} "
+            f"(the default is {DEFAULT_WATCH_TIMEOUT:g}: 15 minutes)"
+        )
+    return KnotOptions(
+        backend=backend,
+        bucket=bucket,
+        endpoint_url=_optional_str(options, "endpoint_url"),
+        profile=_optional_str(options, "profile"),
+        region=_optional_str(options, "region"),
+        directory=directory,
+        store=store_object,
+        progress=progress,
+        watch_timeout=float(watch_timeout),
+        retention_days=_retention_days(options.pop("retention_days", None)),
+    )
+
+
+def _store_location(location: str) -> tuple[str | None, str | None]:
+    """``store="s3://..."`` is ``bucket=``; ``store="file:///..."`` or a path is ``directory=``."""
+    if location.startswith("s3://"):
+        return location, None
+    if location.startswith("file://"):
+        return None, location.removeprefix("file://")
+    if "://" in location:
+        raise ConfigurationError(
+            f"store={location!r} is not a store aioknot knows: use 's3://bucket/prefix' or a "
+            "directory ('file:///path' or a path)"
+        )
+    return None, location
 
 
 def _optional_str(options: dict[str, Any], name: str) -> str | None:
@@ -150,61 +230,3 @@ def _retention_days(value: object) -> int:
             f"(the default is {DEFAULT_RETENTION_DAYS})"
         )
     return value
-
-
-def parse_options(backend: str | None, options: Mapping[str, Any]) -> KnotOptions:
-    chosen = resolve_backend(backend)
-    rest = dict(options)
-    workers = rest.pop("workers", None)
-    if workers is not None and (
-        not isinstance(workers, int) or isinstance(workers, bool) or workers < 1
-    ):
-        raise ConfigurationError(
-            f"workers= must be a positive whole number of processes, got {workers!r}"
-        )
-    progress = rest.pop("progress", None)
-    if progress is not None and not callable(progress):
-        raise ConfigurationError("progress= must be a callable taking one message string")
-    watch_timeout = rest.pop("watch_timeout", DEFAULT_WATCH_TIMEOUT)
-    if (
-        not isinstance(watch_timeout, (int, float))
-        or isinstance(watch_timeout, bool)
-        or not watch_timeout > 0
-    ):
-        raise ConfigurationError(
-            f"watch_timeout= must be a positive number of seconds, got {watch_timeout!r} "
-            f"(the default is {DEFAULT_WATCH_TIMEOUT:g}: 15 minutes)"
-        )
-    retention_days = _retention_days(rest.pop("retention_days", None))
-    parsed = KnotOptions(
-        backend=chosen,
-        bucket=_optional_str(rest, "bucket"),
-        endpoint_url=_optional_str(rest, "endpoint_url"),
-        profile=_optional_str(rest, "profile"),
-        region=_optional_str(rest, "region"),
-        directory=_optional_str(rest, "directory"),
-        workers=workers,
-        progress=progress,
-        watch_timeout=float(watch_timeout),
-        retention_days=retention_days,
-    )
-    from ._backends.aws.options import OPTION_NAMES, aws_options
-
-    known = set(COMMON_OPTIONS) | set(LOCAL_OPTIONS) | set(IMAGE_OPTIONS) | set(OPTION_NAMES)
-    for name in rest:
-        if name not in known:
-            close = difflib.get_close_matches(name, sorted(known), n=1)
-            hint = f" Did you mean {close[0]}=?" if close else ""
-            raise ConfigurationError(f"{name}= is not an option of a knot.{hint}")
-    aws = dict(rest)
-    # Check the AWS and image options now, whichever the backend, so that a typo never waits
-    # for the cloud (and a local knot's options are valid when AIOKNOT_BACKEND=aws).
-    aws_options(
-        **{name: value for name, value in aws.items() if name in OPTION_NAMES},
-        profile=parsed.profile,
-        region=parsed.region,
-    )
-    from ._backends.aws.image import image_settings
-
-    image_settings({name: value for name, value in aws.items() if name in IMAGE_OPTIONS})
-    return KnotOptions(**{**parsed.__dict__, "aws": aws})

@@ -8,31 +8,37 @@ A ``Run`` is handed out once every input is stored and submitted (``knot.map``),
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import socket
+import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Generic, TypeVar
 
 import anyio
 
-from ._backends.base import BackendRun, RunSpec, Segment
-from ._exceptions import KnotError, TaskLost
+from ._backends.base import Backend, BackendRun, EndedRun, RunSpec, Segment
+from ._exceptions import TaskLost
+from ._inputs import PackedSegment, pack_inputs
+from ._manifest import Manifest
 from ._names import manifest_key
 from ._stores.base import Store
-from ._version import __version__
+from ._tasks import task_group
 from ._watch import Outcome, ResultWatcher
+from ._worker import segment_key
 
 R = TypeVar("R")  # what the knot's function returns
+Inputs = Iterable[Any] | AsyncIterable[Any]
 
-MANIFEST_FORMAT = 1
 CANCELLED_REASON = "the run was cancelled"
 MANIFEST_ON_CANCEL_SECONDS = 3.0
 
 
 class Run(Generic[R]):
-    """The inputs, jobs and results of one map. Iterate it for results as they complete."""
+    """The inputs, jobs and results of one map. Iterate it for results as they complete.
+
+    Made by its knot with `Run.start` (a new run) or `Run.from_manifest` (one started earlier);
+    the knot then drives it with `_send` (store and submit the inputs) and `_watch` (collect
+    the outcomes), and each transition is a method here, never a field set from outside.
+    """
 
     def __init__(
         self,
@@ -42,6 +48,7 @@ class Run(Generic[R]):
         *,
         retain: bool = True,
         return_exceptions: bool = False,
+        created: float | None = None,
     ) -> None:
         self._spec = spec
         self._store = store
@@ -58,8 +65,48 @@ class Run(Generic[R]):
         self._cancelled = False
         self._counts = {"succeeded": 0, "failed": 0, "lost": 0}
         self.watcher = ResultWatcher(store, spec.run_prefix, spec.run_id, self._collect)
-        self.backend_run: BackendRun | None = None
-        self.created = time.time()
+        self._backend_run: BackendRun | None = None
+        self.created = created if created is not None else time.time()
+
+    @classmethod
+    def start(
+        cls,
+        spec: RunSpec,
+        store: Store,
+        backend: Backend,
+        *,
+        retain: bool,
+        return_exceptions: bool,
+    ) -> Run[R]:
+        """A new run, its tasks opened on ``backend``; nothing is stored or submitted yet."""
+        run: Run[R] = cls(
+            spec, store, backend.name, retain=retain, return_exceptions=return_exceptions
+        )
+        run._backend_run = backend.open_run(spec, run.watcher)
+        return run
+
+    @classmethod
+    def from_manifest(
+        cls, manifest: Manifest, spec: RunSpec, store: Store, backend: Backend
+    ) -> Run[R]:
+        """A run submitted earlier (maybe by another process), as its manifest describes it."""
+        run: Run[R] = cls(spec, store, backend.name, retain=True, created=manifest.created)
+        if manifest.cancelled:
+            # Whatever has no record will never get one.
+            run._backend_run = EndedRun(manifest.jobs)
+            run.watcher.no_record_reason = CANCELLED_REASON
+        else:
+            run._backend_run = backend.attach_run(spec, run.watcher, manifest)
+        for first, count in manifest.segments:
+            run._stored(Segment(first, count))
+        run._submission_finished()
+        return run
+
+    @property
+    def backend_run(self) -> BackendRun:
+        """The run's tasks on its backend (job ids, status)."""
+        assert self._backend_run is not None, "a Run is made by Run.start or Run.from_manifest"
+        return self._backend_run
 
     # -- identity and size ---------------------------------------------------------------
 
@@ -70,6 +117,11 @@ class Run(Generic[R]):
     @property
     def knot(self) -> str:
         return self._spec.knot
+
+    @property
+    def function_key(self) -> str:
+        """Where the function this run calls is stored (content-addressed)."""
+        return self._spec.function_key
 
     def __len__(self) -> int:
         """The number of inputs (so far, while ``amap`` is still submitting)."""
@@ -131,28 +183,80 @@ class Run(Generic[R]):
 
     # -- the manifest --------------------------------------------------------------------
 
-    def manifest(self) -> dict[str, Any]:
-        return {
-            "format": MANIFEST_FORMAT,
-            "aioknot": __version__,
-            "knot": self.knot,
-            "run": self.id,
-            "created": self.created,
-            "backend": self._backend_name,
-            "store": self._spec.store_url,
-            "function": self._spec.function_key,
-            "starmap": self._spec.starmap,
-            "complete": self._total is not None,
-            "cancelled": self._cancelled,
-            "total": self._total,
-            "segments": [[s.first, s.count] for s in self._segments],
-            "jobs": self.backend_run.job_ids if self.backend_run else [],
-            "owner": {"host": socket.gethostname(), "pid": os.getpid()},
-        }
+    def manifest(self) -> Manifest:
+        return Manifest(
+            knot=self.knot,
+            run=self.id,
+            backend=self._backend_name,
+            store=self._spec.store_url,
+            function=self._spec.function_key,
+            starmap=self._spec.starmap,
+            segments=tuple((s.first, s.count) for s in self._segments),
+            created=self.created,
+            complete=self._total is not None,
+            cancelled=self._cancelled,
+            total=self._total,
+            jobs=tuple(self._backend_run.job_ids if self._backend_run else ()),
+        )
 
     async def _write_manifest(self) -> None:
-        data = json.dumps(self.manifest(), indent=1).encode()
-        await self._store.put(manifest_key(self._spec.run_prefix), data)
+        await self._store.put(manifest_key(self._spec.run_prefix), self.manifest().to_bytes())
+
+    # -- storing and submitting, watching ------------------------------------------------
+
+    async def _send(self, inputs: Inputs, *, ready: Callable[[], Awaitable[None]]) -> None:
+        """Store the inputs segment by segment, submitting each as soon as it is stored.
+
+        Storing never waits for the backend: until ``ready()`` returns (a stack, an image),
+        stored segments queue up and are submitted together the moment it does.
+        """
+        store, spec, backend_run = self._store, self._spec, self.backend_run
+        send, receive = anyio.create_memory_object_stream[Segment](math.inf)
+        failure: list[BaseException] = []  # raised as itself, not as an ExceptionGroup
+
+        async def store_segment(packed: PackedSegment) -> None:
+            await store.put(segment_key(spec.run_prefix, packed.segment.first), packed.data)
+            if packed.segment.first == 0:  # re-attachable from the first segment on
+                await self._write_manifest()
+            await send.send(packed.segment)
+
+        async def store_segments() -> None:
+            async with send:
+                try:
+                    await pack_inputs(inputs, starmap=spec.starmap, store=store_segment)
+                except Exception as error:
+                    failure.append(error)
+
+        async with task_group() as group, receive:
+            group.start_soon(store_segments)
+            await ready()
+            async for segment in receive:
+                stored = [segment]
+                while True:  # everything stored meanwhile goes in one submission
+                    try:
+                        stored.append(receive.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                for each in stored:
+                    self._stored(each)  # before submitting: the watcher must expect them
+                await backend_run.submit(stored, last=False)
+        if failure:
+            raise failure[0]
+        await backend_run.submit([], last=True)
+        self._submission_finished()
+        await self._write_manifest()
+
+    async def _watch(self) -> None:
+        """Watch until every input has an outcome, or watching fails.
+
+        A failed watch (a store or control-plane outage outlasting its retries) ends the
+        readers with the error, and nothing else: the jobs keep running and their results
+        keep being stored, so the run can be re-attached. Only the user cancels work.
+        """
+        try:
+            await self.watcher.run(self.backend_run)
+        except Exception as error:
+            self._fail(error)
 
     # -- reading results -----------------------------------------------------------------
 
@@ -243,8 +347,8 @@ class Run(Generic[R]):
             **self._counts,
             "pending": self.submitted - self.finished,
         }
-        if self.backend_run is not None and not self.done:
-            counts.update(await self.backend_run.status())
+        if self._backend_run is not None and not self.done:
+            counts.update(await self._backend_run.status())
         return counts
 
     @property
@@ -261,8 +365,8 @@ class Run(Generic[R]):
             return
         self._cancelled = True
         with anyio.CancelScope(shield=True):
-            if self.backend_run is not None:
-                await self.backend_run.cancel()
+            if self._backend_run is not None:
+                await self._backend_run.cancel()
             self.watcher.abandon(CANCELLED_REASON)
             if self._total is None:
                 self._total = self.submitted
@@ -278,11 +382,4 @@ class Run(Generic[R]):
 
     async def logs(self, index: int) -> list[str]:
         """The log lines of the task that ran input ``index`` (backends that keep logs)."""
-        reader = getattr(self.backend_run, "logs", None)
-        if reader is None:
-            raise KnotError(
-                f"the {self._backend_name} backend keeps no per-task logs: local workers "
-                "write to this process's stderr"
-            )
-        lines: list[str] = await reader(index)
-        return lines
+        return await self.backend_run.logs(index)

@@ -107,8 +107,11 @@ def test_task_failures_survive_pickling() -> None:
 
 
 def test_the_typed_options_are_exactly_the_options_a_knot_takes() -> None:
-    from aioknot._backends.aws.options import OPTION_NAMES
-    from aioknot._options import COMMON_OPTIONS, IMAGE_OPTIONS, LOCAL_OPTIONS, KnotOptionsDict
+    from aioknot._backends import backend_kinds
+    from aioknot._options import CORE_OPTIONS, KnotOptionsDict
 
-    known = {*COMMON_OPTIONS, *LOCAL_OPTIONS, *IMAGE_OPTIONS, *OPTION_NAMES}
+    known = set(CORE_OPTIONS).union(*(kind.option_names for kind in backend_kinds()))
     assert set(KnotOptionsDict.__annotations__) == known
+    # Every option belongs to exactly one parser: the core's or one backend's.
+    owners = [set(CORE_OPTIONS), *(kind.option_names for kind in backend_kinds())]
+    assert sum(len(names) for names in owners) == len(known)

@@ -1,16 +1,47 @@
-"""The Backend seam: who runs the worker (local processes, or AWS Batch array jobs).
+"""The Backend seam: who runs the worker (local processes, AWS Batch array jobs, ...).
 
-A backend is an async context manager owned by a knot. For each run it hands out a
-``BackendRun``, which takes stored input segments as they become ready, says which tasks it
-saw die (and, when it knows, which finished) through a ``TaskListener``, and answers status
-and cancellation. Results themselves always come from the store, never from the backend.
+A backend is owned by one knot. The knot binds it (``bind``, in the knot's constructor: pure
+checks that must fail before anything is created), may let it open the store (``open_store``),
+starts it in the knot's task group (``start``), prepares it beside the first uploads
+(``prepare``), and for each run asks it for a ``BackendRun`` (``open_run``, or ``attach_run``
+for a run started earlier). A ``BackendRun`` takes stored input segments as they become ready,
+says which tasks it saw die (and, when it knows, which finished) through a ``TaskListener``,
+and answers status, cancellation and logs. Results themselves always come from the store.
+
+Every capability is declared here. Those a backend may lack have a default that does
+nothing (``start``, ``prepare``, ``check_environment_unused``, ``aclose``) or that says
+plainly that this backend cannot (``attach_run``, ``clobber`` of an environment or images,
+``logs``). A new backend is a subclass in a package of its own plus one line in the
+registry (``aioknot._backends``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import abc
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import anyio.abc
+
+from .._exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from .._manifest import Manifest
+    from .._options import KnotOptions
+    from .._pickling import PickledFunction
+    from .._stores.base import Store
+
+
+@dataclass(frozen=True)
+class KnotSetup:
+    """What a backend is told about the knot it serves, in the knot's constructor."""
+
+    name: str
+    func: Callable[..., Any]
+    function: PickledFunction  # the knot's function, pickled (its digest keys the store)
+    options: KnotOptions
+    progress: Callable[[str], None]  # reports a step to the user (and the log)
 
 
 @dataclass(frozen=True)
@@ -38,6 +69,24 @@ class Segment:
         return self.first + self.count
 
 
+@dataclass(frozen=True)
+class BackendKind:
+    """What the registry names for a backend: its options, and how to make one."""
+
+    name: str
+    option_names: frozenset[str]
+    # The backend's own options (only those named in option_names), checked without I/O into
+    # a frozen object; `KnotOptions.backend_options` hands it back. Given the core options.
+    parse_options: Callable[[Mapping[str, object], KnotOptions], object]
+    # A backend for a knot with these options (bound to the knot afterwards).
+    create: Callable[[KnotOptions], Backend]
+
+
+def not_supported(backend: str, what: str, instead: str) -> ConfigurationError:
+    """The error for a capability a backend does not have, saying what to do instead."""
+    return ConfigurationError(f"the {backend} backend cannot {what}: {instead}")
+
+
 class TaskListener(Protocol):
     def done(self, first: int, count: int) -> None:
         """A hint: the records of ``first .. first + count - 1`` are in the store now, as one
@@ -62,55 +111,119 @@ class TaskListener(Protocol):
         ...
 
 
-class BackendRun(Protocol):
+class BackendRun(abc.ABC):
+    """One run's tasks on a backend."""
+
+    backend_name: ClassVar[str] = "this"
+
     @property
+    @abc.abstractmethod
     def job_ids(self) -> list[str]:
         """The backend's ids for what it submitted (recorded in the run's manifest)."""
-        ...
 
+    @abc.abstractmethod
     async def submit(self, segments: Sequence[Segment], *, last: bool) -> None:
         """Run these stored segments; ``last`` says no more will come for this run."""
-        ...
 
+    @abc.abstractmethod
     async def watch(self) -> None:
         """Return once the backend says every submitted task is over, reporting deaths."""
-        ...
 
     async def status(self) -> dict[str, int]:
         """Counts of this run's tasks by the backend's states (e.g. queued, running)."""
-        ...
+        return {}
 
+    @abc.abstractmethod
     async def cancel(self) -> None:
         """Stop every task of this run that is queued or running."""
-        ...
+
+    async def logs(self, index: int) -> list[str]:
+        """The log lines of the task that ran input ``index``."""
+        raise not_supported(
+            self.backend_name,
+            "show a task's logs",
+            "its workers write to the stderr of the process that runs them",
+        )
 
 
-class Backend(Protocol):
-    name: str
+class Backend(abc.ABC):
+    """Who runs a knot's tasks. Subclasses set ``name`` and implement ``open_run``."""
+
+    name: ClassVar[str]
     # Whether a run's tasks go on without the client (Batch jobs do; local workers belong to
     # the knot): closing a knot then leaves its map() runs running, to be re-attached.
-    runs_outlive_client: bool
+    runs_outlive_client: ClassVar[bool] = False
+
+    _setup: KnotSetup | None = None
+    _group: anyio.abc.TaskGroup | None = None
+
+    def bind(self, knot: KnotSetup) -> None:
+        """Serve ``knot``. Called once, in the knot's constructor: a backend checks here,
+        without any I/O, what must fail before anything is created (the AWS backend scans the
+        function's imports). A backend object serves one knot."""
+        if self._setup is not None and self._setup.name != knot.name:
+            raise ConfigurationError(
+                f"this {self.name} backend object already serves knot {self._setup.name!r}: "
+                f"make one backend object per knot (for {knot.name!r} too)"
+            )
+        self._setup = knot
+
+    @property
+    def setup(self) -> KnotSetup:
+        """The knot this backend serves (see `bind`)."""
+        if self._setup is None:
+            raise ConfigurationError(f"the {self.name} backend is not bound to a knot")
+        return self._setup
+
+    async def open_store(self) -> Store | None:
+        """The knot's store, if this backend decides it (AWS: the account's bucket), opened;
+        None to use the store the options name."""
+        return None
+
+    def start(self, group: anyio.abc.TaskGroup) -> None:
+        """Keep ``group``, the knot's task group, for the backend's own background tasks."""
+        self._group = group
 
     async def prepare(self) -> None:
-        """Make the environment ready (worker pool, stack, image); may run beside uploads."""
-        ...
+        """Make the environment ready (worker pool, stack, image); runs beside uploads."""
+        return None  # nothing to make ready
 
-    def open_run(self, spec: RunSpec, listener: TaskListener) -> BackendRun: ...
+    @abc.abstractmethod
+    def open_run(self, spec: RunSpec, listener: TaskListener) -> BackendRun:
+        """A new run's tasks, to be given segments as they are stored."""
 
-    def attach_run(
-        self, spec: RunSpec, listener: TaskListener, manifest: dict[str, object]
-    ) -> BackendRun:
+    def attach_run(self, spec: RunSpec, listener: TaskListener, manifest: Manifest) -> BackendRun:
         """A run submitted earlier (maybe by another process), re-attached from its manifest."""
-        ...
+        raise not_supported(
+            self.name, "re-attach a run", "its runs end with the knot that started them"
+        )
 
-    async def aclose(self) -> None: ...
+    async def check_environment_unused(self) -> None:
+        """Raise `ConfigurationError`, naming them, if others still use this knot's shared
+        environment. Read-only: the knot calls it before it deletes anything."""
+        return None  # no shared environment
+
+    async def clobber(
+        self, *, environment: bool = False, images: bool = False, force: bool = False
+    ) -> None:
+        """Delete what this backend created for the knot (the store is the knot's business)."""
+        if environment or images:
+            raise not_supported(
+                self.name,
+                "delete an environment or images",
+                "it has none; call clobber() without environment= or images=",
+            )
+
+    async def aclose(self) -> None:
+        """Stop everything the backend started and close its clients."""
+        return None  # nothing started
 
 
-class EndedRun:
+class EndedRun(BackendRun):
     """A re-attached run that is known to be over (it was cancelled): nothing more will come."""
 
-    def __init__(self, job_ids: list[str]) -> None:
-        self._job_ids = job_ids
+    def __init__(self, job_ids: Sequence[str]) -> None:
+        self._job_ids = list(job_ids)
 
     @property
     def job_ids(self) -> list[str]:
@@ -121,9 +234,6 @@ class EndedRun:
 
     async def watch(self) -> None:
         return None
-
-    async def status(self) -> dict[str, int]:
-        return {}
 
     async def cancel(self) -> None:
         return None

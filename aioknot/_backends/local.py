@@ -27,7 +27,7 @@ import struct
 import sys
 import tempfile
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,8 +36,11 @@ import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from .. import _worker
+from .._exceptions import ConfigurationError
+from .._manifest import Manifest
+from .._options import KnotOptions
 from .._tasks import task_group
-from .base import RunSpec, Segment, TaskListener
+from .base import Backend, BackendKind, BackendRun, RunSpec, Segment, TaskListener
 
 WORKER_PATH = str(Path(_worker.__file__).resolve())
 # A chunk should take about this long: long enough that pipe round trips are noise, short
@@ -118,7 +121,9 @@ class _WorkerProcess:
     wake: anyio.Event = field(default_factory=anyio.Event)  # a new deadline was set
 
 
-class LocalRun:
+class LocalRun(BackendRun):
+    backend_name = "local"
+
     def __init__(self, backend: LocalBackend, spec: RunSpec, listener: TaskListener) -> None:
         self._backend = backend
         self.spec = spec
@@ -174,13 +179,14 @@ class LocalRun:
         self.seconds_per_input = per_input if previous is None else 0.5 * (previous + per_input)
 
 
-class AttachedLocalRun:
+class AttachedLocalRun(BackendRun):
     """A local run re-attached from its manifest: over once the process that ran it is gone."""
 
-    def __init__(self, run_id: str, manifest: dict[str, object]) -> None:
+    backend_name = "local"
+
+    def __init__(self, run_id: str, manifest: Manifest) -> None:
         self._run_id = run_id
-        owner = manifest.get("owner")
-        self._owner = owner if isinstance(owner, dict) else {}
+        self._owner = manifest.owner
 
     @property
     def job_ids(self) -> list[str]:
@@ -209,14 +215,11 @@ class AttachedLocalRun:
                 return
             await anyio.sleep(OWNER_POLL_SECONDS)
 
-    async def status(self) -> dict[str, int]:
-        return {}
-
     async def cancel(self) -> None:
         return None  # the processes belong to the knot that started the run
 
 
-class LocalBackend:
+class LocalBackend(Backend):
     name = "local"
     runs_outlive_client = False  # the workers are this process's children
 
@@ -226,11 +229,7 @@ class LocalBackend:
         self._processes: list[_WorkerProcess] = []
         self._idle: list[_WorkerProcess] = []
         self._starting = 0
-        self._group: anyio.abc.TaskGroup | None = None
         self._closed = False
-
-    def start(self, group: anyio.abc.TaskGroup) -> None:
-        self._group = group
 
     async def prepare(self) -> None:
         """Start the worker processes now, while the first inputs are still being packed:
@@ -241,7 +240,7 @@ class LocalBackend:
         return LocalRun(self, spec, listener)
 
     def attach_run(
-        self, spec: RunSpec, listener: TaskListener, manifest: dict[str, object]
+        self, spec: RunSpec, listener: TaskListener, manifest: Manifest
     ) -> AttachedLocalRun:
         return AttachedLocalRun(spec.run_id, manifest)
 
@@ -500,3 +499,31 @@ async def _stop_process(process: anyio.abc.Process) -> None:
     and reap it. Processes the user's function started (in the worker's group) die too."""
     _kill_group(process.pid)
     await process.aclose()
+
+
+@dataclass(frozen=True)
+class LocalOptions:
+    workers: int | None = None  # worker processes (default: os.cpu_count())
+
+
+def _parse_options(options: Mapping[str, object], core: KnotOptions) -> LocalOptions:
+    workers = options.get("workers")
+    if workers is not None and (
+        not isinstance(workers, int) or isinstance(workers, bool) or workers < 1
+    ):
+        raise ConfigurationError(
+            f"workers= must be a positive whole number of processes, got {workers!r}"
+        )
+    return LocalOptions(workers=workers)
+
+
+def _create(options: KnotOptions) -> LocalBackend:
+    return LocalBackend(workers=options.backend_options("local", LocalOptions).workers)
+
+
+KIND = BackendKind(
+    name="local",
+    option_names=frozenset({"workers"}),
+    parse_options=_parse_options,
+    create=_create,
+)

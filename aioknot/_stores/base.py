@@ -14,9 +14,10 @@ store's own business: a store retries them before it gives up.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
+@runtime_checkable
 class Store(Protocol):
     @property
     def url(self) -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields
 from typing import Literal, cast
 
 from ..._exceptions import ConfigurationError
-from ..._names import validate_knot_name
+from ..._names import check_bucket_name, parse_bucket, validate_knot_name
 
 __all__ = [
     "COMPUTE_TYPES",
@@ -101,8 +101,6 @@ MAX_SECRETS = 100
 _ENVIRONMENT = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,31}$")
 _PROFILE = re.compile(r"^[\w.@+:/-]{1,64}$")
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$")
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_IPV4 = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$")
 _JOB_QUEUE_ARN = re.compile(
     r"^arn:aws[a-z-]*:batch:[a-z0-9-]+:[0-9]{12}:job-queue/[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
 )
@@ -203,7 +201,7 @@ def environment_stack_name(environment: str) -> str:
 
 def default_bucket_name(account: str, region: str) -> str:
     """``aioknot-<account>-<region>``: one bucket per account and region, like cloudknot's."""
-    return _check_bucket(f"aioknot-{account}-{region}", "the default bucket")
+    return check_bucket_name(f"aioknot-{account}-{region}", "the default bucket")
 
 
 def aws_options(**options: object) -> AwsOptions:
@@ -422,27 +420,8 @@ def _bucket(value: object) -> str | None:
         return None
     if not isinstance(value, str):
         raise ConfigurationError(f"bucket must be a bucket name (a string), not {value!r}")
-    name = value.removeprefix("s3://").partition("/")[0]
-    _check_bucket(name, f"bucket={value!r}")
+    parse_bucket(value)
     return value
-
-
-def _check_bucket(name: str, what: str) -> str:
-    broken = (
-        not _BUCKET.fullmatch(name)
-        or ".." in name
-        or ".-" in name
-        or "-." in name
-        or _IPV4.fullmatch(name) is not None
-        or name.startswith(("xn--", "sthree-", "amzn-s3-demo-"))
-        or name.endswith(("-s3alias", "--ol-s3", ".mrap", "--x-s3"))
-    )
-    if broken:
-        raise ConfigurationError(
-            f"{what} is not a valid S3 bucket name: use 3 to 63 lower-case letters, digits, "
-            "hyphens and dots, starting and ending with a letter or digit, e.g. 'my-knot-data'"
-        )
-    return name
 
 
 def _strings(value: object, name: str, example: str) -> tuple[str, ...]:
