@@ -429,11 +429,10 @@ class AsyncKnot(Generic[R]):
         """
         store, backend, _ = self._check_open()
         await self._stop_preparing()
-        if environment and not force:
-            # Checked here, before anything is deleted, so that a refusal deletes nothing;
-            # once checked, the backend need not ask again (force=True below).
-            await backend.check_environment_unused()
-            force = True
+        # Checked here, before anything is deleted, so that a refusal deletes nothing; once
+        # checked, the backend need not ask again (force=True below).
+        await backend.check_clobber(environment=environment, images=images, force=force)
+        force = True
         for run in list(self._runs):
             await run.cancel()
         deleted = await store.delete_prefix(knot_prefix(self.name) + "/")

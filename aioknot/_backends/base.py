@@ -9,10 +9,10 @@ says which tasks it saw die (and, when it knows, which finished) through a ``Tas
 and answers status, cancellation and logs. Results themselves always come from the store.
 
 Every capability is declared here. Those a backend may lack have a default that does
-nothing (``start``, ``prepare``, ``check_environment_unused``, ``aclose``) or that says
-plainly that this backend cannot (``attach_run``, ``clobber`` of an environment or images,
-``logs``). A new backend is a subclass in a package of its own plus one line in the
-registry (``aioknot._backends``).
+nothing (``start``, ``prepare``, ``clobber``, ``aclose``) or that says plainly that this
+backend cannot (``attach_run``, ``check_clobber`` of an environment or images, ``logs``).
+A new backend is a subclass in a package of its own plus one line in the registry
+(``aioknot._backends``).
 """
 
 from __future__ import annotations
@@ -198,21 +198,20 @@ class Backend(abc.ABC):
             self.name, "re-attach a run", "its runs end with the knot that started them"
         )
 
-    async def check_environment_unused(self) -> None:
-        """Raise `ConfigurationError`, naming them, if others still use this knot's shared
-        environment. Read-only: the knot calls it before it deletes anything."""
-        return None  # no shared environment
-
-    async def clobber(
-        self, *, environment: bool = False, images: bool = False, force: bool = False
-    ) -> None:
-        """Delete what this backend created for the knot (the store is the knot's business)."""
+    async def check_clobber(self, *, environment: bool, images: bool, force: bool) -> None:
+        """Raise, saying why, if `clobber` with these arguments would be refused: the knot
+        asks before it deletes anything, so that a refusal deletes nothing. Read-only."""
         if environment or images:
             raise not_supported(
                 self.name,
                 "delete an environment or images",
                 "it has none; call clobber() without environment= or images=",
             )
+
+    async def clobber(self, *, environment: bool, images: bool, force: bool) -> None:
+        """Delete what this backend created for the knot (the store is the knot's business),
+        after `check_clobber` passed."""
+        return None  # nothing of its own
 
     async def aclose(self) -> None:
         """Stop everything the backend started and close its clients."""
