@@ -37,3 +37,15 @@ def test_readme_block_runs_as_written(number: int, tmp_path: Path) -> None:
     assert len(estimates) == BLOCKS[number].count('"pi ~"'), done.stdout
     # 8,000,000 points: the standard error is under 0.001; 0.05 is far outside chance.
     assert all(abs(estimate - 3.14159) < 0.05 for estimate in estimates), done.stdout
+
+
+def test_ci_runs_exactly_the_readmes_test_command() -> None:
+    commands = re.search(r"^```bash\n(.*?)^```$", README.read_text(), flags=re.S | re.M)
+    assert commands is not None, "README.md lost its two commands"
+    install_and_run, install_and_test = commands.group(1).splitlines()
+    assert "examples/" in install_and_run
+    ci = (README.parent / ".ci" / "run").read_text().splitlines()
+    assert ci[-1] == install_and_test
+    # The checks come before the tests, so that CI fails fast on a lint or type error.
+    for check in ("ruff check", "ruff format --check", "mypy", "pytest"):
+        assert check in install_and_test
