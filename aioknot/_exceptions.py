@@ -14,7 +14,7 @@
     └── ImageBuildError             the worker image could not be built or pushed
 
 Errors of the libraries underneath (botocore, aiodocker, OSError) are translated into these at
-one boundary per seam, with ``raise ... from`` so the original stays visible.
+one boundary, `aioknot._errors`, with ``raise ... from`` so the original stays visible.
 """
 
 from __future__ import annotations
@@ -23,7 +23,14 @@ from collections.abc import Sequence
 
 
 class KnotError(Exception):
-    """The root of every error aioknot raises on purpose."""
+    """The root of every error aioknot raises on purpose.
+
+    ``run_id`` and ``job_id`` name the run and the AWS Batch job the error is about, when it
+    is about one (the error boundary, `aioknot._errors`, sets them); None otherwise.
+    """
+
+    run_id: str | None = None
+    job_id: str | None = None
 
 
 class ConfigurationError(KnotError, ValueError):

@@ -360,7 +360,13 @@ def _throttled(error: BaseException) -> bool:
 
 def retry_transient(call: Callable[[], Any], give_up_after: float = STORE_GIVE_UP_SECONDS) -> Any:
     """``call()``, retried with jittered backoff while it fails transiently, for at most
-    ``give_up_after`` seconds since its first failure; then the last error is raised."""
+    ``give_up_after`` seconds since its first failure; then the last error is raised.
+
+    The client's retries go through `aioknot._retry` (async, on anyio's clock); this loop is
+    the worker's own, synchronous and stdlib-only, because this file must stay
+    self-contained. The two share the codes above; the pauses differ on purpose (see
+    ``FIRST_PAUSE_SECONDS``).
+    """
     failing_since: float | None = None
     delay = 0.0
     while True:

@@ -20,16 +20,14 @@ from infra.containers import ContainerStack
 from infra.fixtures import container_stack  # noqa: F401
 
 from aioknot._backends.aws.image import ImageSettings, plan_image, produce_image
+from aioknot._errors import redact
 from aioknot._exceptions import ConfigurationError, ImageBuildError
 from aioknot._image.builder import (
     Registry,
     build_and_push,
     check_engine,
     ecr_registry_login,
-    ensure_image,
     image_digest,
-    image_exists,
-    redact,
     registry_from_option,
 )
 from aioknot._image.dockerfile import ImageSpec, make_image_spec
@@ -100,7 +98,7 @@ async def test_check_engine_on_an_unreachable_socket_names_the_ways_out(tmp_path
     assert "start Docker" in message and "DOCKER_HOST" in message and "image=" in message
 
 
-async def test_ensure_image_without_an_engine_fails_before_building(tmp_path: Any) -> None:
+async def test_build_and_push_without_an_engine_fails_before_building(tmp_path: Any) -> None:
     # A registry nobody answers on would fail first; an existing tag would need no engine.
     spec = make_image_spec(["cloudpickle==3.1.2"], worker_source=b"")
     with pytest.raises(ImageBuildError, match="DOCKER_HOST"):
@@ -287,6 +285,8 @@ async def test_image_digest_from_describe_images(ecr: Any) -> None:
     digest = put["image"]["imageId"]["imageDigest"]
     assert digest.startswith("sha256:")
     assert await image_digest(login, "py3.11-abc", ecr_client=ecr) == digest
+    missing_repository = dataclasses.replace(login, repository="nope")
+    assert await image_digest(missing_repository, "py3.11-abc", ecr_client=ecr) is None
 
 
 async def test_a_found_image_is_planned_by_digest_and_rebuild_frees_its_tag(
@@ -336,32 +336,25 @@ async def test_a_registry_head_gives_the_digest_header() -> None:
         assert await image_digest(registry, "absent") is None
 
 
-async def test_ecr_image_exists_uses_describe_images(ecr: Any) -> None:
-    login = await ecr_registry_login(ecr, "aioknot-test")
-    assert not await image_exists(login, "py3.11-abc", ecr_client=ecr)
-    await ecr.put_image(
-        repositoryName="aioknot-test", imageManifest=MANIFEST, imageTag="py3.11-abc"
-    )
-    assert await image_exists(login, "py3.11-abc", ecr_client=ecr)
-    missing_repository = dataclasses.replace(login, repository="nope")
-    assert not await image_exists(missing_repository, "py3.11-abc", ecr_client=ecr)
-
-
-async def test_ensure_image_in_ecr_that_has_the_tag_needs_no_engine(
-    ecr: Any, tmp_path: Any
-) -> None:
-    login = await ecr_registry_login(ecr, "aioknot-test")
+async def test_an_image_in_ecr_needs_no_engine(ecr: Any, tmp_path: Any) -> None:
+    # The knot's path: the plan finds the content tag with one request and pins its digest;
+    # producing it then contacts no engine (there is none at that socket).
+    login = await ecr_registry_login(ecr, "aioknot")
     spec = make_image_spec(["cloudpickle==3.1.2"], worker_source=b"worker")
-    await ecr.put_image(repositoryName="aioknot-test", imageManifest=MANIFEST, imageTag=spec.tag)
-    lines: list[str] = []
-    uri = await ensure_image(
-        spec,
-        login,
-        ecr_client=ecr,
-        docker_host=f"unix://{tmp_path}/no-engine.sock",
-        progress=lines.append,
+    put = await ecr.put_image(repositoryName="aioknot", imageManifest=MANIFEST, imageTag=spec.tag)
+    digest = put["image"]["imageId"]["imageDigest"]
+
+    async def client() -> Any:
+        return ecr
+
+    settings = ImageSettings(docker_host=f"unix://{tmp_path}/no-engine.sock")
+    plan = await plan_image(
+        settings, spec, ecr=client, account="123456789012", region="us-east-1", tags={}
     )
-    assert uri == f"{login.repository_uri}:{spec.tag}"
+    assert not plan.build
+    lines: list[str] = []
+    uri = await produce_image(plan, settings, lines.append)
+    assert uri == f"{login.repository_uri}@{digest}"
     assert lines == [f"image {uri} is already in the registry; nothing to build"]
 
 
@@ -412,6 +405,18 @@ def engine_calls(monkeypatch: pytest.MonkeyPatch) -> EngineCalls:
     return EngineCalls(monkeypatch)
 
 
+async def _produce(spec: ImageSpec, settings: ImageSettings, lines: list[str] | None = None) -> str:
+    """The knot's path: plan (one registry request), then build and push if the plan says."""
+
+    async def no_ecr() -> Any:
+        raise AssertionError("registry= is given: ECR is never asked")
+
+    plan = await plan_image(
+        settings, spec, ecr=no_ecr, account="123456789012", region="us-east-1", tags={}
+    )
+    return await produce_image(plan, settings, lines.append if lines is not None else None)
+
+
 def _spec(stack: ContainerStack, *extra_lines: str) -> ImageSpec:
     # The installed worker: the image is what a knot would run.
     return make_image_spec(
@@ -457,24 +462,24 @@ async def test_build_push_then_reuse(
     stack: ContainerStack, registry: Registry, engine_calls: EngineCalls
 ) -> None:
     spec = _spec(stack)
+    tagged = registry.image_uri(spec.tag)
     lines: list[str] = []
     started = time.monotonic()
     # rebuild: whatever an earlier session left in the registry, this one builds and pushes.
-    uri = await ensure_image(
-        spec, registry, docker_host=stack.docker_host, rebuild=True, progress=lines.append
-    )
+    rebuild = ImageSettings(registry=registry, docker_host=stack.docker_host, rebuild=True)
+    uri = await _produce(spec, rebuild, lines)
     elapsed = time.monotonic() - started
     print(f"\nbuilt and pushed {uri} in {elapsed:.1f} s")
-    assert uri == f"{stack.registry}/aioknot-test:{spec.tag}"
+    digest = await image_digest(registry, spec.tag)
+    assert digest and uri == f"{stack.registry}/aioknot-test@{digest}"  # pinned by digest
     assert (engine_calls.builds, engine_calls.pushes) == (1, 1)
     assert any(line.startswith("Step ") for line in lines)
-    assert lines[-1].startswith(f"pushed {uri} (sha256:")
-    assert await image_exists(registry, spec.tag)
+    assert lines[-1] == f"pushed {tagged} ({digest})"
 
     # The image runs the installed worker, as a non-root user, with the pinned packages.
     out = await _run_in_image(
         stack,
-        uri,
+        tagged,
         "import os, sys, json, cloudpickle, boto3;"
         "print(json.dumps([os.getuid(), cloudpickle.__version__, boto3.__version__,"
         " sys.version_info[:2], open('/opt/aioknot/aioknot_worker.py', 'rb').read().hex()]))",
@@ -488,29 +493,30 @@ async def test_build_push_then_reuse(
     assert python == [int(part) for part in spec.python_version.split(".")]
     assert bytes.fromhex(worker_hex) == spec.worker_source
     async with aiodocker.Docker(url=stack.docker_host) as docker:
-        config = (await docker.images.inspect(uri))["Config"]
+        config = (await docker.images.inspect(tagged))["Config"]
     assert config["Entrypoint"] == ["python", "/opt/aioknot/aioknot_worker.py"]
 
     # The same spec again: one registry request, nothing built or pushed.
+    settings = ImageSettings(registry=registry, docker_host=stack.docker_host)
     lines.clear()
     started = time.monotonic()
-    again = await ensure_image(spec, registry, docker_host=stack.docker_host, progress=lines.append)
-    print(f"cached ensure_image took {time.monotonic() - started:.3f} s")
+    again = await _produce(spec, settings, lines)
+    print(f"a found image took {time.monotonic() - started:.3f} s")
     assert again == uri
     assert (engine_calls.builds, engine_calls.pushes) == (1, 1)
     assert lines == [f"image {uri} is already in the registry; nothing to build"]
 
     # Built here but gone from the registry (a push that failed last time): pushed, not built.
     await _delete_from_registry(registry, spec.tag)
-    assert not await image_exists(registry, spec.tag)
-    assert await ensure_image(spec, registry, docker_host=stack.docker_host) == uri
+    assert await image_digest(registry, spec.tag) is None
+    pushed = await _produce(spec, settings)
+    assert pushed == f"{stack.registry}/aioknot-test@{await image_digest(registry, spec.tag)}"
     assert (engine_calls.builds, engine_calls.pushes) == (1, 2)
-    assert await image_exists(registry, spec.tag)
 
     # Another requirement is another image, which the registry does not have yet.
     changed = dataclasses.replace(spec, requirements=(*spec.requirements, "six==1.17.0"))
     assert changed.tag != spec.tag
-    assert not await image_exists(registry, changed.tag)
+    assert await image_digest(registry, changed.tag) is None
 
 
 @containers
@@ -520,13 +526,13 @@ async def test_a_failing_step_raises_with_the_step_and_the_log_tail(
 ) -> None:
     spec = _spec(stack, "RUN echo aioknot-test-marker && exit 3")
     with pytest.raises(ImageBuildError) as caught:
-        await ensure_image(spec, registry, docker_host=stack.docker_host)
+        await _produce(spec, ImageSettings(registry=registry, docker_host=stack.docker_host))
     message = str(caught.value)
     assert "RUN echo aioknot-test-marker && exit 3" in message  # the failing step
     assert "aioknot-test-marker" in message.split("last lines of the build log")[1]
     assert "non-zero code: 3" in message
     assert engine_calls.pushes == 0
-    assert not await image_exists(registry, spec.tag)
+    assert await image_digest(registry, spec.tag) is None
 
 
 @containers
@@ -538,10 +544,10 @@ async def test_the_ecr_login_from_moto_pushes_to_a_real_registry(
     login = await ecr_registry_login(ecr, "aioknot-ecr-test")
     target = dataclasses.replace(login, host=stack.registry, scheme="http", ecr=False)
     spec = _spec(stack, "ENV AIOKNOT_TEST_ECR=1")
-    # build_and_push, not ensure_image: push even if an earlier session left the tag there.
+    # build_and_push, not the plan: push even if an earlier session left the tag there.
     uri = await build_and_push(spec, target, docker_host=stack.docker_host)
     assert uri == f"{stack.registry}/aioknot-ecr-test:{spec.tag}"
-    assert await image_exists(target, spec.tag)
+    assert await image_digest(target, spec.tag)
 
 
 @containers
@@ -555,13 +561,13 @@ async def test_wrong_registry_credentials_are_reported(
 ) -> None:
     wrong = dataclasses.replace(registry, password="wrong")
     with pytest.raises(ImageBuildError, match="refused"):
-        await image_exists(wrong, "anything")
+        await image_digest(wrong, "anything")
 
 
 # ------------------------------------------------------------------------------- token auth
 
 
-async def test_image_exists_follows_a_bearer_token_challenge() -> None:
+async def test_image_digest_follows_a_bearer_token_challenge() -> None:
     """Registries with token auth (Docker Hub, GHCR, Harbor) answer 401 with a realm first."""
     from aiohttp import web
     from aiohttp.test_utils import TestServer
@@ -592,8 +598,8 @@ async def test_image_exists_follows_a_bearer_token_challenge() -> None:
             f"127.0.0.1:{server.port}/team/knots", username="robot", password="secret"
         )
         assert registry is not None
-        assert await image_exists(registry, "present")
-        assert not await image_exists(registry, "absent")
+        assert await image_digest(registry, "present") == ""  # there, but no digest said
+        assert await image_digest(registry, "absent") is None
         with pytest.raises(ImageBuildError, match="token service refused"):
-            await image_exists(dataclasses.replace(registry, password="wrong"), "present")
+            await image_digest(dataclasses.replace(registry, password="wrong"), "present")
     assert seen.count("Bearer pull-token") == 2

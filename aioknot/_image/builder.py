@@ -1,10 +1,13 @@
 """Building the worker image with a Docker engine and pushing it to a registry (ECR or any).
 
-``ensure_image`` is the one call a knot needs: the image's tag is a hash of its content
-(:class:`~aioknot._image.dockerfile.ImageSpec`), so when the registry already has the tag nothing is
-built or pushed, and no Docker engine is even contacted. ``check_engine`` lets a caller fail
-early, before any AWS resource exists, when an image will have to be built and there is no
-engine. aiodocker, aiohttp and botocore errors are translated into ``ImageBuildError`` here.
+The knot's path through here is `aioknot._backends.aws.image`: ``image_digest`` asks the
+registry (one request) whether the content-tagged image (:class:`~aioknot._image.dockerfile.
+ImageSpec`) is there already, so that an unchanged knot builds and pushes nothing and
+contacts no engine; ``build_and_push`` builds and pushes it when it is not. ``check_engine``
+lets a caller fail early, before any AWS resource exists, when an image will have to be built
+and there is no engine. aiodocker, aiohttp and botocore errors are translated by the one
+error boundary (`aioknot._errors`) into ``ImageBuildError`` (``ConfigurationError`` for AWS
+credentials and refusals).
 
 Cancellation: every call here is a coroutine; cancelling it closes the engine and registry
 connections it opened (``async with``). An engine that is mid-build keeps building the
@@ -13,7 +16,6 @@ connections it opened (``async with``). An engine that is mid-build keeps buildi
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import collections
 import contextlib
@@ -29,8 +31,19 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
+
+from .._errors import (
+    aws_errors,
+    docker_error,
+    engine_unreachable,
+    error_code,
+    redact,
+    registry_error,
+)
 from .._exceptions import ConfigurationError, ImageBuildError
-from .._retry import backoff_delays
+from .._retry import is_transient as _is_transient
+from .._retry import retry_transient
 from .dockerfile import ImageSpec, build_context
 
 logger = logging.getLogger("aioknot")
@@ -47,11 +60,6 @@ PUSH_ATTEMPTS = 4
 PUSH_RETRY_DELAY = 1.0  # seconds before the first retry; doubled each time
 ENGINE_TIMEOUT = 10.0  # seconds for the engine to answer /version
 
-_NO_ENGINE_ADVICE = (
-    "aioknot builds the worker image with a Docker engine: start Docker, set DOCKER_HOST "
-    "to a reachable engine (e.g. unix:///var/run/docker.sock or tcp://host:2375), or pass "
-    "image='<uri>' to use a prebuilt worker image"
-)
 _MANIFEST_TYPES = ", ".join(
     (
         "application/vnd.oci.image.index.v1+json",
@@ -59,13 +67,6 @@ _MANIFEST_TYPES = ", ".join(
         "application/vnd.docker.distribution.manifest.list.v2+json",
         "application/vnd.docker.distribution.manifest.v2+json",
     )
-)
-# Messages of push failures worth another attempt: the network or the registry hiccuped.
-# Authentication and authorization failures are not among them: retrying cannot fix those.
-_TRANSIENT_PUSH_ERROR = re.compile(
-    r"timeout|timed out|reset by peer|connection refused|broken pipe|\bEOF\b|"
-    r"\b50[0234]\b|\b429\b|too ?many ?requests|temporar|unavailable|unexpected end",
-    re.IGNORECASE,
 )
 _LOG_TAIL_LINES = 40
 
@@ -113,21 +114,6 @@ def _is_loopback(hostname: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
-
-
-# user:password@ in a URL (with or without its scheme), up to the host.
-_URL_CREDENTIALS = re.compile(r"(^|[/\s'\"(])([^/@:\s'\"()]+):([^/@\s'\"]*)@")
-
-
-def redact(text: str, *secrets: str | None) -> str:
-    """``text`` without the passwords in it: any ``user:password@`` of a URL, and each of
-    ``secrets`` (a registry password, a token) wherever it appears. Every error message that
-    may quote a registry URL, an engine's answer or a login goes through here."""
-    text = _URL_CREDENTIALS.sub(lambda m: f"{m.group(1)}{m.group(2)}:***@", text)
-    for secret in secrets:
-        if secret and len(secret) >= 4:  # a one-letter "password" would blank the message
-            text = text.replace(secret, "***")
-    return text
 
 
 def registry_from_option(
@@ -207,25 +193,23 @@ async def _engine(docker_host: str | None) -> AsyncIterator[Any]:
         docker = aiodocker.Docker(url=docker_host)
     except (AssertionError, ValueError, OSError, aiodocker.DockerError) as error:
         # aiodocker asserts when no DOCKER_HOST is set and no default socket exists.
-        raise ImageBuildError(
-            f"no Docker engine is reachable at {where} ({error or 'no socket found'}). "
-            f"{_NO_ENGINE_ADVICE}"
-        ) from error
+        raise engine_unreachable(where, error) from error
     try:
         yield docker
     finally:
         await docker.close()
 
 
-async def check_engine(docker_host: str | None = None, *, timeout: float = ENGINE_TIMEOUT) -> None:
-    """Raise ImageBuildError (naming the ways out) unless a Docker engine answers.
+async def check_engine(docker_host: str | None = None) -> None:
+    """Raise ImageBuildError (naming the ways out) unless a Docker engine answers within
+    ``ENGINE_TIMEOUT`` seconds.
 
     ``docker_host`` is a Docker URL (``unix:///path``, ``tcp://host:port``); None means
     ``$DOCKER_HOST``, the current Docker context, or the default socket. Cheap (one
     ``/version`` request), so a caller can run it before creating any cloud resource.
     """
     async with _engine(docker_host) as docker:
-        await _check_engine_client(docker, timeout, docker_host)
+        await _check_engine_client(docker, docker_host)
 
 
 def engine_address(docker_host: str | None) -> str:
@@ -238,41 +222,31 @@ def engine_address(docker_host: str | None) -> str:
     return "unix:///var/run/docker.sock (the default; DOCKER_HOST is not set)"
 
 
-async def _check_engine_client(
-    docker: Any, timeout: float = ENGINE_TIMEOUT, docker_host: str | None = None
-) -> None:
+async def _check_engine_client(docker: Any, docker_host: str | None) -> None:
     import aiohttp
 
     aiodocker = _aiodocker()
-    where = engine_address(docker_host)
     try:
-        await asyncio.wait_for(docker.version(), timeout)
-    except asyncio.TimeoutError as error:
-        raise ImageBuildError(
-            f"the Docker engine at {where} did not answer within {timeout:g} s. {_NO_ENGINE_ADVICE}"
-        ) from error
-    except (aiodocker.DockerError, aiohttp.ClientError, OSError) as error:
-        message = getattr(error, "message", None) or repr(error)
-        raise ImageBuildError(
-            f"no Docker engine is reachable at {where} ({message}). {_NO_ENGINE_ADVICE}"
+        with anyio.fail_after(ENGINE_TIMEOUT):
+            await docker.version()
+    except (aiodocker.DockerError, aiohttp.ClientError, OSError) as error:  # TimeoutError too
+        raise docker_error(
+            error,
+            f"asking for its version, for up to {ENGINE_TIMEOUT:g} s",
+            engine=engine_address(docker_host),
         ) from error
 
 
 # ------------------------------------------------------------------------------- the registry
 
 
-async def image_exists(registry: Registry, tag: str, *, ecr_client: Any = None) -> bool:
-    """Whether the registry already has ``repository:tag`` (one request, nothing pulled).
+async def image_digest(registry: Registry, tag: str, *, ecr_client: Any = None) -> str | None:
+    """The digest (``sha256:...``) of ``repository:tag``, ``""`` if the registry has the tag
+    but did not say its digest, None if it has no such tag. One request, nothing pulled.
 
     With ``ecr_client`` (an aioboto3 ECR client) and an ECR registry this is
     ``describe_images``; otherwise ``HEAD /v2/<repository>/manifests/<tag>``.
     """
-    return await image_digest(registry, tag, ecr_client=ecr_client) is not None
-
-
-async def image_digest(registry: Registry, tag: str, *, ecr_client: Any = None) -> str | None:
-    """The digest (``sha256:...``) of ``repository:tag``, ``""`` if the registry has the tag
-    but did not say its digest, None if it has no such tag. One request, as `image_exists`."""
     if registry.ecr and ecr_client is not None:
         return await _ecr_image_digest(ecr_client, registry.repository, tag)
     return await _registry_manifest_digest(registry, tag)
@@ -285,23 +259,21 @@ def pinned_uri(registry: Registry, tag: str, digest: str | None) -> str:
 
 
 async def _ecr_image_digest(ecr_client: Any, repository: str, tag: str) -> str | None:
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import ClientError
 
-    try:
-        described = await ecr_client.describe_images(
-            repositoryName=repository, imageIds=[{"imageTag": tag}]
-        )
-    except ClientError as error:
-        code = error.response.get("Error", {}).get("Code", "")
-        if code in ("ImageNotFoundException", "RepositoryNotFoundException"):
-            return None
-        raise ImageBuildError(
-            f"cannot tell whether ECR repository {repository!r} has tag {tag!r}: {error}"
-        ) from error
-    except BotoCoreError as error:
-        raise ImageBuildError(
-            f"cannot reach ECR to look for {repository}:{tag}: {error}"
-        ) from error
+    with aws_errors(
+        f"looking in ECR repository {repository!r} for tag {tag!r}",
+        ImageBuildError,
+        advice="the credentials need ecr:DescribeImages",
+    ):
+        try:
+            described = await ecr_client.describe_images(
+                repositoryName=repository, imageIds=[{"imageTag": tag}]
+            )
+        except ClientError as error:
+            if error_code(error) in ("ImageNotFoundException", "RepositoryNotFoundException"):
+                return None
+            raise
     details = described.get("imageDetails") or [{}]
     return str(details[0].get("imageDigest") or "")
 
@@ -334,10 +306,12 @@ async def _registry_manifest_digest(registry: Registry, tag: str) -> str | None:
                 async with session.head(url, headers=bearer) as response:
                     status = response.status
                     digest = response.headers.get("Docker-Content-Digest", "")
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
-        raise ImageBuildError(
-            f"the registry at {registry.scheme}://{registry.host} is unreachable "
-            f"({redact(str(error), registry.password)}); check registry= / ${REGISTRY_ENV}"
+    except (aiohttp.ClientError, OSError) as error:  # TimeoutError is an OSError
+        raise registry_error(
+            error,
+            f"{registry.scheme}://{registry.host}",
+            secrets=(registry.password,),
+            advice=f"check registry= / ${REGISTRY_ENV}",
         ) from error
     if status == 200:
         return digest if digest.startswith("sha256:") else ""
@@ -384,28 +358,25 @@ async def ecr_registry_login(
     ``get_authorization_token`` (valid 12 hours). Returns a :class:`Registry` whose ``host``,
     ``username``, ``password`` and ``repository_uri`` are what ``docker push`` needs.
     """
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import ClientError
 
-    try:
+    with aws_errors(
+        f"preparing ECR repository {repository!r}",
+        ImageBuildError,
+        advice="the credentials need ecr:DescribeRepositories, ecr:CreateRepository, "
+        "ecr:ListTagsForResource, ecr:PutImageTagMutability, "
+        "ecr:PutImageScanningConfiguration, ecr:GetAuthorizationToken and the push permissions",
+    ):
         try:
             described = await ecr_client.describe_repositories(repositoryNames=[repository])
             found = described["repositories"][0]
             uri = found["repositoryUri"]
             await _harden_ecr_repository(ecr_client, found)
         except ClientError as error:
-            if error.response.get("Error", {}).get("Code") != "RepositoryNotFoundException":
+            if error_code(error) != "RepositoryNotFoundException":
                 raise
             uri = await _create_ecr_repository(ecr_client, repository, tags or {})
         token = await ecr_client.get_authorization_token()
-    except ClientError as error:
-        raise ImageBuildError(
-            f"cannot prepare ECR repository {repository!r}: {error}. The credentials need "
-            "ecr:DescribeRepositories, ecr:CreateRepository, ecr:ListTagsForResource, "
-            "ecr:PutImageTagMutability, ecr:PutImageScanningConfiguration, "
-            "ecr:GetAuthorizationToken and the push permissions"
-        ) from error
-    except BotoCoreError as error:
-        raise ImageBuildError(f"cannot reach ECR for repository {repository!r}: {error}") from error
     data = token["authorizationData"][0]
     username, _, password = base64.b64decode(data["authorizationToken"]).decode().partition(":")
     host = str(uri).partition("/")[0] or urlsplit(data["proxyEndpoint"]).netloc
@@ -443,16 +414,13 @@ async def _harden_ecr_repository(ecr_client: Any, repository: Mapping[str, Any])
 
 async def untag_ecr_image(ecr_client: Any, repository: str, tag: str) -> None:
     """Delete ``repository:tag`` from ECR (so that an immutable tag can be pushed again)."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
+    with aws_errors(
+        f"removing {repository}:{tag} from ECR to rebuild it (its tags are immutable)",
+        ImageBuildError,
+        advice="the credentials need ecr:BatchDeleteImage; or drop rebuild=True to use the "
+        "image that is there",
+    ):
         await ecr_client.batch_delete_image(repositoryName=repository, imageIds=[{"imageTag": tag}])
-    except (ClientError, BotoCoreError) as error:
-        raise ImageBuildError(
-            f"cannot remove {repository}:{tag} from ECR to rebuild it (its tags are "
-            f"immutable): {error}. The credentials need ecr:BatchDeleteImage; or drop "
-            "rebuild=True to use the image that is there"
-        ) from error
 
 
 async def _create_ecr_repository(ecr_client: Any, repository: str, tags: Mapping[str, str]) -> str:
@@ -471,7 +439,7 @@ async def _create_ecr_repository(ecr_client: Any, repository: str, tags: Mapping
         return str(created["repository"]["repositoryUri"])
     except ClientError as error:
         # Another knot created it between our describe and create: use theirs.
-        if error.response.get("Error", {}).get("Code") != "RepositoryAlreadyExistsException":
+        if error_code(error) != "RepositoryAlreadyExistsException":
             raise
     described = await ecr_client.describe_repositories(repositoryNames=[repository])
     return str(described["repositories"][0]["repositoryUri"])
@@ -503,41 +471,6 @@ class _Log:
         return "\n".join(f"    {line}" for line in self.tail)
 
 
-async def ensure_image(
-    spec: ImageSpec,
-    registry: Registry,
-    *,
-    docker_host: str | None = None,
-    rebuild: bool = False,
-    progress: Progress | None = None,
-    ecr_client: Any = None,
-    platform: str = DEFAULT_PLATFORM,
-    push_attempts: int = PUSH_ATTEMPTS,
-    push_retry_delay: float = PUSH_RETRY_DELAY,
-) -> str:
-    """The URI of the worker image for ``spec`` in ``registry``, built and pushed if needed.
-
-    If the registry already has the content tag nothing is built or pushed and no engine is
-    contacted; ``rebuild=True`` builds (without the engine's cache) and pushes anyway.
-    """
-    uri = registry.image_uri(spec.tag)
-    if not rebuild and await image_exists(registry, spec.tag, ecr_client=ecr_client):
-        logger.info("worker image %s is already in the registry", uri)
-        if progress is not None:
-            progress(f"image {uri} is already in the registry; nothing to build")
-        return uri
-    return await build_and_push(
-        spec,
-        registry,
-        docker_host=docker_host,
-        nocache=rebuild,
-        progress=progress,
-        platform=platform,
-        push_attempts=push_attempts,
-        push_retry_delay=push_retry_delay,
-    )
-
-
 async def build_and_push(
     spec: ImageSpec,
     registry: Registry,
@@ -558,12 +491,13 @@ async def build_and_push(
     """
     uri = registry.image_uri(spec.tag)
     log = _Log(progress)
+    where = engine_address(docker_host)
     async with _engine(docker_host) as docker:
         started = time.monotonic()
-        if nocache or not await _has_local_image(docker, uri):
-            await _check_engine_client(docker, docker_host=docker_host)
+        if nocache or not await _has_local_image(docker, uri, where):
+            await _check_engine_client(docker, docker_host)
             log(f"building {uri} from {spec.base_image} for {platform}")
-            await _build(docker, spec, uri, log, nocache=nocache, platform=platform)
+            await _build(docker, spec, uri, log, where, nocache=nocache, platform=platform)
             built = time.monotonic()
             logger.info("built %s in %.1f s", uri, built - started)
         else:
@@ -574,6 +508,7 @@ async def build_and_push(
             registry,
             spec.tag,
             log,
+            where,
             attempts=push_attempts,
             delay=push_retry_delay,
         )
@@ -581,24 +516,19 @@ async def build_and_push(
     return pinned_uri(registry, spec.tag, digest) if by_digest else uri
 
 
-async def _has_local_image(docker: Any, uri: str) -> bool:
+async def _has_local_image(docker: Any, uri: str, where: str) -> bool:
     aiodocker = _aiodocker()
     try:
         await docker.images.inspect(uri)
     except aiodocker.DockerError as error:
         if error.status == 404:
             return False
-        if error.status == 900:  # aiodocker's "cannot connect"
-            raise ImageBuildError(
-                f"no Docker engine is reachable at {docker.docker_host} ({error.message}). "
-                f"{_NO_ENGINE_ADVICE}"
-            ) from error
-        raise ImageBuildError(f"the Docker engine cannot inspect {uri}: {error}") from error
+        raise docker_error(error, f"inspecting {uri}", engine=where) from error
     return True
 
 
 async def _build(
-    docker: Any, spec: ImageSpec, uri: str, log: _Log, *, nocache: bool, platform: str
+    docker: Any, spec: ImageSpec, uri: str, log: _Log, where: str, *, nocache: bool, platform: str
 ) -> None:
     import aiohttp
 
@@ -624,15 +554,13 @@ async def _build(
                 aux = chunk.get("aux")
                 if isinstance(aux, dict) and aux.get("ID"):
                     image_id = str(aux["ID"])
-    except aiodocker.DockerError as error:
+    except (aiodocker.DockerError, aiohttp.ClientError, OSError) as error:
         step = f" at {log.step}" if log.step else ""
-        raise ImageBuildError(
-            f"building the worker image {uri} failed{step}: {error.message}\n"
-            f"last lines of the build log:\n{log.tail_text()}"
-        ) from error
-    except (aiohttp.ClientError, OSError) as error:
-        raise ImageBuildError(
-            f"the Docker engine at {docker.docker_host} dropped the build of {uri}: {error!r}"
+        raise docker_error(
+            error,
+            f"building the worker image {uri}{step}",
+            engine=where,
+            details=f"last lines of the build log:\n{log.tail_text()}",
         ) from error
     if image_id is None and not any(line.startswith("Successfully built") for line in log.tail):
         # aiodocker ends the stream quietly when the connection drops mid-build.
@@ -642,8 +570,9 @@ async def _build(
         )
 
 
-class _TransientPushError(Exception):
-    pass
+class _PushCutShort(ConnectionError):
+    """aiodocker ended a push's stream without the registry's digest: the connection dropped
+    (a ConnectionError, so that it counts as transient)."""
 
 
 async def _push_with_retries(
@@ -651,60 +580,68 @@ async def _push_with_retries(
     registry: Registry,
     tag: str,
     log: _Log,
+    where: str,
     *,
     attempts: int,
     delay: float,
 ) -> str:
-    """Push with retries of transient failures; returns the digest the registry answered."""
-    uri = registry.image_uri(tag)
-    # Jittered pauses keep several knots from retrying against the registry in step.
-    pauses = backoff_delays(delay, longest=math.inf)
-    for attempt, wait in zip(range(1, max(1, attempts) + 1), pauses, strict=False):
-        try:
-            return await _push_once(docker, registry, tag, log)
-        except _TransientPushError as error:
-            if attempt >= attempts:
-                raise ImageBuildError(
-                    f"pushing {uri} failed {attempts} times; the last error: {error}"
-                ) from error
-            log(f"push of {uri} failed ({error}); retrying in {wait:.1f} s")
-            await asyncio.sleep(wait)
-    raise AssertionError("unreachable: the last attempt returns or raises")
-
-
-async def _push_once(docker: Any, registry: Registry, tag: str, log: _Log) -> str:
+    """Push, retrying transient failures (`aioknot._retry.is_transient`: the engine's 5xx and
+    its words for a network or registry hiccup, dropped connections); returns the digest the
+    registry answered."""
     import aiohttp
 
     aiodocker = _aiodocker()
+    uri = registry.image_uri(tag)
+    attempts = max(1, attempts)
+
+    def retrying(error: Exception) -> None:
+        words = redact(str(getattr(error, "message", "") or "") or repr(error), registry.password)
+        log(f"push of {uri} failed ({words}); retrying")
+
+    try:
+        # Jittered pauses keep several knots from retrying against the registry in step.
+        return await retry_transient(
+            lambda: _push_once(docker, registry, tag, log),
+            attempts=attempts,
+            first=delay,
+            longest=math.inf,
+            on_retry=retrying,
+        )
+    except (aiodocker.DockerError, aiohttp.ClientError, OSError) as error:
+        refused = not isinstance(error, _PushCutShort) and not _is_transient(error)
+        raise docker_error(
+            error,
+            f"pushing {uri}",
+            engine=where,
+            secrets=(registry.password,),
+            # The engine's answer may quote the registry URL or the login it was given.
+            advice=f"for a registry other than ECR, check the credentials in registry= / "
+            f"${REGISTRY_USERNAME_ENV} / ${REGISTRY_PASSWORD_ENV}"
+            if refused
+            else None,
+            tries=1 if refused else attempts,
+        ) from error
+
+
+async def _push_once(docker: Any, registry: Registry, tag: str, log: _Log) -> str:
+    """One push; raises what aiodocker raises (translated by the caller)."""
     uri = registry.image_uri(tag)
     digest: str | None = None
     chunks = docker.images.push(
         registry.repository_uri, tag=tag, auth=registry.docker_auth(), stream=True
     )
-    try:
-        async with contextlib.aclosing(chunks):
-            async for chunk in chunks:
-                status = str(chunk.get("status", ""))
-                # Per-layer byte counters would flood the callback: only state changes go out.
-                if status and not chunk.get("progressDetail"):
-                    layer = chunk.get("id")
-                    log(f"{layer}: {status}" if layer else status)
-                aux = chunk.get("aux")
-                if isinstance(aux, dict) and aux.get("Digest"):
-                    digest = str(aux["Digest"])
-    except aiodocker.DockerError as error:
-        # An engine's answer may quote the registry URL or the login it was given.
-        message = redact(str(error.message), registry.password)
-        if error.status >= 500 or error.status == 900 or _TRANSIENT_PUSH_ERROR.search(message):
-            raise _TransientPushError(message) from error
-        raise ImageBuildError(
-            f"pushing {uri} failed: {message}. For a registry other than ECR, check the "
-            f"credentials in registry= / ${REGISTRY_USERNAME_ENV} / ${REGISTRY_PASSWORD_ENV}"
-        ) from error
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
-        raise _TransientPushError(redact(repr(error), registry.password)) from error
+    async with contextlib.aclosing(chunks):
+        async for chunk in chunks:
+            status = str(chunk.get("status", ""))
+            # Per-layer byte counters would flood the callback: only state changes go out.
+            if status and not chunk.get("progressDetail"):
+                layer = chunk.get("id")
+                log(f"{layer}: {status}" if layer else status)
+            aux = chunk.get("aux")
+            if isinstance(aux, dict) and aux.get("Digest"):
+                digest = str(aux["Digest"])
     if digest is None:
         # aiodocker ends the stream quietly when the connection drops mid-push.
-        raise _TransientPushError("the push ended without the registry's digest")
+        raise _PushCutShort("the push ended without the registry's digest")
     log(f"pushed {uri} ({digest})")
     return digest

@@ -3,15 +3,15 @@
 File operations run in a worker thread so the event loop never blocks on the disk; batched
 calls make one thread hop for many files, which is what keeps 10,000 tiny results cheap.
 
-``OSError`` is translated here, at this one boundary: a full disk is a ``StoreError`` that
-says "no space left on device" and names the directory; a file where a directory should be,
-or a directory we may not write, is a ``ConfigurationError``; a missing object stays
-``KeyError`` (the "missing" signal of ``get``/``get_many``).
+Every ``OSError`` of a store call is translated by the one error boundary
+(`aioknot._errors.os_error`): a full disk is a ``StoreError`` that says "no space left on
+device" and names the directory; a file where a directory should be, or a directory we may
+not write, is a ``ConfigurationError``; a missing object stays ``KeyError`` (the "missing"
+signal of ``get``/``get_many``).
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -19,8 +19,8 @@ from typing import TypeVar
 
 import anyio.to_thread
 
-from .._exceptions import ConfigurationError, KnotError, StoreError
-from .._worker import DISK_FULL, FileStore
+from .._errors import os_error
+from .._worker import FileStore
 
 T = TypeVar("T")
 
@@ -40,42 +40,11 @@ class LocalStore:
     def _path(self, key: str) -> str:
         return os.path.join(self.root, key)
 
-    def translate(self, error: OSError, what: str) -> KnotError:
-        """``error`` of ``what`` (e.g. "writing run/inputs/000000000") as a KnotError that
-        says what was wrong and what to do."""
-        where = error.filename or self.root
-        if error.errno in DISK_FULL:
-            return StoreError(
-                f"no space left on device for the store in {self.root} ({what}): free space "
-                "on that disk, or point the store at a larger one (directory= or AIOKNOT_HOME)"
-            )
-        if isinstance(error, (NotADirectoryError, FileExistsError)):
-            return ConfigurationError(
-                f"the store in {self.root} cannot be used ({what}): {where} is a file where a "
-                "directory should be; move that file away, or choose another directory= "
-                "(or AIOKNOT_HOME)"
-            )
-        if isinstance(error, IsADirectoryError):
-            return ConfigurationError(
-                f"the store in {self.root} cannot be used ({what}): {where} is a directory "
-                "where a file should be; move it away, or choose another directory="
-            )
-        if isinstance(error, PermissionError) or error.errno == errno.EROFS:
-            return ConfigurationError(
-                f"the store in {self.root} cannot be used ({what}): {error.strerror} on "
-                f"{where}; make it writable by this user, or choose another directory= "
-                "(or AIOKNOT_HOME)"
-            )
-        return StoreError(
-            f"the store in {self.root} failed {what}: {error}; check that directory, or "
-            "choose another directory= (or AIOKNOT_HOME)"
-        )
-
     async def _run(self, what: str, call: Callable[[], T]) -> T:
         try:
             return await anyio.to_thread.run_sync(call)
         except OSError as error:
-            raise self.translate(error, what) from error
+            raise os_error(error, what, root=self.root) from error
 
     async def put(self, key: str, data: bytes) -> None:
         # FileStore.write removes its temporary file when the write fails (a full disk).

@@ -7,9 +7,9 @@ Every request is retried while it fails transiently (throttling, 5xx, dropped co
 credentials being refreshed): botocore makes a few quick attempts ("standard" mode, not
 "adaptive", whose client-side rate limiter slowed a 15%-faulty run to ~6 results/s), and
 `aioknot._retry.retry_transient` keeps going on top for up to ``STORE_OUTAGE_SECONDS``. A
-store that still fails after that is down, not blinking: the error is raised. botocore's
-errors are translated here, at this one boundary, into ``StoreError`` and
-``ConfigurationError`` that name the bucket and key and say what to do.
+store that still fails after that is down, not blinking: the error is raised, translated by
+the one error boundary (`aioknot._errors.store_error`) into a ``StoreError`` or
+``ConfigurationError`` that names the bucket and key and says what to do.
 """
 
 from __future__ import annotations
@@ -18,24 +18,23 @@ import contextlib
 import functools
 import json
 import os
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import aioboto3
 import anyio
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ProfileNotFound
+from botocore.exceptions import ClientError
 
-from .._backends.aws.errors import error_code
+from .._errors import AWS_ERRORS, error_code, store_error
 from .._exceptions import ConfigurationError, KnotError, StoreError
-from .._retry import is_transient, retry_transient
+from .._names import parse_bucket
+from .._retry import retry_transient
 from .._tasks import task_group
 
 T = TypeVar("T")
 
-BUCKET_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 # Enough parallel requests to hide S3's latency, few enough for moto and small machines.
 DEFAULT_CONCURRENCY = 32
 # How long a store may keep failing transiently before it counts as down and the run's watch
@@ -53,47 +52,6 @@ BOTOCORE_ATTEMPTS = 2
 # slot for botocore's default 60 s (per connect / per read, not for the whole transfer).
 CONNECT_TIMEOUT_SECONDS = 5.0
 READ_TIMEOUT_SECONDS = 20.0
-# Codes that say the credentials themselves are wrong or stale (after the retries above,
-# an expired token is no longer "being refreshed").
-CREDENTIAL_CODES = frozenset(
-    {
-        "ExpiredToken",
-        "ExpiredTokenException",
-        "InvalidAccessKeyId",
-        "InvalidToken",
-        "SignatureDoesNotMatch",
-        "TokenRefreshRequired",
-        "RequestExpired",
-    }
-)
-DENIED_CODES = frozenset({"AccessDenied", "403", "AllAccessDisabled"})
-
-
-def parse_bucket(location: str) -> tuple[str, str]:
-    """``"s3://bucket/some/prefix"`` or ``"bucket"`` -> ``("bucket", "some/prefix")``."""
-    rest = location[len("s3://") :] if location.startswith("s3://") else location
-    bucket, _, prefix = rest.partition("/")
-    if not BUCKET_PATTERN.fullmatch(bucket) or ".." in bucket:
-        raise ConfigurationError(
-            f"bucket {location!r} is not a valid S3 bucket: use 3 to 63 lowercase letters, "
-            "digits, dots and hyphens, e.g. bucket='s3://my-bucket/aioknot' or bucket='my-bucket'"
-        )
-    return bucket, prefix.strip("/")
-
-
-def _status(error: ClientError) -> int | None:
-    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return int(status) if status is not None else None
-
-
-def redacted(url: str) -> str:
-    """``url`` without any user name or password in it: messages never echo credentials."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def partition_of(region: str | None) -> str:
@@ -226,48 +184,14 @@ class S3Store:
         return {"ExpectedBucketOwner": self.expected_owner} if self.expected_owner else {}
 
     def _translate(self, error: BaseException, what: str) -> KnotError:
-        """The one boundary: a botocore/aiohttp error of ``what`` -> StoreError or
-        ConfigurationError that says what was wrong and what to do."""
-        if isinstance(error, KnotError):
-            return error
-        if isinstance(error, NoCredentialsError):
-            return ConfigurationError(
-                "no AWS credentials were found: set AWS_PROFILE (or pass profile=), or "
-                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run where an IAM role applies"
-            )
-        if isinstance(error, ProfileNotFound):
-            return ConfigurationError(
-                f"the AWS profile {self.profile!r} is not configured: check the name, or run "
-                "`aws configure --profile NAME` (or pass profile=None for the default chain)"
-            )
-        if isinstance(error, ClientError):
-            code = error_code(error)
-            if code in ("NoSuchBucket", "404") and what.startswith("bucket"):
-                return ConfigurationError(
-                    f"bucket {self.bucket!r} does not exist: create it, or pass another bucket="
-                )
-            if code in DENIED_CODES:
-                return ConfigurationError(
-                    f"S3 denied {what} ({code}): check that your credentials (profile, role "
-                    f"or keys) may read, write, list and delete under {self.url}, that the "
-                    f"bucket's policy allows it, and that bucket {self.bucket!r} is yours"
-                )
-            if code in CREDENTIAL_CODES:
-                return ConfigurationError(
-                    f"S3 refused the credentials for {what} ({code}): they are expired or "
-                    "wrong; refresh them (e.g. `aws sso login`) or check AWS_PROFILE / profile="
-                )
-        if is_transient(error):
-            endpoint = self._endpoint()
-            at = f" at {redacted(endpoint)}" if endpoint else ""
-            return StoreError(
-                f"S3{at} kept failing {what} for {self.outage_seconds:g} s "
-                f"(last: {_describe(error)}): the store is unavailable; check the endpoint, "
-                "your network and the service's health, then try again"
-            )
-        return StoreError(
-            f"S3 refused {what}: {_describe(error)}; check the bucket and its settings under "
-            f"{self.url}, or pass another bucket="
+        """The boundary (`aioknot._errors.store_error`), told this store's bucket and endpoint."""
+        return store_error(
+            error,
+            what,
+            bucket=self.bucket,
+            url=self.url,
+            endpoint=self._endpoint(),
+            outage_seconds=self.outage_seconds,
         )
 
     async def _request(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
@@ -305,7 +229,7 @@ class S3Store:
             await self._ensure_bucket()
         except BaseException as error:
             await self.aclose()
-            if isinstance(error, (BotoCoreError, ClientError)):
+            if isinstance(error, AWS_ERRORS):
                 raise self._translate(error, "bucket access") from error
             raise
         return self
@@ -492,15 +416,6 @@ class S3Store:
     async def aclose(self) -> None:
         self._client = None
         await self._stack.aclose()
-
-
-def _describe(error: BaseException) -> str:
-    if isinstance(error, ClientError):
-        code = error_code(error) or "?"
-        status = _status(error)
-        message = error.response.get("Error", {}).get("Message") or ""
-        return f"HTTP {status} {code}" + (f": {message}" if message else "")
-    return f"{type(error).__name__}: {error}"
 
 
 async def _gather(call: Callable[[str], Awaitable[T]], keys: Sequence[str]) -> list[T]:

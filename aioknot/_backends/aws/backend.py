@@ -44,6 +44,7 @@ import anyio.abc
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from ..._errors import aws_error, aws_errors, error_code
 from ..._exceptions import ConfigurationError, KnotError
 from ..._image.dockerfile import ImageSpec
 from ..._names import knot_prefix
@@ -53,7 +54,6 @@ from ..._stores.base import Store
 from ..._stores.s3 import S3Store
 from ..._tasks import concurrently
 from ..base import RunSpec, TaskListener
-from .errors import aws_errors, error_code, translate
 from .image import (
     ImageSettings,
     check_buildable,
@@ -138,7 +138,7 @@ def _session(options: KnotOptions) -> tuple[aioboto3.Session, str]:
     try:
         session = make_session(options.profile, region_name)
     except BotoCoreError as error:  # e.g. a profile that does not exist
-        raise translate(error, "opening the AWS session") from error
+        raise aws_error(error, "opening the AWS session") from error
     region = session.region_name
     if not region:
         raise ConfigurationError(
@@ -209,9 +209,9 @@ async def _describe_stack(cloudformation: Any, name: str) -> dict[str, Any] | No
     except ClientError as error:
         if "does not exist" in str(error):
             return None
-        raise translate(error, f"describing stack {name}") from error
+        raise aws_error(error, f"describing stack {name}") from error
     except BotoCoreError as error:
-        raise translate(error, f"describing stack {name}") from error
+        raise aws_error(error, f"describing stack {name}") from error
     stacks: list[dict[str, Any]] = response.get("Stacks", [])
     return stacks[0] if stacks else None
 

@@ -35,11 +35,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
+from ..._errors import aws_errors
 from ..._worker import format_segments, parse_segments
 from ..base import RunSpec, Segment
-from .errors import translate
 from .options import RESERVED_TAG_PREFIX, AwsOptions
 from .template import ENVIRONMENT_TAG, KNOT_TAG
 
@@ -222,7 +220,7 @@ async def describe_definitions(
     if status is not None:
         arguments["status"] = status
     found: list[dict[str, Any]] = []
-    try:
+    with aws_errors(f"describing the job definitions of knot {knot!r}"):
         while True:
             response = await batch.describe_job_definitions(**arguments)
             found.extend(response.get("jobDefinitions", []))
@@ -230,8 +228,6 @@ async def describe_definitions(
             if not token:
                 break
             arguments["nextToken"] = token
-    except (ClientError, BotoCoreError) as error:
-        raise translate(error, f"describing the job definitions of knot {knot!r}") from error
     mine = [d for d in found if is_knots(d, knot)]
     return sorted(mine, key=lambda d: int(d.get("revision", 0)), reverse=True)
 
@@ -261,12 +257,8 @@ def roles_of_knot_stack(
 
 
 async def register_definition(batch: Any, request: Mapping[str, Any]) -> str:
-    try:
+    with aws_errors(f"registering job definition {request['jobDefinitionName']}"):
         response = await batch.register_job_definition(**request)
-    except (ClientError, BotoCoreError) as error:
-        raise translate(
-            error, f"registering job definition {request['jobDefinitionName']}"
-        ) from error
     return str(response["jobDefinitionArn"])
 
 

@@ -23,7 +23,7 @@ terminates a job on its own (only `cancel`, the user's intent, does).
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -31,11 +31,11 @@ import anyio
 import anyio.abc
 from botocore.exceptions import ClientError
 
+from ..._errors import AWS_ERRORS, aws_error, error_code, error_summary
 from ..._exceptions import KnotError, WatchTimeout
-from ..._retry import is_throttling, is_transient, retry_transient
+from ..._retry import backoff_delays, is_throttling, is_transient, retry_transient
 from ..._tasks import task_group
-from ..base import RunSpec, Segment, TaskListener
-from .errors import AWS_ERRORS, error_code, error_summary, translate
+from ..base import BackendRun, RunSpec, Segment, TaskListener
 from .jobs import LOG_GROUP, JobBatcher, JobShape, submit_request
 
 T = TypeVar("T")
@@ -203,8 +203,10 @@ def status_counts(jobs: Iterable[tuple[JobShape | None, str, Mapping[str, int]]]
     return counts
 
 
-class AwsRun:
+class AwsRun(BackendRun):
     """The ``BackendRun`` of one run on AWS Batch."""
+
+    backend_name = "aws"
 
     def __init__(
         self,
@@ -277,7 +279,7 @@ class AwsRun:
                 waited = now - (self._failing_since or now)
                 raise self._outage(doing, error, waited, outage) from error
             if isinstance(error, AWS_ERRORS):
-                raise translate(error, doing) from error
+                raise aws_error(error, doing, run_id=self._spec.run_id) from error
             raise
 
     def _outage(
@@ -388,7 +390,13 @@ class AwsRun:
     # -- watching --------------------------------------------------------------------------
 
     async def watch(self) -> None:
-        delay = FIRST_POLL_SECONDS
+        # Polls slow down while nothing changes and start over quick when something does
+        # (unjittered: a poll, not a retry).
+        def slowing() -> Iterator[float]:
+            return backoff_delays(FIRST_POLL_SECONDS, MAX_POLL_SECONDS, POLL_BACKOFF, jitter=False)
+
+        delays = slowing()
+        delay = next(delays)
         while True:
             self._wake = anyio.Event()
             if self._error is not None:
@@ -402,7 +410,9 @@ class AwsRun:
                 return
             with anyio.move_on_after(delay if active else MAX_POLL_SECONDS):
                 await self._wake.wait()
-            delay = FIRST_POLL_SECONDS if changed else min(delay * POLL_BACKOFF, MAX_POLL_SECONDS)
+            if changed:
+                delays = slowing()
+            delay = next(delays)
 
     async def _describe(self, job_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         batch = await self._target.client("batch")

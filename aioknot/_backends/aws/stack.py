@@ -7,26 +7,27 @@ stack that a failed creation left in ROLLBACK_COMPLETE, and waits, streaming the
 events to a progress callback and the ``aioknot`` logger. A stack that fails raises
 `StackError` listing each failed resource and its reason, as CloudFormation reported them.
 
-Waiting polls DescribeStackEvents (one request per poll, new events only) with backoff; the
-operation itself goes on in CloudFormation if the waiting task is cancelled, and the next
+Waiting polls DescribeStackEvents (one request per poll, new events only) at intervals that
+grow while the stack works (`aioknot._retry.backoff_delays`, unjittered: a poll, not a retry);
+the operation itself goes on in CloudFormation if the waiting task is cancelled, and the next
 `ensure_stack` waits for it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
 import logging
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import anyio
 from botocore.exceptions import ClientError
 
+from ..._errors import aws_errors, error_code, error_message
 from ..._exceptions import ConfigurationError, StackError
-from .errors import aws_errors, error_code, error_message
+from ..._retry import backoff_delays
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -142,13 +143,6 @@ def _settled(status: str) -> bool:
     return not status.endswith("_IN_PROGRESS")
 
 
-def _poll_intervals() -> Iterator[float]:
-    interval = FIRST_POLL_INTERVAL
-    while True:
-        yield interval
-        interval = min(interval * POLL_BACKOFF, MAX_POLL_INTERVAL)
-
-
 def _parameter_list(parameters: Mapping[str, str]) -> list[dict[str, str]]:
     return [
         {"ParameterKey": key, "ParameterValue": str(value)} for key, value in parameters.items()
@@ -252,7 +246,7 @@ async def _wait(
     deadline: float,
 ) -> dict[str, Any] | None:
     """Report events until the stack settles; return its final description."""
-    intervals = _poll_intervals()
+    intervals = backoff_delays(FIRST_POLL_INTERVAL, MAX_POLL_INTERVAL, POLL_BACKOFF, jitter=False)
     while True:
         settled = False
         for event in await cursor.read(cloudformation):
@@ -262,12 +256,12 @@ async def _wait(
         if settled:
             return await _describe(cloudformation, cursor.stack_id)
         interval = next(intervals)
-        if time.monotonic() + interval > deadline:
+        if anyio.current_time() + interval > deadline:
             raise StackError(
                 f"stack {name} did not settle in time; CloudFormation goes on with it, and the "
                 "next attempt waits for it"
             )
-        await asyncio.sleep(interval)
+        await anyio.sleep(interval)
 
 
 def _check_outcome(
@@ -372,7 +366,9 @@ async def ensure_stack(
     parameters: Mapping[str, str],
     tags: Mapping[str, str],
     progress: Progress | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
+    # A deadline checked between polls, not a cancel scope: the error it gives says that
+    # CloudFormation goes on, and no request is cut in half.
+    timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109
 ) -> dict[str, str]:
     """Make stack ``name`` run ``template`` with ``parameters`` and ``tags``; return its outputs.
 
@@ -381,7 +377,7 @@ async def ensure_stack(
     ``timeout`` seconds, and `ConfigurationError` when AWS refuses the credentials.
     """
     body = template_body(template)
-    deadline = time.monotonic() + timeout
+    deadline = anyio.current_time() + timeout
     for _ in range(MAX_ATTEMPTS):
         stack = await _describe(cloudformation, name)
         if stack is None:
@@ -424,14 +420,14 @@ async def delete_stack(
     *,
     name: str,
     progress: Progress | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
+    timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 (a deadline between polls, as above)
 ) -> bool:
     """Delete stack ``name`` and wait until it is gone; False when there was none.
 
     Each resource CloudFormation deletes (or waits on) is reported to ``progress``. Raises
     `StackError` with the resources that could not be deleted.
     """
-    deadline = time.monotonic() + timeout
+    deadline = anyio.current_time() + timeout
     stack = await _describe(cloudformation, name)
     if stack is None:
         return False
