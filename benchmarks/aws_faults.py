@@ -13,10 +13,11 @@ proxy of tests/infra/fault_proxy.py (which also counts them):
   (target: 2 minutes) and the requests it took (target: a few hundred, here at most 300).
 
 moto runs Batch in *simple mode*: no container runs, a job is SUCCEEDED (or FAILED) the moment
-it is submitted. In ``faults`` the script therefore plays the worker's part: right before each
-SubmitJob it writes every child's record with the worker's own encoder, straight to moto (not
-through the proxy: the workers' own retries are not what this measures). So the figures are
-the client's: its submitter, its Batch watcher and its store polling, under faults.
+it is submitted. In ``faults`` the script therefore plays the worker's part (tests/helpers/
+played_worker.py, as the fault tests do): right before each SubmitJob it writes every child's
+record with the worker's own encoder, straight to moto (not through the proxy: the workers' own
+retries are not what this measures). So the figures are the client's: its submitter, its Batch
+watcher and its store polling, under faults.
 
     python benchmarks/aws_faults.py [--inputs N] [--runs N] [--fail-inputs N]
 """
@@ -29,92 +30,22 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import FAKE_CREDENTIALS, Checks  # noqa: E402
+from _common import FAKE_CREDENTIALS, Checks  # noqa: E402  (puts tests/ on the path)
+from helpers.aws import IMAGE  # noqa: E402
+from helpers.played_worker import PlayedWorker, playing, square  # noqa: E402
 from infra.fault_proxy import Fault, FaultProxy  # noqa: E402
-from infra.moto import MotoServer, start_moto_server, stop_moto_server  # noqa: E402
+from infra.moto import start_moto_server, stop_moto_server  # noqa: E402
 
-REGION = "us-east-1"
-ACCOUNT = "123456789012"
-IMAGE = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/aioknot:prebuilt"
-BUCKET = f"aioknot-{ACCOUNT}-{REGION}"
 # ~10% of requests fail: each rule draws on its own, in this order.
 FAULT_MIX = (("throttle", 0.04), ("500", 0.03), ("reset", 0.03))
 SERVICES = ("batch", "s3")
 
 MAX_ALL_FAIL_SECONDS = 120.0
 MAX_ALL_FAIL_REQUESTS = 300
-
-
-def square(x: int) -> int:
-    return x * x
-
-
-# -- the worker's part, played (moto's simple mode runs no container) -------------------------
-
-
-class PlayedWorker:
-    """Writes, right before each SubmitJob, the record each child of the job would write."""
-
-    def __init__(self, server: MotoServer) -> None:
-        import boto3
-        from botocore.config import Config
-
-        self.s3 = boto3.client(
-            "s3",
-            endpoint_url=server.url,
-            region_name=REGION,
-            config=Config(max_pool_connections=16),
-        )
-        self.pool = ThreadPoolExecutor(16)
-        self.records = 0
-
-    def job_submitted(self, run_prefix: str, shape: Any) -> None:
-        from aioknot._worker import encode_results, result_key
-
-        children = [
-            shape.child_inputs(child) if shape.size else range(shape.first, shape.stop)
-            for child in range(max(shape.size, 1))
-        ]
-
-        def put(inputs: range) -> None:
-            data = encode_results(inputs.start, [(True, square(i)) for i in inputs])
-            key = result_key(run_prefix, inputs.start, len(inputs))
-            self.s3.put_object(Bucket=BUCKET, Key=key, Body=data)
-
-        list(self.pool.map(put, children))
-        self.records += len(children)
-
-    def close(self) -> None:
-        self.pool.shutdown()
-        self.s3.close()
-
-
-@contextmanager
-def playing(worker: PlayedWorker) -> Iterator[None]:
-    import anyio
-
-    from aioknot._backends.aws.jobs import JobShape
-    from aioknot._backends.aws.run import AwsRun
-
-    original = AwsRun._submit_group
-
-    async def submit_group(self: AwsRun, group: Any) -> None:
-        prefix = self._spec.run_prefix
-        await anyio.to_thread.run_sync(worker.job_submitted, prefix, JobShape.of(group))
-        await original(self, group)
-
-    AwsRun._submit_group = submit_group  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        AwsRun._submit_group = original  # type: ignore[method-assign]
 
 
 # -- figures --------------------------------------------------------------------------------
@@ -168,10 +99,9 @@ async def faults_scenario(arguments: argparse.Namespace, checks: Checks) -> None
     from aioknot import AsyncKnot
 
     server = start_moto_server()
-    worker = PlayedWorker(server)
     try:
         server.configure({"batch": {"use_docker": False}})
-        with FaultProxy(upstream=server.url) as proxy, playing(worker):
+        with FaultProxy(upstream=server.url) as proxy, playing(PlayedWorker(server.url)):
             os.environ["AWS_ENDPOINT_URL"] = proxy.url
             inputs = arguments.inputs
             print(
@@ -207,7 +137,6 @@ async def faults_scenario(arguments: argparse.Namespace, checks: Checks) -> None
             checks.check(f"faulted runs: {total_lost} results lost == 0", total_lost == 0)
             checks.check(f"faulted runs: {total_failed} runs failed == 0", total_failed == 0)
     finally:
-        worker.close()
         stop_moto_server(server)
 
 

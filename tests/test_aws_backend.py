@@ -2,8 +2,9 @@
 
 Every test uses a prebuilt ``image=`` so no Docker engine is needed; the real-container run is
 tests/test_aws_end_to_end.py. Calls are counted through botocore's event hooks on every
-session aioknot opens (`Calls`). Paths moto cannot take (jobs still queued or running,
-throttling, pagination) run `AwsRun` against `FakeBatch`, which answers in Batch's shapes.
+session aioknot opens (the `calls` fixture). Paths moto cannot take (jobs still queued or
+running, throttling, pagination) run `AwsRun` against `FakeBatch`, which answers in Batch's
+shapes.
 """
 
 from __future__ import annotations
@@ -12,22 +13,19 @@ import ast
 import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
-import aioboto3
-import anyio
-import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from helpers.aws import BUCKET, ECR_MANIFEST, IMAGE, Calls, MotoClients
+from helpers.fake_batch import Losses, fake_aws_run
 from infra.fault_proxy import Fault, FaultProxy
-from infra.moto import FAKE_CREDENTIALS, MotoServer, start_moto_server, stop_moto_server
+from infra.moto import MotoServer
 
 import aioknot
 from aioknot._backends.aws import backend as aws_backend
-from aioknot._backends.aws import run as aws_run
-from aioknot._backends.aws import stack as aws_stack
 from aioknot._backends.aws.jobs import (
     JOB_MAX_INPUTS,
     MAX_ARRAY_SIZE,
@@ -36,94 +34,14 @@ from aioknot._backends.aws.jobs import (
     JobShape,
 )
 from aioknot._backends.aws.run import AwsRun, status_counts
-from aioknot._backends.base import RunSpec, Segment
+from aioknot._backends.base import Segment
 from aioknot._exceptions import ConfigurationError, TaskLost
 
-REGION = "us-east-1"
-ACCOUNT = "123456789012"
-IMAGE = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/aioknot:prebuilt"
+pytestmark = pytest.mark.usefixtures("fast_polls")
 
 
 def square(x: int) -> int:
     return x * x
-
-
-class Calls:
-    """Every AWS API call made by any aioboto3 session, as (service, operation)."""
-
-    def __init__(self) -> None:
-        self.made: list[tuple[str, str]] = []
-        self.submits: list[dict[str, Any]] = []
-
-    def record(self, model: Any, **_: Any) -> None:
-        self.made.append((model.service_model.service_name, model.name))
-
-    def params(self, params: dict[str, Any], **_: Any) -> None:
-        self.submits.append(dict(params))
-
-    def count(self, service: str | None = None, operation: str | None = None) -> int:
-        return sum(
-            1
-            for s, o in self.made
-            if (service is None or s == service) and (operation is None or o == operation)
-        )
-
-    def of(self, service: str) -> Counter[str]:
-        return Counter(o for s, o in self.made if s == service)
-
-    def clear(self) -> None:
-        self.made.clear()
-        self.submits.clear()
-
-
-@pytest.fixture
-def calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
-    counter = Calls()
-    original = aioboto3.Session
-
-    class CountingSession(original):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.events.register("before-call", counter.record)
-            self.events.register("provide-client-params.batch.SubmitJob", counter.params)
-
-    monkeypatch.setattr(aioboto3, "Session", CountingSession)
-    return counter
-
-
-@pytest.fixture(autouse=True)
-def fast_polls(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(aws_run, "FIRST_POLL_SECONDS", 0.05)
-    monkeypatch.setattr(aws_run, "MAX_POLL_SECONDS", 0.5)
-    monkeypatch.setattr(aws_stack, "FIRST_POLL_INTERVAL", 0.01)
-    monkeypatch.setattr(aws_stack, "MAX_POLL_INTERVAL", 0.05)
-
-
-@pytest.fixture
-def simple_batch(aws: MotoServer) -> Iterator[MotoServer]:
-    aws.configure({"batch": {"use_docker": False}})
-    try:
-        yield aws
-    finally:
-        aws.configure({"batch": {"use_docker": True}})
-
-
-_OPEN_CLIENTS: list[Any] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_boto_clients() -> Iterator[None]:
-    """Close the test's boto3 clients: an unclosed one leaks sockets that warn at some later
-    garbage collection, in whichever test happens to run then."""
-    yield
-    while _OPEN_CLIENTS:
-        _OPEN_CLIENTS.pop().close()
-
-
-def boto(service: str, server: MotoServer) -> Any:
-    client = boto3.client(service, endpoint_url=server.url, region_name=REGION)
-    _OPEN_CLIENTS.append(client)
-    return client
 
 
 def knot(func: Any = square, **options: Any) -> aioknot.AsyncKnot:
@@ -136,7 +54,7 @@ def knot(func: Any = square, **options: Any) -> aioknot.AsyncKnot:
 
 
 async def test_simple_mode_succeeded_without_record_is_lost_promptly(
-    simple_batch: MotoServer, calls: Calls
+    simple_batch: MotoServer, boto: MotoClients, calls: Calls
 ) -> None:
     async with knot() as k:
         run = await k.map(range(5))
@@ -149,17 +67,14 @@ async def test_simple_mode_succeeded_without_record_is_lost_promptly(
     assert all("no result" in o.reason for o in outcomes)
     assert waited < 3.0  # the first poll after the last SubmitJob sees every job over
     # A bucket of its own, private and encrypted, and every object call names the owner.
-    s3 = boto("s3", simple_batch)
-    bucket = f"aioknot-{ACCOUNT}-{REGION}"
-    assert s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"][
-        "BlockPublicAcls"
-    ]
-    assert s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]
-    s3.close()
+    s3 = boto("s3")
+    blocked = s3.get_public_access_block(Bucket=BUCKET)["PublicAccessBlockConfiguration"]
+    assert blocked["BlockPublicAcls"]
+    assert s3.get_bucket_encryption(Bucket=BUCKET)["ServerSideEncryptionConfiguration"]
 
 
 async def test_repeat_knot_reuses_stacks_and_job_definition(
-    simple_batch: MotoServer, calls: Calls
+    simple_batch: MotoServer, boto: MotoClients, calls: Calls
 ) -> None:
     async with knot() as k:
         await (await k.map(range(3))).gather(return_exceptions=True)
@@ -187,14 +102,13 @@ async def test_repeat_knot_reuses_stacks_and_job_definition(
     async with knot(name="cubes") as k:
         await (await k.map(range(2))).gather(return_exceptions=True)
     assert calls.of("cloudformation")["CreateStack"] == 1
-    cfn = boto("cloudformation", simple_batch)
+    cfn = boto("cloudformation")
     names = {s["StackName"] for s in cfn.describe_stacks()["Stacks"]}
-    cfn.close()
     assert names == {"aioknot-default", "aioknot-knot-squares", "aioknot-knot-cubes"}
 
 
 async def test_changed_resources_register_a_new_revision(
-    simple_batch: MotoServer, calls: Calls
+    simple_batch: MotoServer, boto: MotoClients, calls: Calls
 ) -> None:
     async with knot() as k:
         await k.map([1])
@@ -206,9 +120,8 @@ async def test_changed_resources_register_a_new_revision(
     definitions = [s["jobDefinition"] for s in calls.submits]
     assert definitions[0].endswith(":1") and definitions[1].endswith(":2")
     assert definitions[2] == definitions[1]
-    batch = boto("batch", simple_batch)
+    batch = boto("batch")
     described = batch.describe_job_definitions(jobDefinitionName="aioknot-squares")
-    batch.close()
     revision = next(d for d in described["jobDefinitions"] if d["revision"] == 2)
     assert revision["retryStrategy"]["evaluateOnExit"][0]["onStatusReason"] == "Host EC2*"
     assert revision["containerProperties"]["jobRoleArn"].startswith("arn:aws:iam::")
@@ -219,10 +132,11 @@ async def test_changed_resources_register_a_new_revision(
 
 async def test_definitions_retry_infrastructure_failures_and_exit_on_exit_codes(
     simple_batch: MotoServer,
+    boto: MotoClients,
 ) -> None:
     async with knot() as k:
         await k.map([1])
-    batch = boto("batch", simple_batch)
+    batch = boto("batch")
     (definition,) = batch.describe_job_definitions(
         jobDefinitionName="aioknot-squares", status="ACTIVE"
     )["jobDefinitions"]
@@ -244,37 +158,35 @@ async def test_definitions_retry_infrastructure_failures_and_exit_on_exit_codes(
     assert [e["name"] for e in definition["containerProperties"]["environment"]] == [
         "AWS_DEFAULT_REGION"
     ]
-    batch.close()
 
 
-async def test_retries_option_sets_the_attempts(simple_batch: MotoServer) -> None:
+async def test_retries_option_sets_the_attempts(
+    simple_batch: MotoServer, boto: MotoClients
+) -> None:
     async with knot(retries=1) as k:
         await k.map([1])
-    batch = boto("batch", simple_batch)
+    batch = boto("batch")
     (definition,) = batch.describe_job_definitions(
         jobDefinitionName="aioknot-squares", status="ACTIVE"
     )["jobDefinitions"]
-    batch.close()
     assert definition["retryStrategy"]["attempts"] == 1
 
 
 async def test_secrets_reach_the_definition_through_a_scoped_execution_role(
     simple_batch: MotoServer,
+    boto: MotoClients,
 ) -> None:
-    secrets = boto("secretsmanager", simple_batch)
+    secrets = boto("secretsmanager")
     secret = secrets.create_secret(Name="api-token", SecretString="s3cr3t-value")["ARN"]
-    secrets.close()
-    ssm = boto("ssm", simple_batch)
+    ssm = boto("ssm")
     ssm.put_parameter(Name="/team/token", Value="other-s3cr3t", Type="SecureString")
     parameter = ssm.get_parameter(Name="/team/token")["Parameter"]["ARN"]
-    ssm.close()
     async with knot(secrets={"API_TOKEN": secret, "TEAM_TOKEN": parameter}) as k:
         await (await k.map([1, 2])).gather(return_exceptions=True)
-    batch = boto("batch", simple_batch)
+    batch = boto("batch")
     (definition,) = batch.describe_job_definitions(
         jobDefinitionName="aioknot-squares", status="ACTIVE"
     )["jobDefinitions"]
-    batch.close()
     container = definition["containerProperties"]
     assert container["secrets"] == [
         {"name": "API_TOKEN", "valueFrom": secret},
@@ -282,13 +194,12 @@ async def test_secrets_reach_the_definition_through_a_scoped_execution_role(
     ]
     assert "s3cr3t" not in str(definition)  # the values stay in their stores
     # The execution role is the knot stack's, and may read exactly those two, nothing else.
-    cfn = boto("cloudformation", simple_batch)
+    cfn = boto("cloudformation")
     (stack,) = cfn.describe_stacks(StackName="aioknot-knot-squares")["Stacks"]
-    cfn.close()
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
     assert container["executionRoleArn"] == outputs["JobExecutionRoleArn"]
     assert container["jobRoleArn"] == outputs["JobRoleArn"] != outputs["JobExecutionRoleArn"]
-    iam = boto("iam", simple_batch)
+    iam = boto("iam")
     role = outputs["JobExecutionRoleArn"].rpartition("/")[2]
     (policy_name,) = iam.list_role_policies(RoleName=role)["PolicyNames"]
     document = iam.get_role_policy(RoleName=role, PolicyName=policy_name)["PolicyDocument"]
@@ -297,7 +208,6 @@ async def test_secrets_reach_the_definition_through_a_scoped_execution_role(
         iam.get_role_policy(RoleName=job_role, PolicyName=name)["PolicyDocument"]
         for name in iam.list_role_policies(RoleName=job_role)["PolicyNames"]
     ]
-    iam.close()
     if isinstance(document, str):  # moto keeps a CloudFormation policy as its Python repr
         document = ast.literal_eval(document)
     granted = {(s["Action"], r) for s in document["Statement"] for r in s["Resource"]}
@@ -310,14 +220,14 @@ async def test_secrets_reach_the_definition_through_a_scoped_execution_role(
     # A repeat knot finds both roles on the definition: no stack is described again.
     async with knot(secrets={"API_TOKEN": secret, "TEAM_TOKEN": parameter}) as k:
         await k.map([3])
-    batch = boto("batch", simple_batch)
+    batch = boto("batch")
     active = batch.describe_job_definitions(jobDefinitionName="aioknot-squares", status="ACTIVE")
-    batch.close()
     assert len(active["jobDefinitions"]) == 1
 
 
 async def test_preparation_rides_out_a_control_plane_outage(
     simple_batch: MotoServer,
+    boto: MotoClients,
     fault_proxy: FaultProxy,
     calls: Calls,
     monkeypatch: pytest.MonkeyPatch,
@@ -350,9 +260,8 @@ async def test_preparation_rides_out_a_control_plane_outage(
     assert any("retrying" in line for line in progress)  # and outlasted botocore's retries
     assert len(outcomes) == 4 and all(isinstance(o, TaskLost) for o in outcomes)  # simple mode
     assert calls.count("cloudformation", "CreateStack") == 2  # each stack once
-    batch = boto("batch", simple_batch)
+    batch = boto("batch")
     active = batch.describe_job_definitions(jobDefinitionName="aioknot-squares", status="ACTIVE")
-    batch.close()
     # A RegisterJobDefinition whose answer was lost may leave one spare revision, never more.
     assert 1 <= len(active["jobDefinitions"]) <= 2
 
@@ -402,20 +311,12 @@ async def test_array_submission_sizes(
 
 
 async def test_failed_children_are_lost_with_reason_and_log(
-    monkeypatch: pytest.MonkeyPatch, calls: Calls
+    failing_batch: MotoServer, calls: Calls
 ) -> None:
-    server = start_moto_server({"MOTO_SIMPLE_BATCH_FAIL_AFTER": "0"})
-    try:
-        server.configure({"batch": {"use_docker": False}})
-        for key, value in FAKE_CREDENTIALS.items():
-            monkeypatch.setenv(key, value)
-        monkeypatch.setenv("AWS_ENDPOINT_URL", server.url)
-        async with knot() as k:
-            run = await k.map(range(4))
-            outcomes = await run.gather(return_exceptions=True)
-            single = await (await k.map([7])).gather(return_exceptions=True)
-    finally:
-        stop_moto_server(server)
+    async with knot() as k:
+        run = await k.map(range(4))
+        outcomes = await run.gather(return_exceptions=True)
+        single = await (await k.map([7])).gather(return_exceptions=True)
     for index, outcome in enumerate(outcomes):
         assert isinstance(outcome, TaskLost)
         assert outcome.index == index
@@ -425,15 +326,16 @@ async def test_failed_children_are_lost_with_reason_and_log(
     assert isinstance(single[0], TaskLost) and "FAILED" in single[0].reason
 
 
-async def test_logs_read_every_attempt_of_the_child(simple_batch: MotoServer) -> None:
+async def test_logs_read_every_attempt_of_the_child(
+    simple_batch: MotoServer, boto: MotoClients
+) -> None:
     async with knot() as k:
         run = await k.map(range(3))
         await run.gather(return_exceptions=True)
-        batch = boto("batch", simple_batch)
+        batch = boto("batch")
         child = f"{run.backend_run.job_ids[0]}:2"  # type: ignore[union-attr]
         stream = batch.describe_jobs(jobs=[child])["jobs"][0]["container"]["logStreamName"]
-        batch.close()
-        logs = boto("logs", simple_batch)
+        logs = boto("logs")
         logs.create_log_group(logGroupName="/aws/batch/job")
         logs.create_log_stream(logGroupName="/aws/batch/job", logStreamName=stream)
         now = int(time.time() * 1000)
@@ -442,7 +344,6 @@ async def test_logs_read_every_attempt_of_the_child(simple_batch: MotoServer) ->
             logStreamName=stream,
             logEvents=[{"timestamp": now, "message": "hello"}, {"timestamp": now, "message": "2"}],
         )
-        logs.close()
         assert await run.logs(2) == ["hello", "2"]
         assert await run.logs(0) == []  # its stream was never written
 
@@ -461,41 +362,34 @@ async def test_attach_reads_job_shapes_back_from_batch(simple_batch: MotoServer)
         }
 
 
-async def test_clobber_leaves_nothing_tagged_behind(simple_batch: MotoServer, calls: Calls) -> None:
-    ecr = boto("ecr", simple_batch)
+async def test_clobber_leaves_nothing_tagged_behind(
+    simple_batch: MotoServer, boto: MotoClients, calls: Calls
+) -> None:
+    ecr = boto("ecr")
     ecr.create_repository(repositoryName="aioknot")
-    manifest = (
-        '{"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",'
-        ' "config": {"digest": "sha256:' + "0" * 64 + '", "size": 1, "mediaType": '
-        '"application/vnd.docker.container.image.v1+json"}, "layers": []}'
-    )
-    ecr.put_image(repositoryName="aioknot", imageManifest=manifest, imageTag="prebuilt")
-    ecr.put_image(repositoryName="aioknot", imageManifest=manifest, imageTag="other")
+    ecr.put_image(repositoryName="aioknot", imageManifest=ECR_MANIFEST, imageTag="prebuilt")
+    ecr.put_image(repositoryName="aioknot", imageManifest=ECR_MANIFEST, imageTag="other")
     progress: list[str] = []
     async with knot(progress=progress.append) as k:
         await (await k.map(range(3))).gather(return_exceptions=True)
         await k.clobber(environment=True, images=True)
-    cfn = boto("cloudformation", simple_batch)
+    cfn = boto("cloudformation")
     live = [
         s
         for s in cfn.describe_stacks()["Stacks"]
         if s["StackStatus"] != "DELETE_COMPLETE"
         and any(t["Key"].startswith("aioknot:") for t in s.get("Tags", []))
     ]
-    cfn.close()
     assert live == []
-    batch = boto("batch", simple_batch)
+    batch = boto("batch")
     active = batch.describe_job_definitions(jobDefinitionName="aioknot-squares", status="ACTIVE")
-    batch.close()
     assert active["jobDefinitions"] == []
     tags = [i["imageTags"] for i in ecr.describe_images(repositoryName="aioknot")["imageDetails"]]
     assert tags == [["other"]]  # only the knot's image went
     repositories = ecr.describe_repositories()["repositories"]
-    ecr.close()
     assert [r["repositoryName"] for r in repositories] == ["aioknot"]  # the user's: it stays
-    s3 = boto("s3", simple_batch)
+    s3 = boto("s3")
     buckets = [b["Name"] for b in s3.list_buckets().get("Buckets", [])]
-    s3.close()
     assert buckets == []  # the default bucket went with the knot's objects: it was empty
     assert any("deleting stack aioknot-default" in line for line in progress)
     assert any("deregistered 1 job definitions" in line for line in progress)
@@ -545,7 +439,7 @@ def test_batcher_first_job_goes_at_once_then_jobs_fill_up() -> None:
 
 def test_job_shape_children_cover_inputs_exactly() -> None:
     shape = JobShape.of([Segment(100, 10_000), Segment(10_100, 5)])
-    assert (shape.chunk, shape.size) == (2, 5_003)
+    assert (shape.chunk_size, shape.size) == (2, 5_003)
     covered = [i for child in range(shape.size) for i in shape.child_inputs(child)]
     assert covered == list(range(100, 10_105))
     assert shape.child_of(10_104) == 5_002
@@ -631,58 +525,11 @@ class FakeBatch:
         self.calls.append(("terminate_job", {"jobId": jobId}))
 
 
-class FakeTarget:
-    knot = "fake"
-    watch_timeout = 60.0
-
-    def __init__(self, batch: FakeBatch, group: Any) -> None:
-        self.batch = batch
-        self._group = group
-
-    async def client(self, service: str) -> Any:
-        return self.batch
-
-    async def ensure_ready(self) -> tuple[str, str]:
-        return "queue", "definition"
-
-    @property
-    def group(self) -> Any:
-        return self._group
-
-
-class Listener:
-    def __init__(self) -> None:
-        self.losses: dict[int, tuple[str, str | None, int | None]] = {}
-
-    def done(self, first: int, count: int) -> None:
-        pass
-
-    def lost(
-        self, index: int, reason: str, *, log: Any = None, exit_code: Any = None, **_: Any
-    ) -> None:
-        self.losses[index] = (reason, log, exit_code)
-
-
-SPEC = RunSpec(
-    knot="fake",
-    run_id="20261121T000000-abcdef",
-    run_prefix="knots/fake/runs/20261121T000000-abcdef",
-    function_key="knots/fake/functions/x.pkl",
-    store_url="s3://bucket",
-    starmap=False,
-)
-
-
 @contextlib.asynccontextmanager
-async def fake_run() -> AsyncIterator[tuple[AwsRun, FakeBatch, Listener]]:
-    """An AwsRun over a FakeBatch, with a task group for its flush timer (in the test's task:
-    a task group cannot live in a fixture, whose teardown runs in another task)."""
-    batch = FakeBatch()
-    listener = Listener()
-    async with anyio.create_task_group() as group:
-        run = AwsRun(FakeTarget(batch, group), SPEC, listener)
+async def fake_run() -> AsyncIterator[tuple[AwsRun, FakeBatch, Losses]]:
+    batch, listener = FakeBatch(), Losses()
+    async with fake_aws_run(batch, listener) as run:
         yield run, batch, listener
-        group.cancel_scope.cancel()
 
 
 async def test_throttled_submit_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -713,7 +560,7 @@ async def test_failed_children_listed_across_pages() -> None:
         job["status"] = "FAILED"
         await run.watch()
     assert sorted(listener.losses) == [0, 1, 6, 7, 14_998, 14_999]
-    assert all("FAILED" in reason for reason, _, _ in listener.losses.values())
+    assert all("FAILED" in loss["reason"] for loss in listener.losses.values())
     failed_pages = [
         a for n, a in batch.calls if n == "list_jobs" and a.get("jobStatus") in (None, "FAILED")
     ]

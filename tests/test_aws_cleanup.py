@@ -8,34 +8,19 @@ botocore's event hooks on every session aioknot opens.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import aioboto3
-import boto3
 import pytest
+from helpers.aws import BUCKET, ECR_HOST, ECR_MANIFEST, Calls, MotoClients
 from infra.moto import MotoServer
 
 import aioknot
 from aioknot._backends.aws import backend as aws_backend
-from aioknot._backends.aws import run as aws_run
-from aioknot._backends.aws import stack as aws_stack
 from aioknot._exceptions import ConfigurationError
 
-REGION = "us-east-1"
-ACCOUNT = "123456789012"
-BUCKET = f"aioknot-{ACCOUNT}-{REGION}"
 REPOSITORY = "aioknot"
-ECR_HOST = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com"
-# A manifest moto's ECR stores (its registry protocol is not implemented; the control plane
-# is, and that is all clobber uses).
-MANIFEST = (
-    '{"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",'
-    ' "config": {"digest": "sha256:' + "0" * 64 + '", "size": 1, "mediaType": '
-    '"application/vnd.docker.container.image.v1+json"}, "layers": []}'
-)
-# Calls that would create or change something.
-WRITES = ("Create", "Register", "Put", "Update", "Submit", "Tag")
+
+pytestmark = pytest.mark.usefixtures("fast_polls", "simple_batch")
 
 
 def square(x: int) -> int:
@@ -46,77 +31,6 @@ def cube(x: int) -> int:
     return x * x * x
 
 
-@pytest.fixture(autouse=True)
-def fast_polls(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Shorter pauses between polls (moto answers at once): the same waits, in less time."""
-    monkeypatch.setattr(aws_run, "FIRST_POLL_SECONDS", 0.05)
-    monkeypatch.setattr(aws_run, "MAX_POLL_SECONDS", 0.5)
-    monkeypatch.setattr(aws_stack, "FIRST_POLL_INTERVAL", 0.01)
-    monkeypatch.setattr(aws_stack, "MAX_POLL_INTERVAL", 0.05)
-    monkeypatch.setattr(aws_backend, "CLEANUP_FIRST_POLL", 0.01)
-    monkeypatch.setattr(aws_backend, "CLEANUP_LONGEST_POLL", 0.05)
-
-
-@pytest.fixture
-def simple_batch(aws: MotoServer) -> Iterator[MotoServer]:
-    aws.configure({"batch": {"use_docker": False}})
-    try:
-        yield aws
-    finally:
-        aws.configure({"batch": {"use_docker": True}})
-
-
-class Calls:
-    def __init__(self) -> None:
-        self.made: list[tuple[str, str]] = []
-
-    def record(self, model: Any, **_: Any) -> None:
-        self.made.append((model.service_model.service_name, model.name))
-
-    def writes(self) -> list[tuple[str, str]]:
-        return [(s, o) for s, o in self.made if o.startswith(WRITES)]
-
-
-@pytest.fixture
-def calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
-    counter = Calls()
-    original = aioboto3.Session
-
-    class CountingSession(original):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.events.register("before-call", counter.record)
-
-    monkeypatch.setattr(aioboto3, "Session", CountingSession)
-    return counter
-
-
-class Clients:
-    """boto3 clients on the moto server, closed at the end of the test."""
-
-    def __init__(self, server: MotoServer) -> None:
-        self.server = server
-        self.open: dict[str, Any] = {}
-
-    def __call__(self, service: str) -> Any:
-        if service not in self.open:
-            self.open[service] = boto3.client(
-                service, endpoint_url=self.server.url, region_name=REGION
-            )
-        return self.open[service]
-
-    def close(self) -> None:
-        for client in self.open.values():
-            client.close()
-
-
-@pytest.fixture
-def boto(simple_batch: MotoServer) -> Iterator[Clients]:
-    clients = Clients(simple_batch)
-    yield clients
-    clients.close()
-
-
 def knot(func: Any = square, *, built: bool = False, **options: Any) -> aioknot.AsyncKnot:
     """A knot on a prebuilt image, or (``built``) on the image aioknot would build."""
     options.setdefault("name", "squares")
@@ -125,7 +39,7 @@ def knot(func: Any = square, *, built: bool = False, **options: Any) -> aioknot.
     return aioknot.AsyncKnot(func, backend="aws", **options)
 
 
-def what_remains(boto: Clients) -> dict[str, list[str]]:
+def what_remains(boto: MotoClients) -> dict[str, list[str]]:
     """Everything of the kinds aioknot creates that exists in the account now."""
     ecr_repositories = boto("ecr").describe_repositories()["repositories"]
     images = [
@@ -176,10 +90,10 @@ def what_remains(boto: Clients) -> dict[str, list[str]]:
     }
 
 
-def put_knot_image(boto: Clients, k: aioknot.AsyncKnot) -> str:
+def put_knot_image(boto: MotoClients, k: aioknot.AsyncKnot) -> str:
     """Put the knot's content-tagged image in ECR as aioknot's build would have (moto cannot
     take a real push), in a repository tagged as aioknot's; returns the image's digest."""
-    spec = k._image_spec
+    spec = k._backend.image_spec  # type: ignore[attr-defined]  # the AWS backend scanned it
     assert spec is not None
     ecr = boto("ecr")
     ecr.create_repository(
@@ -188,11 +102,13 @@ def put_knot_image(boto: Clients, k: aioknot.AsyncKnot) -> str:
         imageScanningConfiguration={"scanOnPush": True},
         tags=[{"Key": "aioknot:environment", "Value": "default"}],
     )
-    image = ecr.put_image(repositoryName=REPOSITORY, imageManifest=MANIFEST, imageTag=spec.tag)
+    image = ecr.put_image(repositoryName=REPOSITORY, imageManifest=ECR_MANIFEST, imageTag=spec.tag)
     return str(image["image"]["imageId"]["imageDigest"])
 
 
-async def test_the_last_knots_clobber_leaves_nothing_behind(boto: Clients, calls: Calls) -> None:
+async def test_the_last_knots_clobber_leaves_nothing_behind(
+    boto: MotoClients, calls: Calls
+) -> None:
     before = what_remains(boto)
     assert not any(before.values()), before  # a fresh account: everything below is ours
     progress: list[str] = []
@@ -225,7 +141,7 @@ async def test_the_last_knots_clobber_leaves_nothing_behind(boto: Clients, calls
 
 
 async def test_clobber_of_a_knot_that_never_ran_creates_nothing(
-    boto: Clients, calls: Calls
+    boto: MotoClients, calls: Calls
 ) -> None:
     async with knot() as k:
         opened = what_remains(boto)
@@ -240,7 +156,7 @@ async def test_clobber_of_a_knot_that_never_ran_creates_nothing(
 
 
 async def test_environment_in_use_by_another_knot_is_refused_then_forced(
-    boto: Clients, calls: Calls
+    boto: MotoClients, calls: Calls
 ) -> None:
     async with knot() as squares, knot(cube, name="cubes") as cubes:
         await (await squares.map(range(2))).gather(return_exceptions=True)
@@ -274,7 +190,7 @@ async def test_environment_in_use_by_another_knot_is_refused_then_forced(
 
 
 async def test_active_jobs_of_others_in_the_queue_refuse_the_environment(
-    simple_batch: MotoServer, boto: Clients
+    simple_batch: MotoServer, boto: MotoClients
 ) -> None:
     async with knot() as squares:
         await (await squares.map(range(2))).gather(return_exceptions=True)

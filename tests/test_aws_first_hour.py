@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import boto3
 import pytest
+from helpers.aws import MotoClients
 from infra.moto import MotoServer
 
 import aioknot
@@ -17,7 +17,7 @@ def square(x: int) -> int:
 
 
 async def test_no_docker_engine_fails_before_any_resource(
-    aws: MotoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    boto: MotoClients, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     socket = f"unix://{tmp_path}/no-engine.sock"
     monkeypatch.setenv("DOCKER_HOST", socket)
@@ -27,17 +27,9 @@ async def test_no_docker_engine_fails_before_any_resource(
     # The address actually configured, and what to do.
     assert socket in str(no_engine.value)
     assert "image=" in str(no_engine.value)
-    s3 = boto3.client("s3", endpoint_url=aws.url)
-    cloudformation = boto3.client("cloudformation", endpoint_url=aws.url)
-    batch = boto3.client("batch", endpoint_url=aws.url)
-    try:
-        assert s3.list_buckets()["Buckets"] == []
-        assert cloudformation.list_stacks()["StackSummaries"] == []
-        assert batch.describe_job_definitions()["jobDefinitions"] == []
-    finally:
-        s3.close()
-        cloudformation.close()
-        batch.close()
+    assert boto("s3").list_buckets()["Buckets"] == []
+    assert boto("cloudformation").list_stacks()["StackSummaries"] == []
+    assert boto("batch").describe_job_definitions()["jobDefinitions"] == []
 
 
 async def test_aws_region_is_read_and_a_missing_region_says_where(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 
-import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError
+from helpers.aws import MotoClients
 from infra.fault_proxy import Fault, FaultProxy
 from infra.moto import MotoServer
 
@@ -27,9 +27,8 @@ ONE_TRY = Config(retries={"max_attempts": 1, "mode": "standard"})
 def test_faults_arrive_as_aws_errors_and_count_as_transient(
     aws: MotoServer, fault_proxy: FaultProxy, kind: str, s3_code: str, batch_code: str
 ) -> None:
-    s3 = boto3.client("s3", endpoint_url=fault_proxy.url, config=ONE_TRY)
-    batch = boto3.client("batch", endpoint_url=fault_proxy.url, config=ONE_TRY)
-    try:
+    with MotoClients(fault_proxy.url, config=ONE_TRY) as boto:
+        s3, batch = boto("s3"), boto("batch")
         s3.create_bucket(Bucket="proxy-test")
         s3.put_object(Bucket="proxy-test", Key="run/results/1", Body=b"value")
         fault_proxy.add(Fault(kind=kind, service="s3", operation="GET", key_contains="/results/"))
@@ -47,14 +46,11 @@ def test_faults_arrive_as_aws_errors_and_count_as_transient(
         assert fault_proxy.faults[("s3", "GET", kind)] == 2
         assert fault_proxy.faults[("batch", "describejobs", kind)] == 2
         assert fault_proxy.counts[("s3", "HEAD")] == 1
-    finally:
-        s3.close()
-        batch.close()
 
 
 def test_reset_403_delay_and_spent_rules(aws: MotoServer, fault_proxy: FaultProxy) -> None:
-    s3 = boto3.client("s3", endpoint_url=fault_proxy.url, config=ONE_TRY)
-    try:
+    with MotoClients(fault_proxy.url, config=ONE_TRY) as boto:
+        s3 = boto("s3")
         s3.create_bucket(Bucket="proxy-test")
         s3.put_object(Bucket="proxy-test", Key="k", Body=b"v")
         reset = fault_proxy.add(Fault(kind="reset", service="s3", operation="GET"))
@@ -73,5 +69,3 @@ def test_reset_403_delay_and_spent_rules(aws: MotoServer, fault_proxy: FaultProx
         s3.head_object(Bucket="proxy-test", Key="k")
         assert time.monotonic() - started >= 0.3
         assert s3.get_object(Bucket="proxy-test", Key="k")["Body"].read() == b"w"
-    finally:
-        s3.close()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-import time
+from pathlib import Path
+
+from .waiting import poll, poll_async
 
 
 def worker_processes(parent: int | None = None) -> list[int]:
@@ -29,13 +31,10 @@ def worker_processes(parent: int | None = None) -> list[int]:
 
 
 def wait_for_no_workers(parent: int, timeout: float = 10.0) -> list[int]:
-    """Wait until ``parent`` has no worker processes left; returns any that remain."""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = worker_processes(parent)
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.05)
+    """Wait until ``parent`` has no worker processes left; returns any that remain (so that
+    the test's ``== []`` shows them)."""
+    poll(lambda: not worker_processes(parent), timeout=timeout)
+    return worker_processes(parent)
 
 
 def alive(pid: int) -> bool:
@@ -50,19 +49,20 @@ def alive(pid: int) -> bool:
 def wait_until_gone(pids: list[int], timeout: float = 10.0) -> list[int]:
     """Wait until none of ``pids`` is alive (another process's end cannot be awaited); returns
     those still alive after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    poll(lambda: not any(alive(pid) for pid in pids), timeout=timeout)
     return [pid for pid in pids if alive(pid)]
 
 
 async def gone(pids: list[int], timeout: float = 10.0) -> list[int]:
     """`wait_until_gone` for async tests: polls without blocking the event loop."""
-    import anyio
-
-    with anyio.move_on_after(timeout):
-        while True:  # another process's end cannot be awaited, only looked at now and then
-            if not any(alive(pid) for pid in pids):
-                break
-            await anyio.sleep(0.05)
+    await poll_async(lambda: not any(alive(pid) for pid in pids), timeout=timeout)
     return [pid for pid in pids if alive(pid)]
+
+
+def written_pids(directory: Path, count: int, pattern: str = "*.pid") -> list[int] | None:
+    """The pids that processes wrote into the files ``pattern`` of ``directory`` once ``count``
+    of them hold one, else None: a predicate for `wait_until` (a file another process writes
+    can only be looked for)."""
+    texts = [path.read_text() for path in directory.glob(pattern)]
+    pids = [int(text) for text in texts if text]
+    return pids if len(pids) >= count else None
