@@ -24,9 +24,10 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import anyio
 import pytest
 from aws_e2e_functions import exit_on_three, hypotenuse, refuse_three
+from helpers.aws import point_at
+from helpers.waiting import wait_until_async
 from infra.containers import ContainerStack
 from infra.moto import FAKE_CREDENTIALS, MotoServer, start_moto_server, stop_moto_server
 
@@ -95,10 +96,8 @@ def batch_moto(
             "DOCKER_CONFIG": container_stack.docker_config,
         }
     )
-    for key, value in FAKE_CREDENTIALS.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", server.url)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    point_at(server.url, monkeypatch)
+    # Polls between fast_polls' and the defaults': real containers take seconds, not minutes.
     monkeypatch.setattr(aws_run, "FIRST_POLL_SECONDS", 0.5)
     monkeypatch.setattr(aws_run, "MAX_POLL_SECONDS", 2.0)
     monkeypatch.setattr(aws_stack, "FIRST_POLL_INTERVAL", 0.05)
@@ -137,13 +136,13 @@ async def test_real_containers_end_to_end(
         assert results == [5.0, 13.0, 17.0, 25.0]
         run = await knot.map([(6.0, 8.0)])  # one input: a plain job
         assert await run.gather() == [10.0]
-        # The record is written before the container exits; its log is copied after.
-        lines: list[str] = []
-        with anyio.move_on_after(30):
-            while not any("aioknot worker: inputs 0..0" in line for line in lines):
-                await anyio.sleep(0.5)
-                lines = await run.logs(0)
-        assert any("aioknot worker: inputs 0..0" in line for line in lines), lines
+
+        # The record is written before the container exits; its log is copied after, by moto,
+        # on a thread of its own: it can only be looked for.
+        async def logged() -> bool:
+            return any("aioknot worker: inputs 0..0" in line for line in await run.logs(0))
+
+        await wait_until_async(logged, timeout=30, interval=0.5, what="the worker's log line")
     assert any(line.startswith("building ") for line in first_log), first_log
     assert any(line.startswith("pushed ") for line in first_log), first_log
 

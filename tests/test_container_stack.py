@@ -9,26 +9,24 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
 import sys
 import tarfile
-import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import ExitStack
 from typing import Any
 
 import aiodocker
-import boto3
 import pytest
 from aiodocker.exceptions import DockerError
+from helpers.aws import MotoClients
+from helpers.waiting import wait_until_async
 from infra.containers import ContainerStack
-from infra.moto import FAKE_CREDENTIALS, start_moto_server, stop_moto_server
+from infra.moto import start_moto_server, stop_moto_server
 
 # The first session on a fresh machine installs packages and runs debootstrap (~1 min).
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(600)]
@@ -167,25 +165,10 @@ def moto_batch_env(stack: ContainerStack, *, registry_login: bool) -> dict[str, 
     }
 
 
-def aws_client(stack: ExitStack, service: str, server_url: str) -> Any:
-    """A boto3 client for the moto server, closed with ``stack`` (unclosed sockets warn)."""
-    client = boto3.client(
-        service,
-        endpoint_url=server_url,
-        region_name=FAKE_CREDENTIALS["AWS_DEFAULT_REGION"],
-        aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-    )
-    stack.callback(client.close)
-    return client
-
-
 async def run_batch_job(server_url: str, image: str, command: list[str]) -> dict[str, Any]:
     """Create a compute environment, queue and job definition in moto, run one job to the end."""
-    with ExitStack() as clients:
-        iam = aws_client(clients, "iam", server_url)
-        batch = aws_client(clients, "batch", server_url)
-        return await _run_batch_job(iam, batch, image, command)
+    with MotoClients(server_url) as boto:
+        return await _run_batch_job(boto("iam"), boto("batch"), image, command)
 
 
 async def _run_batch_job(iam: Any, batch: Any, image: str, command: list[str]) -> dict[str, Any]:
@@ -216,14 +199,16 @@ async def _run_batch_job(iam: Any, batch: Any, image: str, command: list[str]) -
         retryStrategy={"attempts": 1},
     )["jobDefinitionArn"]
     job_id = batch.submit_job(jobName="smoke", jobQueue=queue, jobDefinition=definition)["jobId"]
-    deadline = time.monotonic() + 120
-    while True:
+
+    def ended() -> dict[str, Any] | None:
         job: dict[str, Any] = batch.describe_jobs(jobs=[job_id])["jobs"][0]
-        if job["status"] in ("SUCCEEDED", "FAILED"):
-            return job
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job still {job['status']} after 120 s: {job}")
-        await asyncio.sleep(0.5)
+        return job if job["status"] in ("SUCCEEDED", "FAILED") else None
+
+    # moto's Batch runs the container on a thread of its own: its end can only be polled (a
+    # container takes seconds: twice a second is often enough).
+    return await wait_until_async(
+        ended, timeout=120, interval=0.5, what=f"job {job_id} SUCCEEDED or FAILED"
+    )
 
 
 async def image_only_in_registry(
@@ -240,10 +225,10 @@ async def test_moto_batch_pulls_job_image_from_the_auth_registry(
     docker: aiodocker.Docker, container_stack: ContainerStack
 ) -> None:
     server = start_moto_server(moto_batch_env(container_stack, registry_login=True))
-    clients = ExitStack()
+    boto = MotoClients(server.url)
     try:
         # Push the way the image builder will: with the token moto's ECR hands out.
-        ecr = aws_client(clients, "ecr", server.url)
+        ecr = boto("ecr")
         token = ecr.get_authorization_token()["authorizationData"][0]["authorizationToken"]
         user, _, password = base64.b64decode(token).decode().partition(":")
         auth = {"username": user, "password": password, "serveraddress": container_stack.registry}
@@ -256,13 +241,12 @@ async def test_moto_batch_pulls_job_image_from_the_auth_registry(
         await docker.images.delete(image)
 
         # moto copies the container's output to CloudWatch Logs when it exits.
-        logs = aws_client(clients, "logs", server.url)
-        events = logs.get_log_events(
+        events = boto("logs").get_log_events(
             logGroupName="/aws/batch/job", logStreamName=job["container"]["logStreamName"]
         )["events"]
         assert [event["message"] for event in events] == ["42"]
     finally:
-        clients.close()
+        boto.close()
         stop_moto_server(server)
 
 

@@ -24,7 +24,7 @@ def divide(a: float, b: float) -> float:
 
 
 def nap(seconds: float) -> float:
-    time.sleep(seconds)
+    time.sleep(seconds)  # the work itself: a call that takes this long
     return seconds
 
 

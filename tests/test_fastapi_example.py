@@ -11,6 +11,7 @@ from pathlib import Path
 import anyio
 import httpx
 from helpers.processes import wait_until_gone, worker_processes
+from helpers.waiting import wait_until_async
 from infra.moto import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,13 +23,15 @@ def _primes_below(n: int) -> int:
 
 async def _fifty_requests(base: str) -> None:
     async with httpx.AsyncClient(base_url=base, timeout=60) as client:
-        with anyio.fail_after(30):
-            while True:
-                try:
-                    await client.get("/primes", params={"below": 10, "parts": 1})
-                    break
-                except httpx.TransportError:
-                    await anyio.sleep(0.1)
+
+        async def answers() -> bool:
+            try:
+                await client.get("/primes", params={"below": 10, "parts": 1})
+            except httpx.TransportError:
+                return False  # not listening yet: another process, it can only be asked
+            return True
+
+        await wait_until_async(answers, timeout=30, interval=0.1, what="uvicorn answering")
         answers: dict[int, dict[str, int]] = {}
 
         async def ask(i: int) -> None:

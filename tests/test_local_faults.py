@@ -13,8 +13,10 @@ from pathlib import Path
 
 import anyio
 import pytest
-from helpers.processes import alive, gone, wait_for_no_workers
+from helpers.aws import make_bucket
+from helpers.processes import alive, gone, wait_for_no_workers, written_pids
 from helpers.tmpfs import tmpfs
+from helpers.waiting import wait_until_async
 from infra.fault_proxy import Fault, FaultProxy
 from infra.moto import MotoServer
 
@@ -23,14 +25,11 @@ from aioknot import AsyncKnot, TaskLost
 pytestmark = pytest.mark.usefixtures("aioknot_home")
 
 
-async def read_pids(directory: Path, count: int, seconds: float = 30.0) -> list[int]:
+async def read_pids(directory: Path, count: int) -> list[int]:
     """The pids the function wrote into ``directory``, once there are ``count`` of them."""
-    with anyio.fail_after(seconds):
-        while True:
-            pids = [int(p.read_text()) for p in directory.glob("*.pid") if p.read_text()]
-            if len(pids) >= count:
-                return pids
-            await anyio.sleep(0.05)
+    return await wait_until_async(
+        lambda: written_pids(directory, count), timeout=30, what=f"{count} pid files written"
+    )
 
 
 # -- a hung input holds back no other input ---------------------------------------------------
@@ -40,6 +39,7 @@ def hangs_on_one(x: tuple[int, int, str]) -> int:
     """Input ``hung`` waits (up to a minute) until the file ``release`` exists."""
     index, hung, release = x
     if index == hung:
+        # The hang under test: the worker cannot be told of the test's release but by a file.
         deadline = time.monotonic() + 60
         while not os.path.exists(release) and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -134,7 +134,7 @@ def starts_a_child(x: tuple[int, str, float]) -> int:
     with open(os.path.join(pids, f"{index}.tmp"), "w") as file:
         file.write(str(child.pid))
     os.replace(os.path.join(pids, f"{index}.tmp"), os.path.join(pids, f"{index}.pid"))
-    time.sleep(seconds)
+    time.sleep(seconds)  # the work itself: the input runs this long
     return index
 
 
@@ -204,18 +204,11 @@ def square(x: int) -> int:
     return x * x
 
 
-async def _make_bucket(endpoint: str, bucket: str) -> None:
-    import aioboto3
-
-    async with aioboto3.Session().client("s3", endpoint_url=endpoint) as s3:
-        await s3.create_bucket(Bucket=bucket)
-
-
 async def test_endpoint_url_alone_reaches_the_workers(
     aws: MotoServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("AWS_ENDPOINT_URL")  # only the option says where S3 is
-    await _make_bucket(aws.url, "endpoint-only")
+    await make_bucket(aws.url, "endpoint-only")
     async with AsyncKnot(
         square, backend="local", bucket="s3://endpoint-only/work", endpoint_url=aws.url
     ) as knot:
@@ -240,7 +233,7 @@ async def test_fifteen_percent_of_s3_requests_failing_loses_nothing(
     aws: MotoServer, fault_proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("AWS_ENDPOINT_URL")  # the client and the workers go through the proxy
-    await _make_bucket(fault_proxy.url, "faulty")
+    await make_bucket(fault_proxy.url, "faulty")
     count = 2_000
     clean_seconds, clean = await _timed_run(fault_proxy.url, "faulty", count)
     assert clean == [x * x for x in range(count)]

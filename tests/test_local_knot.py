@@ -15,7 +15,11 @@ from pathlib import Path
 
 import anyio
 import pytest
+from helpers.aws import MotoClients, make_bucket
 from helpers.processes import gone, wait_for_no_workers, worker_processes
+from helpers.waiting import wait_until_async
+from infra.fault_proxy import FaultProxy
+from infra.moto import MotoServer
 
 import aioknot
 from aioknot import AsyncKnot, SerializationError, TaskError, TaskLost
@@ -32,7 +36,7 @@ def add(a: int, b: int) -> int:
 
 
 def sleepy(seconds: float) -> float:
-    time.sleep(seconds)
+    time.sleep(seconds)  # the work itself: an input that takes this long
     return seconds
 
 
@@ -196,8 +200,9 @@ async def test_cancelling_the_consuming_task_stops_its_workers() -> None:
 async def test_closing_the_knot_leaves_no_process() -> None:
     async with AsyncKnot(sleepy, backend="local", workers=2) as knot:
         run = await knot.map([5.0] * 4)
-        await anyio.sleep(0.3)
-        assert worker_processes(os.getpid())
+        await wait_until_async(
+            lambda: len(busy_workers(knot)) == 2, timeout=30, what="both workers running an input"
+        )
     assert await anyio.to_thread.run_sync(wait_for_no_workers, os.getpid(), 5.0) == []
     values = await run.gather(return_exceptions=True)
     assert all(isinstance(v, TaskLost) and "cancelled" in v.reason for v in values)
@@ -254,7 +259,7 @@ async def test_reattaching_a_run_whose_process_died_gives_task_lost(aioknot_home
         """
         import asyncio, os, time, aioknot
         def slow(x):
-            time.sleep(30)
+            time.sleep(30)  # still running when its client dies
         async def main():
             async with aioknot.AsyncKnot(slow, name="orphan", backend="local", workers=1) as k:
                 run = await k.map(range(3))
@@ -303,17 +308,13 @@ async def test_a_knot_opens_once() -> None:
         await knot.map([1])
 
 
-async def test_local_backend_with_the_s3_store(aws: object) -> None:
-    import aioboto3
-
-    async with aioboto3.Session().client("s3") as s3:
-        await s3.create_bucket(Bucket="local-on-s3")
+async def test_local_backend_with_the_s3_store(aws: MotoServer, boto: MotoClients) -> None:
+    await make_bucket(aws.url, "local-on-s3")
     async with AsyncKnot(square, backend="local", bucket="s3://local-on-s3/work") as knot:
         run = await knot.map(range(40))
         assert await run.gather() == [x * x for x in range(40)]
-    async with aioboto3.Session().client("s3") as s3:
-        listed = await s3.list_objects_v2(Bucket="local-on-s3", Prefix="work/knots/square/")
-        assert listed["KeyCount"] > 0
+    listed = boto("s3").list_objects_v2(Bucket="local-on-s3", Prefix="work/knots/square/")
+    assert listed["KeyCount"] > 0
 
 
 def raises_keyboard_interrupt(x: int) -> int:
@@ -418,17 +419,12 @@ async def test_attaching_in_the_same_process_a_run_that_was_cancelled(
 
 
 async def test_tiny_tasks_on_an_s3_store_travel_in_large_chunks(
-    aws: object, fault_proxy: object, monkeypatch: pytest.MonkeyPatch
+    aws: MotoServer, fault_proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Chunks are sized by the inputs' own time: the store's latency, paid once per chunk,
     must not shrink them (it did: one input per chunk, three requests per result)."""
-    import aioboto3
-    from infra.fault_proxy import FaultProxy
-
-    assert isinstance(fault_proxy, FaultProxy)
     monkeypatch.delenv("AWS_ENDPOINT_URL")  # every request goes through the counting proxy
-    async with aioboto3.Session().client("s3", endpoint_url=fault_proxy.url) as s3:
-        await s3.create_bucket(Bucket="tiny-tasks")
+    await make_bucket(fault_proxy.url, "tiny-tasks")
     fault_proxy.reset_counts()
     count = 2_000
     async with AsyncKnot(

@@ -7,6 +7,7 @@ import time
 
 import pytest
 from helpers.processes import wait_for_no_workers
+from helpers.waiting import wait_until
 
 import aioknot
 from aioknot import Job, Knot, TaskError
@@ -19,7 +20,7 @@ def scale(x: int, factor: int = 1, offset: int = 0) -> int:
 
 
 def nap(seconds: float) -> float:
-    time.sleep(seconds)
+    time.sleep(seconds)  # the work itself: an input that takes this long
     return seconds
 
 
@@ -92,9 +93,8 @@ def test_attach_returns_a_blocking_job(aioknot_home: str) -> None:
 def test_cancelling_an_attached_job(aioknot_home: str) -> None:
     with Knot(nap, workers=2) as knot:
         future = knot.map([20.0, 20.0])
-        deadline = time.monotonic() + 30
-        while knot.jobs[0].run is None and time.monotonic() < deadline:
-            time.sleep(0.02)
+        # The map's inputs are stored on the knot's own thread; its run appears then.
+        wait_until(lambda: knot.jobs[0].run, timeout=30, what="the map's run")
         job = knot.attach(knot.jobs[0].id)
         assert job.status == "running"
         assert job.cancel()

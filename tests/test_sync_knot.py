@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -12,7 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.processes import wait_for_no_workers, wait_until_gone
+from helpers.processes import (
+    wait_for_no_workers,
+    wait_until_gone,
+    written_pids,
+)
+from helpers.waiting import wait_until
 
 import aioknot
 from aioknot import Knot, KnotError, TaskError
@@ -30,13 +36,23 @@ def fails_on_two(x: int) -> int:
     return x
 
 
-def slow(x: float) -> float:
-    time.sleep(x)
-    return x
-
-
 def portal_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if "run_blocking_portal" in repr(t._target)]  # type: ignore[attr-defined]
+
+
+def announced(x: tuple[str, float]) -> float:
+    """Writes its pid into the directory ``x[0]`` (so that the test knows it runs), then works
+    ``x[1]`` seconds."""
+    directory, seconds = x
+    with open(os.path.join(directory, f"{os.getpid()}.pid"), "w") as file:
+        file.write(str(os.getpid()))
+    time.sleep(seconds)  # the work itself: still running when the test acts
+    return seconds
+
+
+def wait_until_running(directory: Path, inputs: int) -> None:
+    """Until ``inputs`` inputs of `announced` run, each in a worker process of its own."""
+    wait_until(lambda: written_pids(directory, inputs), timeout=30, what=f"{inputs} inputs running")
 
 
 def test_map_returns_a_future_of_the_ordered_results() -> None:
@@ -125,11 +141,11 @@ def test_a_forked_child_gets_a_fresh_loop_without_deadlock() -> None:
     knot.close()
 
 
-def test_close_stops_the_thread_and_the_workers() -> None:
+def test_close_stops_the_thread_and_the_workers(tmp_path: Path) -> None:
     before = len(portal_threads())
-    knot = Knot(slow, backend="local", workers=2)
-    future = knot.map([5.0, 5.0])
-    time.sleep(0.5)
+    knot = Knot(announced, backend="local", workers=2)
+    future = knot.map([(str(tmp_path), 5.0)] * 2)
+    wait_until_running(tmp_path, 2)
     assert len(portal_threads()) == before + 1
     knot.close()
     assert future.cancelled() or future.done()
@@ -155,10 +171,10 @@ def test_calling_from_the_knots_own_thread_raises_instead_of_deadlocking() -> No
         assert isinstance(error, KnotError) and "own event loop thread" in str(error)
 
 
-def test_cancelling_the_future_cancels_the_run() -> None:
-    with Knot(slow, backend="local", workers=1) as knot:
-        future = knot.map([3.0, 3.0])
-        time.sleep(0.5)
+def test_cancelling_the_future_cancels_the_run(tmp_path: Path) -> None:
+    with Knot(announced, backend="local", workers=1) as knot:
+        future = knot.map([(str(tmp_path), 3.0)] * 2)
+        wait_until_running(tmp_path, 1)
         assert future.cancel() or future.done()
         assert wait_for_no_workers(os.getpid(), 10) == []
 
@@ -168,73 +184,82 @@ def test_bad_options_fail_in_the_callers_thread() -> None:
         Knot(square, backend="local", workers=0)
 
 
-def test_ctrl_c_interrupts_a_wait_and_close_cleans_up(tmp_path: object) -> None:
-    """SIGINT while the main thread waits on a result: KeyboardInterrupt, then close() works."""
-    import signal
-    import subprocess
-    import sys
-    import textwrap
+INTERRUPTED_SCRIPT = r"""
+import time, traceback, aioknot
 
-    script = textwrap.dedent(
-        """
-        import os, sys, time, aioknot
-        def slow(x):
-            time.sleep(30)
-        knot = aioknot.Knot(slow, backend="local", workers=1)
-        future = knot.map([1, 2])
+def slow(x):
+    time.sleep(30)  # still running when the test interrupts the wait
+
+knot = aioknot.Knot(slow, backend="local", workers=1)
+future = knot.map([1, 2])
+while True:
+    try:
         print("waiting", flush=True)
-        try:
-            future.result()
-        except KeyboardInterrupt:
-            knot.close()
-            print("interrupted", flush=True)
-        """
+        future.result()
+    except KeyboardInterrupt as interrupt:
+        # The test is about an interrupt inside the wait: one that came before the wait began
+        # (between the print and the call, at this frame) is asked for again.
+        if len(traceback.extract_tb(interrupt.__traceback__)) > 1:
+            break
+knot.close()
+print("interrupted", flush=True)
+"""
+
+
+def test_ctrl_c_interrupts_a_wait_and_close_cleans_up() -> None:
+    """SIGINT while the main thread waits on a result: KeyboardInterrupt, then close() works."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTED_SCRIPT], stdout=subprocess.PIPE, text=True
     )
-    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
-    assert process.stdout.readline().strip() == "waiting"
-    time.sleep(1.0)
-    process.send_signal(signal.SIGINT)
-    out, _ = process.communicate(timeout=30)
-    assert out.strip() == "interrupted" and process.returncode == 0
+    try:
+        for line in process.stdout:  # one SIGINT for each time the script says it waits
+            if line.strip() != "waiting":
+                break
+            process.send_signal(signal.SIGINT)
+        out, _ = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert line.strip() == "interrupted" and out == "" and process.returncode == 0
     assert wait_for_no_workers(process.pid, 5) == []
 
 
-def test_ctrl_c_at_the_terminal_leaves_the_workers_running() -> None:
-    """A terminal sends SIGINT to the whole process group: the workers must not die of it."""
-    import signal
-    import subprocess
-    import sys
-    import textwrap
+TERMINAL_SCRIPT = r"""
+import os, time, aioknot
 
-    script = textwrap.dedent(
-        """
-        import time, aioknot
-        def slow(x):
-            time.sleep(1.5)
-            return x
-        knot = aioknot.Knot(slow, backend="local", workers=2)
-        future = knot.map([1, 2])
-        print("waiting", flush=True)
-        try:
-            future.result()
-        except KeyboardInterrupt:
-            print(future.result(timeout=30), flush=True)  # the run went on
-        knot.close()
-        """
-    )
+def slow(x):
+    with open(os.path.join({pids!r}, f"{{x}}.pid"), "w") as file:
+        file.write(str(os.getpid()))
+    time.sleep(1.5)  # still running when the terminal's SIGINT comes
+    return x
+
+knot = aioknot.Knot(slow, backend="local", workers=2)
+future = knot.map([1, 2])
+try:
+    print("waiting", flush=True)
+    future.result()
+except KeyboardInterrupt:
+    print(future.result(timeout=30), flush=True)  # the run went on
+knot.close()
+"""
+
+
+def test_ctrl_c_at_the_terminal_leaves_the_workers_running(tmp_path: Path) -> None:
+    """A terminal sends SIGINT to the whole process group: the workers must not die of it."""
     process = subprocess.Popen(
-        [sys.executable, "-c", script],
+        [sys.executable, "-c", TERMINAL_SCRIPT.format(pids=str(tmp_path))],
         stdout=subprocess.PIPE,
         text=True,
         start_new_session=True,
     )
-    assert process.stdout is not None
-    assert process.stdout.readline().strip() == "waiting"
-    time.sleep(0.5)
-    os.killpg(process.pid, signal.SIGINT)
-    out, _ = process.communicate(timeout=60)
-    assert out.strip() == "[1, 2]" and process.returncode == 0
+    try:
+        # Both workers are running an input (each wrote its pid): the group's SIGINT meets them.
+        wait_until(lambda: written_pids(tmp_path, 2), timeout=30, what="both inputs running")
+        os.killpg(process.pid, signal.SIGINT)
+        out, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert out.split("\n")[:2] == ["waiting", "[1, 2]"] and process.returncode == 0
 
 
 def test_close_from_a_done_callback_raises_and_leaves_the_knot_closable() -> None:
@@ -287,11 +312,11 @@ import aioknot
 def sleepy(path):
     with open(path, "w") as file:
         file.write(str(os.getpid()))
-    time.sleep(60)
+    time.sleep(60)  # still running when the script ends
 
 knot = aioknot.Knot(sleepy, workers=2)
 future = knot.map([os.path.join({tmp!r}, f"pid{{i}}") for i in range(2)])
-deadline = time.monotonic() + 30
+deadline = time.monotonic() + 30  # both inputs running (their pid files are written)
 while len(os.listdir({tmp!r})) < 2 and time.monotonic() < deadline:
     time.sleep(0.05)
 print("exiting with the map still running", flush=True)
@@ -342,12 +367,12 @@ import aioknot
 def sleepy(path):
     with open(path, "w") as file:
         file.write(str(os.getpid()))
-    time.sleep(120)
+    time.sleep(120)  # still running when the client is killed
 
 knot = aioknot.Knot(sleepy, workers=2)
 future = knot.map([os.path.join({pids!r}, f"pid{{i}}") for i in range(2)])
 print("mapped", flush=True)
-time.sleep(120)
+time.sleep(120)  # the client idles until the test kills it
 """
 
 
@@ -362,11 +387,9 @@ def test_workers_of_a_killed_client_exit_quietly_and_remove_their_files(tmp_path
         env={**os.environ, "AIOKNOT_HOME": str(tmp_path / "home"), "TMPDIR": str(private)},
     )
     try:
-        deadline = time.monotonic() + 60
-        while len(list(pids.iterdir())) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        workers = [int(path.read_text()) for path in pids.iterdir()]
-        assert len(workers) == 2
+        workers = wait_until(
+            lambda: written_pids(pids, 2, "pid*"), timeout=60, what="both inputs running"
+        )
         assert list(private.glob("aioknot-worker-*"))  # their progress files, while they run
     finally:
         client.kill()  # as a crashed notebook dies: no close, no atexit
