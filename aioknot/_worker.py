@@ -10,7 +10,7 @@ Two ways to run it:
 * ``python aioknot_worker.py`` (a Batch job): everything comes from environment variables
   (``AIOKNOT_*`` below); the array index comes from ``AWS_BATCH_JOB_ARRAY_INDEX``, else the
   ``:<i>`` suffix of ``AWS_BATCH_JOB_ID`` (moto sets only the latter).
-* ``python aioknot_worker.py --serve`` (the local backend): reads one JSON task chunk per line
+* ``python aioknot_worker.py --serve`` (the local backend): reads one JSON chunk per line
   on stdin (with the store's settings: endpoint, region, profile), and reports on the original
   stdout (``serve`` lists the lines); the user's prints go to stderr so they cannot corrupt it.
 
@@ -222,17 +222,18 @@ def _qualified_name(cls: type) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Stores, as the worker sees them: ranged reads and whole-object writes.
+# The store, as the worker sees it: ranged reads and whole-object writes, blocking. (The
+# client's stores are aioknot._stores: async, batched, and translating their errors.)
 
 
-class WorkerStore(Protocol):
+class WorkerStorage(Protocol):
     def read(self, key: str, start: int | None = None, stop: int | None = None) -> bytes: ...
 
     def write(self, key: str, data: bytes) -> None: ...
 
 
-class FileStore:
-    """A store rooted at a local directory (``file:///path``)."""
+class WorkerDirectory:
+    """The worker's view of a store in a local directory (``file:///path``)."""
 
     def __init__(self, root: str) -> None:
         self.root = root
@@ -387,8 +388,8 @@ def retry_transient(call: Callable[[], Any], give_up_after: float = STORE_GIVE_U
         time.sleep(pause)
 
 
-class S3Store:
-    """A store rooted at ``s3://bucket/prefix``; boto3 is imported only when S3 is used.
+class WorkerBucket:
+    """The worker's view of a store in ``s3://bucket/prefix``; boto3 is imported only then.
 
     ``environment`` holds the client's store settings as it uses them
     (``AIOKNOT_ENDPOINT_URL``, ``AIOKNOT_REGION``, ``AIOKNOT_PROFILE``,
@@ -445,11 +446,11 @@ class S3Store:
         )
 
 
-def open_store(url: str, environment: Mapping[str, str] | None = None) -> WorkerStore:
+def open_storage(url: str, environment: Mapping[str, str] | None = None) -> WorkerStorage:
     if url.startswith("file://"):
-        return FileStore(url[len("file://") :])
+        return WorkerDirectory(url[len("file://") :])
     if url.startswith("s3://"):
-        return S3Store(url, environment)
+        return WorkerBucket(url, environment)
     raise ValueError(f"unknown store URL {url!r}")
 
 
@@ -528,7 +529,7 @@ class Worker:
     """Runs contiguous chunks of one run's inputs; caches stores and functions between chunks."""
 
     def __init__(self) -> None:
-        self._stores: dict[tuple[str, tuple[tuple[str, str], ...]], WorkerStore] = {}
+        self._storages: dict[tuple[str, tuple[tuple[str, str], ...]], WorkerStorage] = {}
         self._functions: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
         self._flusher = _Flusher(self._lock)
@@ -537,11 +538,11 @@ class Worker:
         # counting it per input would make chunks smaller exactly when they should be bigger.
         self.computing_seconds = 0.0
 
-    def store(self, url: str, environment: Mapping[str, str] | None = None) -> WorkerStore:
+    def storage(self, url: str, environment: Mapping[str, str] | None = None) -> WorkerStorage:
         key = (url, tuple(sorted(environment.items())) if environment is not None else ())
-        if key not in self._stores:
-            self._stores[key] = open_store(url, environment)
-        return self._stores[key]
+        if key not in self._storages:
+            self._storages[key] = open_storage(url, environment)
+        return self._storages[key]
 
     def function(self, store_url: str, key: str, data: bytes | None) -> Any:
         """The function stored at ``key``: unpickled from ``data`` unless already cached."""
@@ -574,7 +575,7 @@ class Worker:
         an error is raised. ``stop_at()`` is read before each input: an input at or beyond it
         was taken back by the backend and is not run. Returns the index the chunk stopped at.
         """
-        store = self.store(store_url, environment)
+        store = self.storage(store_url, environment)
         lock = self._lock
         self.computing_seconds = 0.0
         # Results of inputs first..first+len-1 not yet written. Values are pickled when they
@@ -652,9 +653,9 @@ class Worker:
                 if flusher is not None:
                     flusher.started += 1
                 began = time.perf_counter()
-                chunk = data[offsets[position] - base : offsets[position + 1] - base]
+                pickled_input = data[offsets[position] - base : offsets[position + 1] - base]
                 try:
-                    argument = pickle.loads(chunk)
+                    argument = pickle.loads(pickled_input)
                     result: tuple[bool, Any] = (
                         True,
                         function(*argument) if starmap else function(argument),
@@ -716,11 +717,11 @@ def batch_main(environ: dict[str, str] | os._Environ[str]) -> int:
     function_key = environ["AIOKNOT_FUNCTION"]
     starmap = environ.get("AIOKNOT_STARMAP") == "1"
     segments = parse_segments(environ["AIOKNOT_SEGMENTS"])
-    chunk = int(environ.get("AIOKNOT_CHUNK", "1"))
+    chunk_size = int(environ.get("AIOKNOT_CHUNK", "1"))
     first = segments[0][0]
     end = segments[-1][0] + segments[-1][1]
-    start = first + array_index_from_environment(environ) * chunk
-    stop = min(start + chunk, end)
+    start = first + array_index_from_environment(environ) * chunk_size
+    stop = min(start + chunk_size, end)
     failures: list[str] = []
 
     def report_failed(first: int, count: int, reason: str) -> None:
@@ -771,9 +772,9 @@ def serve(progress_path: str | None = None) -> int:
     stop at, read before each input.
     """
     # Keep the original stdin and stdout for the protocol: the user's prints go to stderr and
-    # the user's input() reads an empty stdin, so neither can corrupt the task channel.
+    # the user's input() reads an empty stdin, so neither can corrupt the channel.
     channel = os.fdopen(os.dup(1), "w", buffering=1)
-    tasks = os.fdopen(os.dup(0), "r")
+    chunks = os.fdopen(os.dup(0), "r")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     null = os.open(os.devnull, os.O_RDONLY)
@@ -806,17 +807,17 @@ def serve(progress_path: str | None = None) -> int:
     worker = Worker()
     try:
         channel.write("ready\n")
-        for line in tasks:
-            task = json.loads(line)
+        for line in chunks:
+            chunk = json.loads(line)
             end = worker.run_chunk(
-                store_url=task["store"],
-                run=task["run"],
-                function_key=task["function"],
-                segment_first=task["segment"],
-                start=task["start"],
-                stop=task["stop"],
-                starmap=task["starmap"],
-                environment=task.get("env"),
+                store_url=chunk["store"],
+                run=chunk["run"],
+                function_key=chunk["function"],
+                segment_first=chunk["segment"],
+                start=chunk["start"],
+                stop=chunk["stop"],
+                starmap=chunk["starmap"],
+                environment=chunk.get("env"),
                 on_done=report_done,
                 on_start=report_start,
                 on_failed=report_failed,

@@ -16,7 +16,7 @@ import pytest
 from aioknot import _worker
 from aioknot._pickling import pickle_function
 from aioknot._worker import (
-    FileStore,
+    WorkerDirectory,
     array_index_from_environment,
     decode_group,
     decode_record,
@@ -121,7 +121,7 @@ def _double(x: int) -> int:
 
 def test_batch_mode_runs_its_chunk_of_a_run_in_a_real_process(tmp_path: Path) -> None:
     """A real ``python _worker.py`` process, as the container runs it, on a file store."""
-    store = FileStore(str(tmp_path))
+    store = WorkerDirectory(str(tmp_path))
     run = "knots/k/runs/r1"
     store.write("knots/k/functions/f.pkl", pickle_function(_double).data)  # by value
     store.write(segment_key(run, 0), pack_segment([pickle.dumps(i) for i in range(4)]))
@@ -147,7 +147,7 @@ def test_batch_mode_runs_its_chunk_of_a_run_in_a_real_process(tmp_path: Path) ->
 
 
 def test_a_function_that_cannot_be_loaded_gives_every_input_the_reason(tmp_path: Path) -> None:
-    store = FileStore(str(tmp_path))
+    store = WorkerDirectory(str(tmp_path))
     run = "knots/k/runs/r2"
     store.write("knots/k/functions/f.pkl", b"not a pickle")
     store.write(segment_key(run, 0), pack_segment([pickle.dumps(i) for i in range(2)]))
@@ -202,17 +202,17 @@ def test_the_s3_store_takes_endpoint_region_and_profile_from_the_chunk(
         "AIOKNOT_REGION": "ap-south-1",
         "AIOKNOT_PROFILE": "chosen",
     }
-    store = _worker.S3Store("s3://bucket/prefix", environment)
+    store = _worker.WorkerBucket("s3://bucket/prefix", environment)
     assert store.client.meta.endpoint_url == "http://127.0.0.1:9"
     assert store.client.meta.region_name == "ap-south-1"  # the option wins over the profile's
     del environment["AIOKNOT_REGION"]
-    assert _worker.S3Store("s3://b", environment).client.meta.region_name == "eu-west-3"
+    assert _worker.WorkerBucket("s3://b", environment).client.meta.region_name == "eu-west-3"
     with pytest.raises(botocore.exceptions.ProfileNotFound):
-        _worker.S3Store("s3://b", {"AIOKNOT_PROFILE": "not-configured"})
+        _worker.WorkerBucket("s3://b", {"AIOKNOT_PROFILE": "not-configured"})
     # Without a chunk environment (a Batch child) the process's own variables say it.
     monkeypatch.setenv("AIOKNOT_ENDPOINT_URL", "http://127.0.0.1:8")
     monkeypatch.setenv("AWS_REGION", "sa-east-1")  # botocore alone ignores AWS_REGION
-    store = _worker.S3Store("s3://b")
+    store = _worker.WorkerBucket("s3://b")
     assert store.client.meta.endpoint_url == "http://127.0.0.1:8"
     assert store.client.meta.region_name == "sa-east-1"
 
@@ -278,7 +278,7 @@ def _hangs_on_three(x: tuple[int, str]) -> int:
 def test_a_finished_record_is_written_while_the_next_input_hangs_and_the_rest_can_be_taken_back(
     tmp_path: Path,
 ) -> None:
-    store = FileStore(str(tmp_path))
+    store = WorkerDirectory(str(tmp_path))
     run, release = "knots/k/runs/r3", str(tmp_path / "release")
     store.write("knots/k/functions/f.pkl", pickle_function(_hangs_on_three).data)
     store.write(segment_key(run, 0), pack_segment([pickle.dumps((i, release)) for i in range(8)]))
@@ -334,7 +334,7 @@ def test_a_finished_record_is_written_while_the_next_input_hangs_and_the_rest_ca
 def test_a_record_that_cannot_be_written_is_reported_and_the_chunk_goes_on(
     tmp_path: Path,
 ) -> None:
-    store = FileStore(str(tmp_path))
+    store = WorkerDirectory(str(tmp_path))
     run = "knots/k/runs/r4"
     store.write("knots/k/functions/f.pkl", pickle_function(_double).data)
     store.write(segment_key(run, 0), pack_segment([pickle.dumps(i) for i in range(5)]))
@@ -372,7 +372,7 @@ def test_no_space_left_is_said_plainly() -> None:
 
 
 def test_batch_mode_reports_a_record_it_cannot_write_and_exits_1(tmp_path: Path) -> None:
-    store = FileStore(str(tmp_path))
+    store = WorkerDirectory(str(tmp_path))
     run = "knots/k/runs/r5"
     store.write("knots/k/functions/f.pkl", pickle_function(_double).data)
     store.write(segment_key(run, 0), pack_segment([pickle.dumps(i) for i in range(2)]))

@@ -534,7 +534,7 @@ async def _build(
 
     aiodocker = _aiodocker()
     image_id: str | None = None
-    chunks = docker.images.build(
+    messages = docker.images.build(
         fileobj=io.BytesIO(build_context(spec)),
         encoding="application/x-tar",
         tag=uri,
@@ -545,13 +545,13 @@ async def _build(
         stream=True,
     )
     try:
-        async with contextlib.aclosing(chunks):
-            async for chunk in chunks:
-                for line in str(chunk.get("stream", "")).splitlines():
+        async with contextlib.aclosing(messages):
+            async for message in messages:
+                for line in str(message.get("stream", "")).splitlines():
                     log(line)
-                if chunk.get("status"):
-                    log(str(chunk["status"]))
-                aux = chunk.get("aux")
+                if message.get("status"):
+                    log(str(message["status"]))
+                aux = message.get("aux")
                 if isinstance(aux, dict) and aux.get("ID"):
                     image_id = str(aux["ID"])
     except (aiodocker.DockerError, aiohttp.ClientError, OSError) as error:
@@ -627,17 +627,17 @@ async def _push_once(docker: Any, registry: Registry, tag: str, log: _Log) -> st
     """One push; raises what aiodocker raises (translated by the caller)."""
     uri = registry.image_uri(tag)
     digest: str | None = None
-    chunks = docker.images.push(
+    messages = docker.images.push(
         registry.repository_uri, tag=tag, auth=registry.docker_auth(), stream=True
     )
-    async with contextlib.aclosing(chunks):
-        async for chunk in chunks:
-            status = str(chunk.get("status", ""))
+    async with contextlib.aclosing(messages):
+        async for message in messages:
+            status = str(message.get("status", ""))
             # Per-layer byte counters would flood the callback: only state changes go out.
-            if status and not chunk.get("progressDetail"):
-                layer = chunk.get("id")
+            if status and not message.get("progressDetail"):
+                layer = message.get("id")
                 log(f"{layer}: {status}" if layer else status)
-            aux = chunk.get("aux")
+            aux = message.get("aux")
             if isinstance(aux, dict) and aux.get("Digest"):
                 digest = str(aux["Digest"])
     if digest is None:

@@ -20,7 +20,7 @@ from typing import TypeVar
 import anyio.to_thread
 
 from .._errors import os_error
-from .._worker import FileStore
+from .._worker import WorkerDirectory
 
 T = TypeVar("T")
 
@@ -28,7 +28,7 @@ T = TypeVar("T")
 class LocalStore:
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
-        self._files = FileStore(self.root)  # the worker's writer: one atomic-write rule
+        self._files = WorkerDirectory(self.root)  # the worker's writer: one atomic-write rule
 
     @property
     def url(self) -> str:
@@ -47,7 +47,7 @@ class LocalStore:
             raise os_error(error, what, root=self.root) from error
 
     async def put(self, key: str, data: bytes) -> None:
-        # FileStore.write removes its temporary file when the write fails (a full disk).
+        # WorkerDirectory.write removes its temporary file when the write fails (a full disk).
         await self._run(f"writing {key}", lambda: self._files.write(key, data))
 
     def _read(self, key: str) -> bytes:

@@ -21,9 +21,10 @@ grouping, and the client counts each input once, whichever record it reads.
 **Submission** cuts a run's stored segments into array jobs. The first job goes as soon as the
 first segment is stored (time to first result); later segments gather into jobs of up to
 ``JOB_MAX_INPUTS`` inputs, so 50,000 inputs take 4 SubmitJob calls. A job of more than
-10,000 inputs (Batch's array limit) gives each child ``chunk`` consecutive inputs. A job of
-one input is a plain job. The container overrides carry only the run's keys and the compact
-segment list (``first:count,...``), a few hundred characters whatever the input count.
+10,000 inputs (Batch's array limit) gives each child a chunk (one worker's range of
+inputs) of ``chunk_size`` consecutive inputs. A job of one input is a plain job. The container
+overrides carry only the run's keys and the compact segment list (``first:count,...``), a few
+hundred characters whatever the input count.
 """
 
 from __future__ import annotations
@@ -267,10 +268,11 @@ async def register_definition(batch: Any, request: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class JobShape:
-    """What one submitted job covers: consecutive stored segments, ``chunk`` inputs a child."""
+    """What one submitted job covers: consecutive stored segments, each array child a chunk of
+    ``chunk_size`` consecutive inputs (the last child's may be shorter)."""
 
     segments: tuple[tuple[int, int], ...]
-    chunk: int
+    chunk_size: int
 
     @classmethod
     def of(cls, segments: Sequence[Segment]) -> JobShape:
@@ -294,15 +296,15 @@ class JobShape:
     @property
     def size(self) -> int:
         """Array children; 0 for a plain job (one input: Batch's arrays start at 2)."""
-        children = math.ceil(self.count / self.chunk)
+        children = math.ceil(self.count / self.chunk_size)
         return children if children >= 2 else 0
 
     def child_inputs(self, child: int) -> range:
-        start = self.first + child * self.chunk
-        return range(start, min(start + self.chunk, self.stop))
+        start = self.first + child * self.chunk_size
+        return range(start, min(start + self.chunk_size, self.stop))
 
     def child_of(self, index: int) -> int:
-        return (index - self.first) // self.chunk
+        return (index - self.first) // self.chunk_size
 
     def environment(self, spec: RunSpec) -> list[dict[str, str]]:
         variables = {
@@ -312,7 +314,7 @@ class JobShape:
             "AIOKNOT_FUNCTION": spec.function_key,
             "AIOKNOT_STARMAP": "1" if spec.starmap else "0",
             "AIOKNOT_SEGMENTS": format_segments(list(self.segments)),
-            "AIOKNOT_CHUNK": str(self.chunk),
+            "AIOKNOT_CHUNK": str(self.chunk_size),
         }
         return [{"name": name, "value": value} for name, value in variables.items()]
 
@@ -320,10 +322,10 @@ class JobShape:
     def from_environment(cls, environment: Sequence[Mapping[str, str]]) -> JobShape | None:
         """The shape of a submitted job, read back from its description (re-attaching)."""
         variables = {item.get("name"): item.get("value") for item in environment}
-        segments, chunk = variables.get("AIOKNOT_SEGMENTS"), variables.get("AIOKNOT_CHUNK")
+        segments, size = variables.get("AIOKNOT_SEGMENTS"), variables.get("AIOKNOT_CHUNK")
         if not segments:
             return None
-        return cls(tuple(parse_segments(segments)), int(chunk or 1))
+        return cls(tuple(parse_segments(segments)), int(size or 1))
 
 
 def submit_request(

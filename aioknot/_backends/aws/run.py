@@ -179,15 +179,15 @@ def status_counts(jobs: Iterable[tuple[JobShape | None, str, Mapping[str, int]]]
     """Inputs by Batch state: ``queued`` (submitted, pending, runnable), ``starting``,
     ``running`` and ``exited`` (succeeded or failed, with or without a record).
 
-    Array children are counted from ``statusSummary``; a child of ``chunk`` inputs counts as
-    ``chunk`` (the last child of a job may hold fewer, so this is an upper bound there).
+    Array children are counted from ``statusSummary``; a child counts as ``chunk_size`` inputs
+    (the last child of a job may hold fewer, so this is an upper bound there).
     """
     counts = {"queued": 0, "starting": 0, "running": 0, "exited": 0}
     for shape, status, summary in jobs:
         if shape is None:
             continue
         if shape.size and summary:
-            per_state = {state: summary.get(state, 0) * shape.chunk for state in summary}
+            per_state = {state: summary.get(state, 0) * shape.chunk_size for state in summary}
         else:
             per_state = {status: shape.count}
         for state, inputs in per_state.items():
@@ -527,14 +527,14 @@ class AwsRun(BackendRun):
                 if child is not None and child not in reported and 0 <= child < shape.size:
                     fresh.append((child_id, child, summary))
             for start in range(0, len(fresh), DESCRIBE_BATCH):
-                chunk = fresh[start : start + DESCRIBE_BATCH]
+                children = fresh[start : start + DESCRIBE_BATCH]
                 budget = DESCRIBED_CHILDREN_MAX - job.described.get(status, 0)
                 # Summaries carry the reason and exit code, never the log stream or the
                 # attempts: each reported child is described (up to the budget), once.
-                wanted = [child_id for child_id, _, _ in chunk][: max(budget, 0)]
+                wanted = [child_id for child_id, _, _ in children][: max(budget, 0)]
                 descriptions = await self._describe(wanted) if wanted else {}
                 job.described[status] = job.described.get(status, 0) + len(wanted)
-                for child_id, child, summary in chunk:
+                for child_id, child, summary in children:
                     if child in reported:
                         continue  # listed twice within one page
                     inputs = shape.child_inputs(child)
