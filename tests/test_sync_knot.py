@@ -283,10 +283,11 @@ def test_close_from_a_done_callback_raises_and_leaves_the_knot_closable() -> Non
 
 
 LEAK_SCRIPT = r"""
-import gc, glob, os, sys, tempfile, threading, time
+import gc, glob, os, sys, tempfile, threading
 import aioknot
 sys.path.insert(0, {tests!r})
 from helpers.processes import worker_processes
+from helpers.waiting import poll
 
 def double(x):
     return x * 2
@@ -296,11 +297,8 @@ before = set(glob.glob(pattern))
 for _ in range(5):
     assert aioknot.Knot(double, workers=2).map(range(10)).result() == list(range(0, 20, 2))
 gc.collect()
-deadline = time.monotonic() + 20
-while time.monotonic() < deadline and (
-    worker_processes(os.getpid()) or threading.active_count() > 1
-):
-    time.sleep(0.05)
+# Other processes and threads ending: they can only be looked at (what is left is printed).
+poll(lambda: not worker_processes(os.getpid()) and threading.active_count() == 1, timeout=20)
 print(len(worker_processes(os.getpid())), threading.active_count(),
       len(set(glob.glob(pattern)) - before))
 """
