@@ -1,0 +1,210 @@
+"""Packing inputs into segments (aioknot/_inputs.py), read back as a worker reads them.
+
+`pack_inputs` is driven with a ``store`` of the test's own that keeps each packed segment;
+each segment is then read the worker's way (aioknot/_worker.py): the two offsets around a
+range of positions with one ranged read, then those inputs with a second.
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any
+
+import anyio
+import pytest
+
+from aioknot import SerializationError, _inputs
+from aioknot._inputs import PackedSegment, pack_inputs
+from aioknot._worker import offset_table_range
+
+
+class Stored:
+    """The store `pack_inputs` writes to: keeps every segment, in the order it was stored."""
+
+    def __init__(self) -> None:
+        self.segments: list[PackedSegment] = []
+
+    async def __call__(self, packed: PackedSegment) -> None:
+        self.segments.append(packed)
+
+    @property
+    def counts(self) -> list[int]:
+        return [packed.segment.count for packed in self.segments]
+
+    def inputs(self) -> list[Any]:
+        """Every input, read back from the segments as the workers would read them."""
+        return [
+            value for packed in self.segments for value in read(packed, 0, packed.segment.count)
+        ]
+
+
+def read(packed: PackedSegment, start: int, stop: int) -> list[Any]:
+    """Positions ``start..stop`` of a segment, the worker's way: its offsets, then its bytes."""
+    lo, hi = offset_table_range(start, stop)
+    table = packed.data[lo:hi]
+    offsets = [int.from_bytes(table[i : i + 8], "little") for i in range(0, len(table), 8)]
+    data = packed.data[offsets[0] : offsets[-1]]
+    base = offsets[0]
+    return [
+        pickle.loads(data[offsets[k] - base : offsets[k + 1] - base]) for k in range(stop - start)
+    ]
+
+
+def read_all(packed: PackedSegment) -> list[Any]:
+    return read(packed, 0, packed.segment.count)
+
+
+async def packed(inputs: Iterable[Any] | AsyncIterator[Any], starmap: bool = False) -> Stored:
+    stored = Stored()
+    await pack_inputs(inputs, starmap=starmap, store=stored)
+    return stored
+
+
+@pytest.fixture
+def no_flush_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A segment is closed by its size only: on a loaded machine a pause of the pulling
+    thread would otherwise close one early (that timer has its own test below)."""
+    monkeypatch.setattr(_inputs, "MAX_SEGMENT_WAIT_SECONDS", 600.0)
+
+
+async def test_segments_start_small_then_double_and_tile_the_inputs() -> None:
+    stored = await packed(range(10_000))
+    counts = stored.counts
+    # The first inputs are stored (and can start) almost at once ...
+    assert counts[0] == _inputs.FIRST_SEGMENT_INPUTS < 100
+    # ... then each segment is twice the one before, until they are as large as they get ...
+    largest = max(counts)
+    growing = counts[: counts.index(largest)]
+    assert all(b == 2 * a for a, b in zip(growing, growing[1:], strict=False))
+    assert growing[-1] < largest <= 2 * growing[-1]
+    assert counts[len(growing) : -1] == [largest] * (len(counts) - len(growing) - 1)
+    # ... so that ten thousand inputs cost a few tens of PUTs, not ten thousand.
+    assert len(counts) < 20
+    # Each starts where the one before ended: no input is missing or stored twice.
+    firsts = [packed.segment.first for packed in stored.segments]
+    assert firsts == [sum(counts[:n]) for n in range(len(counts))]
+    assert stored.inputs() == list(range(10_000))
+
+
+async def test_a_worker_reads_any_range_of_a_segment_with_two_reads() -> None:
+    inputs = ["a", None, 1.5, list(range(300)), {"k": b"v"}, ("t", 2)] * 2  # one segment
+    stored = await packed(inputs)
+    (segment,) = stored.segments
+    for start in range(len(inputs)):
+        for stop in range(start + 1, len(inputs) + 1):
+            assert read(segment, start, stop) == inputs[start:stop]
+
+
+@pytest.mark.usefixtures("no_flush_timer")
+async def test_lists_generators_and_async_generators_pack_alike() -> None:
+    values = [f"input {i}" for i in range(3_000)]
+
+    def generated() -> Iterator[str]:
+        yield from values
+
+    async def streamed() -> AsyncIterator[str]:
+        for value in values:
+            yield value
+
+    from_list = await packed(values)
+    from_generator = await packed(generated())
+    from_async = await packed(streamed())
+    assert from_list.counts == from_generator.counts == from_async.counts
+    assert [s.data for s in from_list.segments] == [s.data for s in from_generator.segments]
+    assert [s.data for s in from_list.segments] == [s.data for s in from_async.segments]
+
+
+async def test_a_segment_is_closed_early_once_its_bytes_reach_the_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_inputs, "MAX_SEGMENT_BYTES", 10_000)  # the rule, at a smaller size
+    inputs = [bytes([i]) * 3_000 for i in range(20)]
+    stored = await packed(inputs)
+    assert stored.inputs() == inputs
+    for packed_segment in stored.segments[:-1]:
+        sizes = [len(pickle.dumps(x, 5)) for x in read_all(packed_segment)]
+        # Closed by the input that reached the limit, not before and not after.
+        assert sum(sizes) >= 10_000 > sum(sizes[:-1])
+    assert max(stored.counts) < _inputs.FIRST_SEGMENT_INPUTS
+
+
+async def test_starmap_inputs_are_stored_as_tuples_of_arguments() -> None:
+    stored = await packed([[1, 2], (3, 4), range(2)], starmap=True)
+    assert stored.inputs() == [(1, 2), (3, 4), (0, 1)]
+    with pytest.raises(SerializationError) as spread:
+        await packed([(1, 2), {"a": 1}], starmap=True)
+    assert spread.value.index == 1 and "kwargs=" in str(spread.value)
+
+
+async def test_an_unpicklable_input_stops_packing_naming_its_index() -> None:
+    inputs: list[object] = list(range(40))
+    inputs[20] = threading.Lock()
+    stored = Stored()
+    with pytest.raises(SerializationError) as caught:
+        await pack_inputs(inputs, starmap=False, store=stored)
+    assert caught.value.index == 20 and "input 20" in str(caught.value)
+    # What was stored before it is whole, and nothing at or after it was stored.
+    assert stored.inputs() == list(range(sum(stored.counts)))
+    assert sum(stored.counts) <= 20
+
+
+@pytest.mark.parametrize("kind", ["generator", "async generator"])
+async def test_inputs_that_raise_midway_raise_as_themselves(kind: str) -> None:
+    def generated() -> Iterator[int]:
+        yield from range(100)
+        raise KeyError("the inputs broke")
+
+    async def streamed() -> AsyncIterator[int]:
+        for i in range(100):
+            yield i
+        raise KeyError("the inputs broke")
+
+    stored = Stored()
+    inputs = generated() if kind == "generator" else streamed()
+    with pytest.raises(KeyError, match="the inputs broke"):  # not inside an ExceptionGroup
+        await pack_inputs(inputs, starmap=False, store=stored)
+    assert stored.inputs() == list(range(sum(stored.counts)))
+
+
+async def test_a_trickle_of_inputs_is_stored_before_its_segment_fills() -> None:
+    """Three inputs, then the generator waits for them to be stored: only the timer that
+    closes a part-full segment can store them (else this would wait forever)."""
+    stored = Stored()
+    first_stored = anyio.Event()
+
+    async def keep(segment: PackedSegment) -> None:
+        await stored(segment)
+        first_stored.set()
+
+    async def trickle() -> AsyncIterator[int]:
+        for i in range(3):
+            yield i
+        await first_stored.wait()
+        yield 3
+
+    with anyio.fail_after(30):
+        await pack_inputs(trickle(), starmap=False, store=keep)
+    assert stored.counts == [3, 1]
+    assert stored.inputs() == [0, 1, 2, 3]
+
+
+async def test_a_long_generator_is_pulled_only_a_little_ahead_of_what_is_stored() -> None:
+    pulled = 0
+    pulled_at_first_store: list[int] = []
+
+    def numbers() -> Iterator[int]:
+        nonlocal pulled
+        for i in range(200_000):
+            pulled += 1
+            yield i
+
+    async def store(segment: PackedSegment) -> None:
+        if not pulled_at_first_store:
+            pulled_at_first_store.append(pulled)
+
+    await pack_inputs(numbers(), starmap=False, store=store)
+    assert pulled == 200_000
+    # Never the whole generator in memory: a bounded look-ahead, not a list of every input.
+    assert pulled_at_first_store[0] < 20_000
