@@ -44,6 +44,14 @@ def square(x: int) -> int:
     return x * x
 
 
+def active_definitions(boto: MotoClients, knot: str = "squares") -> list[dict[str, Any]]:
+    """The knot's job definitions that Batch holds ACTIVE."""
+    described = boto("batch").describe_job_definitions(
+        jobDefinitionName=f"aioknot-{knot}", status="ACTIVE"
+    )
+    return list(described["jobDefinitions"])
+
+
 def knot(func: Any = square, **options: Any) -> aioknot.AsyncKnot:
     options.setdefault("image", IMAGE)
     options.setdefault("name", "squares")
@@ -136,10 +144,7 @@ async def test_definitions_retry_infrastructure_failures_and_exit_on_exit_codes(
 ) -> None:
     async with knot() as k:
         await k.map([1])
-    batch = boto("batch")
-    (definition,) = batch.describe_job_definitions(
-        jobDefinitionName="aioknot-squares", status="ACTIVE"
-    )["jobDefinitions"]
+    (definition,) = active_definitions(boto)
     strategy = definition["retryStrategy"]
     # Three attempts by default; Batch takes at most 5 rules and applies the first match.
     assert strategy["attempts"] == 3
@@ -165,10 +170,7 @@ async def test_retries_option_sets_the_attempts(
 ) -> None:
     async with knot(retries=1) as k:
         await k.map([1])
-    batch = boto("batch")
-    (definition,) = batch.describe_job_definitions(
-        jobDefinitionName="aioknot-squares", status="ACTIVE"
-    )["jobDefinitions"]
+    (definition,) = active_definitions(boto)
     assert definition["retryStrategy"]["attempts"] == 1
 
 
@@ -183,10 +185,7 @@ async def test_secrets_reach_the_definition_through_a_scoped_execution_role(
     parameter = ssm.get_parameter(Name="/team/token")["Parameter"]["ARN"]
     async with knot(secrets={"API_TOKEN": secret, "TEAM_TOKEN": parameter}) as k:
         await (await k.map([1, 2])).gather(return_exceptions=True)
-    batch = boto("batch")
-    (definition,) = batch.describe_job_definitions(
-        jobDefinitionName="aioknot-squares", status="ACTIVE"
-    )["jobDefinitions"]
+    (definition,) = active_definitions(boto)
     container = definition["containerProperties"]
     assert container["secrets"] == [
         {"name": "API_TOKEN", "valueFrom": secret},
@@ -220,9 +219,7 @@ async def test_secrets_reach_the_definition_through_a_scoped_execution_role(
     # A repeat knot finds both roles on the definition: no stack is described again.
     async with knot(secrets={"API_TOKEN": secret, "TEAM_TOKEN": parameter}) as k:
         await k.map([3])
-    batch = boto("batch")
-    active = batch.describe_job_definitions(jobDefinitionName="aioknot-squares", status="ACTIVE")
-    assert len(active["jobDefinitions"]) == 1
+    assert len(active_definitions(boto)) == 1
 
 
 async def test_preparation_rides_out_a_control_plane_outage(
@@ -260,10 +257,8 @@ async def test_preparation_rides_out_a_control_plane_outage(
     assert any("retrying" in line for line in progress)  # and outlasted botocore's retries
     assert len(outcomes) == 4 and all(isinstance(o, TaskLost) for o in outcomes)  # simple mode
     assert calls.count("cloudformation", "CreateStack") == 2  # each stack once
-    batch = boto("batch")
-    active = batch.describe_job_definitions(jobDefinitionName="aioknot-squares", status="ACTIVE")
     # A RegisterJobDefinition whose answer was lost may leave one spare revision, never more.
-    assert 1 <= len(active["jobDefinitions"]) <= 2
+    assert 1 <= len(active_definitions(boto)) <= 2
 
 
 async def test_a_permanent_refusal_is_not_retried(
@@ -381,9 +376,7 @@ async def test_clobber_leaves_nothing_tagged_behind(
         and any(t["Key"].startswith("aioknot:") for t in s.get("Tags", []))
     ]
     assert live == []
-    batch = boto("batch")
-    active = batch.describe_job_definitions(jobDefinitionName="aioknot-squares", status="ACTIVE")
-    assert active["jobDefinitions"] == []
+    assert active_definitions(boto) == []
     tags = [i["imageTags"] for i in ecr.describe_images(repositoryName="aioknot")["imageDetails"]]
     assert tags == [["other"]]  # only the knot's image went
     repositories = ecr.describe_repositories()["repositories"]
