@@ -40,6 +40,16 @@ class OverAt:
         await self.over.wait()
 
 
+def submitted(store: S3Store, count: int) -> tuple[ResultWatcher, list[Outcome]]:
+    """A watcher of run "run" whose ``count`` inputs are all submitted, and the outcomes it
+    hands out."""
+    got: list[Outcome] = []
+    watcher = ResultWatcher(store, "run", "r", got.extend)
+    watcher.submitted(count)
+    watcher.submission_over()
+    return watcher, got
+
+
 @pytest.fixture
 async def counted_store(aws: object) -> AsyncIterator[tuple[S3Store, collections.Counter[str]]]:
     store = await S3Store("s3://watched", create_bucket=True).open()
@@ -59,10 +69,7 @@ async def test_few_outstanding_are_found_by_head_polling(
     counted_store: tuple[S3Store, collections.Counter[str]],
 ) -> None:
     store, calls = counted_store
-    got: list[Outcome] = []
-    watcher = ResultWatcher(store, "run", "r", got.extend)
-    watcher.submitted(5)
-    watcher.submission_over()
+    watcher, got = submitted(store, 5)
     for i in range(5):
         await store.put(result_key("run", i), encode_value_record(i * 10))
     calls.clear()
@@ -77,10 +84,7 @@ async def test_many_outstanding_are_found_by_list_sweeps_including_groups(
     counted_store: tuple[S3Store, collections.Counter[str]],
 ) -> None:
     store, calls = counted_store
-    got: list[Outcome] = []
-    watcher = ResultWatcher(store, "run", "r", got.extend)
-    watcher.submitted(300)
-    watcher.submission_over()
+    watcher, got = submitted(store, 300)
     # 100 single records and two groups of 100: 102 objects for 300 results.
     for i in range(100):
         await store.put(result_key("run", i), encode_value_record(i))
@@ -101,9 +105,7 @@ async def test_polling_backs_off_while_nothing_turns_up(
     counted_store: tuple[S3Store, collections.Counter[str]],
 ) -> None:
     store, calls = counted_store
-    watcher = ResultWatcher(store, "run", "r", lambda outcomes: None)
-    watcher.submitted(1)
-    watcher.submission_over()
+    watcher, _ = submitted(store, 1)
     calls.clear()
     with anyio.move_on_after(3.0):
         await watcher.run(NeverOver())  # type: ignore[arg-type]
@@ -115,10 +117,7 @@ async def test_a_task_the_backend_says_is_over_without_a_record_is_lost(
     counted_store: tuple[S3Store, collections.Counter[str]],
 ) -> None:
     store, _ = counted_store
-    got: list[Outcome] = []
-    watcher = ResultWatcher(store, "run", "r", got.extend)
-    watcher.submitted(3)
-    watcher.submission_over()
+    watcher, got = submitted(store, 3)
     await store.put(result_key("run", 1), encode_value_record("there"))
     backend = OverAt()
     backend.over.set()
@@ -143,9 +142,7 @@ async def test_a_failing_store_ends_the_watch_with_its_own_error(
     store = await S3Store("s3://watched", endpoint_url=fault_proxy.url, create_bucket=True).open()
     store.outage_seconds = 1.0  # the default window is exercised in test_store_faults.py
     try:
-        watcher = ResultWatcher(store, "run", "r", lambda outcomes: None)
-        watcher.submitted(100)  # many outstanding: LIST sweeps
-        watcher.submission_over()
+        watcher, _ = submitted(store, 100)  # many outstanding: LIST sweeps
         fault_proxy.add(Fault(kind=kind, service="s3"))
         with pytest.raises(expected) as caught, anyio.fail_after(30):
             await watcher.run(NeverOver())  # type: ignore[arg-type]
