@@ -1,6 +1,6 @@
 """``backend="aws"``: the knot's store in S3, and its runs as AWS Batch array jobs.
 
-`open_aws_store` finds the account (STS) and opens the knot's bucket: the one named by
+`AwsBackend.open_store` finds the account (STS) and opens the knot's bucket: the one named by
 ``bucket=`` or ``aioknot-<account>-<region>``, created private, encrypted and tagged when
 missing; every S3 call names the account as the expected bucket owner.
 
@@ -34,7 +34,6 @@ import functools
 import hashlib
 import json
 import os
-import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -46,19 +45,21 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ..._errors import aws_error, aws_errors, error_code
 from ..._exceptions import ConfigurationError, KnotError
+from ..._image.builder import is_aioknots_repository
 from ..._image.dockerfile import ImageSpec
+from ..._manifest import Manifest
 from ..._names import knot_prefix
 from ..._options import KnotOptions
 from ..._retry import is_transient, retry_transient
-from ..._stores.base import Store
 from ..._stores.s3 import S3Store
 from ..._tasks import concurrently
-from ..base import RunSpec, TaskListener
+from ..base import Backend, KnotSetup, RunSpec, TaskListener
+from . import AwsSettings
 from .image import (
     ImageSettings,
     check_buildable,
     ecr_host,
-    image_settings,
+    image_spec,
     plan_image,
     produce_image,
 )
@@ -68,14 +69,13 @@ from .jobs import (
     definition_request,
     describe_definitions,
     find_revision,
+    is_knots_job,
     register_definition,
     roles_of_knot_stack,
 )
 from .options import (
-    OPTION_NAMES,
     RESERVED_TAG_PREFIX,
     AwsOptions,
-    aws_options,
     default_bucket_name,
 )
 from .run import AwsRun
@@ -83,6 +83,7 @@ from .stack import (
     FINGERPRINT_OUTPUT,
     default_vpc_subnets,
     delete_stack,
+    describe_stack,
     ensure_stack,
     stack_is_current,
     template_body,
@@ -123,14 +124,6 @@ def make_session(profile: str | None, region: str | None) -> aioboto3.Session:
     return aioboto3.Session(profile_name=profile, region_name=region)
 
 
-def knot_aws_options(options: KnotOptions) -> AwsOptions:
-    """The knot's AWS options (already checked by the knot's constructor, so pure)."""
-    known = {name: value for name, value in options.aws.items() if name in OPTION_NAMES}
-    return aws_options(
-        **known, bucket=options.bucket, profile=options.profile, region=options.region
-    )
-
-
 def _session(options: KnotOptions) -> tuple[aioboto3.Session, str]:
     # botocore reads AWS_DEFAULT_REGION and the profile but not AWS_REGION (the variable the
     # newer SDKs and the CLI document): it is read here, so that both work as promised.
@@ -156,43 +149,6 @@ async def caller_account(session: aioboto3.Session, endpoint_url: str | None) ->
     return str(identity["Account"])
 
 
-async def open_aws_store(
-    knot: str, options: KnotOptions, image_spec: ImageSpec | None = None
-) -> S3Store:
-    """The knot's S3 store, opened; the default bucket is created when missing.
-
-    Before the bucket (the first thing a knot may create), an image that must be built
-    needs a Docker engine that answers: checked here, so that nothing exists if not.
-    """
-    knot_aws_options(options)
-    settings = image_settings(options.aws)  # bad image options fail here, before any request
-    session, region = _session(options)
-    account = await caller_account(session, options.endpoint_url)
-
-    async with contextlib.AsyncExitStack() as clients:
-
-        async def ecr() -> Any:
-            client = session.client("ecr", endpoint_url=options.endpoint_url, config=CLIENT_CONFIG)
-            return await clients.enter_async_context(client)
-
-        await check_buildable(settings, image_spec, ecr=ecr, account=account, region=region)
-    default = options.bucket is None
-    location = options.bucket or default_bucket_name(account, region)
-    store = S3Store(
-        location,
-        endpoint_url=options.endpoint_url,
-        region=region,
-        profile=options.profile,
-        expected_owner=account,
-        create_bucket=default,
-        tags={**BUCKET_TAGS, **knot_aws_options(options).tags},
-        # Run data (inputs, results, manifests) expires after this many days (a lifecycle
-        # rule on the bucket aioknot created); the user's own bucket is left as it is.
-        retention_days=options.retention_days,
-    )
-    return await store.open()
-
-
 def _stack_outputs(stack: Mapping[str, Any]) -> dict[str, str]:
     outputs = {o["OutputKey"]: str(o["OutputValue"]) for o in stack.get("Outputs") or []}
     outputs.pop(FINGERPRINT_OUTPUT, None)
@@ -203,64 +159,93 @@ def _stack_tags(stack: Mapping[str, Any]) -> dict[str, str]:
     return {item["Key"]: item["Value"] for item in stack.get("Tags") or []}
 
 
-async def _describe_stack(cloudformation: Any, name: str) -> dict[str, Any] | None:
-    try:
-        response = await cloudformation.describe_stacks(StackName=name)
-    except ClientError as error:
-        if "does not exist" in str(error):
-            return None
-        raise aws_error(error, f"describing stack {name}") from error
-    except BotoCoreError as error:
-        raise aws_error(error, f"describing stack {name}") from error
-    stacks: list[dict[str, Any]] = response.get("Stacks", [])
-    return stacks[0] if stacks else None
-
-
-class AwsBackend:
+class AwsBackend(Backend):
     """Runs a knot's function as AWS Batch array jobs (see the module docstring)."""
 
     name = "aws"
     runs_outlive_client = True  # Batch jobs run on without the client; runs re-attach
 
-    def __init__(
-        self,
-        *,
-        knot: str,
-        options: KnotOptions,
-        image_spec: ImageSpec | None,
-        store: Store,
-        progress: Progress | None = None,
-    ) -> None:
-        if not isinstance(store, S3Store):
-            raise ConfigurationError(
-                "backend='aws' keeps its data in S3: open it with open_aws_store"
-            )
-        self.knot = knot
-        self.options = knot_aws_options(options)
-        self.image: ImageSettings = image_settings(options.aws)
-        # Scanned by the knot's constructor (offline), so a missing import failed early.
-        self.image_spec = image_spec
-        self._endpoint_url = options.endpoint_url
-        # Seconds without one successful answer before watching a run gives up (jobs go on).
-        self.watch_timeout = options.watch_timeout
-        self._store = store
-        self._progress = progress
-        self._session, self.region = _session(options)
-        self.account = store.expected_owner or ""
+    def __init__(self) -> None:
+        self._store: S3Store | None = None
+        self._progress: Progress | None = None
         self._clients: dict[str, Any] = {}
         self._client_lock = anyio.Lock()
         self._exit_stack = contextlib.AsyncExitStack()
-        self._group: anyio.abc.TaskGroup | None = None
         self._ready_lock = anyio.Lock()
+        self.account = ""
         self.job_queue: str | None = None
         self.job_definition: str | None = None
         self.image_uri: str | None = None
         self._closed = False
 
-    # -- plumbing --------------------------------------------------------------------------
+    def bind(self, knot: KnotSetup) -> None:
+        """Take the knot's AWS options, and scan its function's imports for the image's
+        requirements now, offline, so that an import that is not installed fails before
+        anything is created."""
+        super().bind(knot)
+        settings = knot.options.backend_options("aws", AwsSettings)
+        self.knot = knot.name
+        self.options: AwsOptions = settings.batch
+        self.image: ImageSettings = settings.image
+        self.image_spec: ImageSpec | None = image_spec(settings.image, knot.func, knot.function)
+        self._endpoint_url = knot.options.endpoint_url
+        # Seconds without one successful answer before watching a run gives up (jobs go on).
+        self.watch_timeout = knot.options.watch_timeout
+        self._progress = knot.progress
+        given = knot.options.store
+        if given is not None and not isinstance(given, S3Store):
+            raise ConfigurationError(
+                "backend='aws' keeps its data in S3: pass store='s3://bucket/prefix' (or "
+                f"bucket=), not a {type(given).__name__}"
+            )
 
-    def start(self, group: anyio.abc.TaskGroup) -> None:
-        self._group = group
+    async def open_store(self) -> S3Store:
+        """The knot's S3 store, opened; the default bucket is created when missing.
+
+        Finds the account (STS) first. Before the bucket (the first thing a knot may create),
+        an image that must be built needs a Docker engine that answers: checked here, so that
+        nothing exists if not.
+        """
+        options = self.setup.options
+        self._session, self.region = _session(options)
+        account = await caller_account(self._session, options.endpoint_url)
+        async with contextlib.AsyncExitStack() as clients:
+
+            async def ecr() -> Any:
+                client = self._session.client(
+                    "ecr", endpoint_url=options.endpoint_url, config=CLIENT_CONFIG
+                )
+                return await clients.enter_async_context(client)
+
+            await check_buildable(
+                self.image, self.image_spec, ecr=ecr, account=account, region=self.region
+            )
+        if isinstance(options.store, S3Store):
+            store = options.store
+        else:
+            store = await S3Store(
+                options.bucket or default_bucket_name(account, self.region),
+                endpoint_url=options.endpoint_url,
+                region=self.region,
+                profile=options.profile,
+                expected_owner=account,
+                create_bucket=options.bucket is None,
+                tags={**BUCKET_TAGS, **self.options.tags},
+                # Run data (inputs, results, manifests) expires after this many days (a
+                # lifecycle rule on the bucket aioknot created); a user's bucket stays as it is.
+                retention_days=options.retention_days,
+            ).open()
+        self._store = store
+        self.account = store.expected_owner or account
+        return store
+
+    @property
+    def store(self) -> S3Store:
+        if self._store is None:
+            raise KnotError("the AWS backend's store is not open yet")
+        return self._store
+
+    # -- plumbing --------------------------------------------------------------------------
 
     @property
     def group(self) -> anyio.abc.TaskGroup:
@@ -294,12 +279,12 @@ class AwsBackend:
     @property
     def knot_data_prefix(self) -> str:
         """The knot's key prefix in the bucket: all its job role may touch."""
-        base = f"{self._store.prefix}/" if self._store.prefix else ""
+        base = f"{self.store.prefix}/" if self.store.prefix else ""
         return f"{base}{knot_prefix(self.knot)}/"
 
     def _knot_stack(self) -> tuple[dict[str, Any], dict[str, str], dict[str, str], str]:
         template = knot_template(self.options, self.knot)
-        parameters = knot_parameters(bucket=self._store.bucket, prefix=self.knot_data_prefix)
+        parameters = knot_parameters(bucket=self.store.bucket, prefix=self.knot_data_prefix)
         tags = knot_tags(self.options, self.knot)
         identity = json.dumps([template_body(template), parameters, tags], sort_keys=True)
         fingerprint = hashlib.sha256(identity.encode()).hexdigest()[:16]
@@ -424,7 +409,7 @@ class AwsBackend:
         name = options.environment_stack_name
         template = environment_template(options)
         tags = environment_tags(options)
-        stack = await _describe_stack(cloudformation, name)
+        stack = await describe_stack(cloudformation, name)
         if stack is not None:
             recorded = {
                 p["ParameterKey"]: str(p.get("ParameterValue", ""))
@@ -471,16 +456,17 @@ class AwsBackend:
     def open_run(self, spec: RunSpec, listener: TaskListener) -> AwsRun:
         return AwsRun(self, spec, listener)
 
-    def attach_run(
-        self, spec: RunSpec, listener: TaskListener, manifest: dict[str, object]
-    ) -> AwsRun:
-        jobs = manifest.get("jobs")
-        job_ids = [str(job) for job in jobs] if isinstance(jobs, list) else []
+    def attach_run(self, spec: RunSpec, listener: TaskListener, manifest: Manifest) -> AwsRun:
+        job_ids = list(manifest.jobs)
         if not job_ids:
             raise ConfigurationError(f"run {spec.run_id} has no Batch jobs in its manifest")
         return AwsRun(self, spec, listener, job_ids)
 
     # -- cleanup -----------------------------------------------------------------------------
+
+    async def check_clobber(self, *, environment: bool, images: bool, force: bool) -> None:
+        if environment and not force:
+            await self.check_environment_unused()
 
     async def clobber(
         self, *, environment: bool = False, images: bool = False, force: bool = False
@@ -567,12 +553,11 @@ class AwsBackend:
     async def _other_active_jobs(self) -> list[str]:
         """Names of the active jobs in the environment's queue that are not this knot's."""
         cloudformation = await self.client("cloudformation")
-        stack = await _describe_stack(cloudformation, self.options.environment_stack_name)
+        stack = await describe_stack(cloudformation, self.options.environment_stack_name)
         queue = _stack_outputs(stack).get("JobQueueArn") if stack else None
         if not queue:
             return []
         batch = await self.client("batch")
-        mine = re.compile(rf"^{re.escape(self.knot)}-[0-9]{{8}}T[0-9]{{6}}-[0-9a-f]{{6}}-[0-9]+$")
         names: list[str] = []
         for status in ACTIVE_JOB_STATUSES:
             arguments: dict[str, Any] = {"jobQueue": queue, "jobStatus": status}
@@ -581,7 +566,7 @@ class AwsBackend:
                     response = await batch.list_jobs(**arguments)
                     for job in response.get("jobSummaryList", []):
                         name = str(job.get("jobName", ""))
-                        if not mine.match(name):
+                        if not is_knots_job(name, self.knot):
                             names.append(name or str(job.get("jobId")))
                     token = response.get("nextToken")
                     if not token or len(names) >= ENOUGH_JOBS_NAMED:
@@ -593,9 +578,11 @@ class AwsBackend:
 
     async def _delete_environment(self, cloudformation: Any) -> None:
         name = self.options.environment_stack_name
-        stack = await _describe_stack(cloudformation, name)
+        stack = await describe_stack(cloudformation, name)
         outputs = _stack_outputs(stack) if stack else {}
-        await self._delete_stack(cloudformation, name, ENVIRONMENT_TAG, self.options.environment)
+        await self._delete_stack(
+            cloudformation, name, ENVIRONMENT_TAG, self.options.environment, described=stack
+        )
         # CloudFormation deletes the queue and compute environment with the stack on AWS;
         # moto's leaves them behind. Whatever is still there (tagged as this environment's,
         # or named by the stack's outputs) is disabled, then deleted, queue first: on AWS
@@ -610,44 +597,34 @@ class AwsBackend:
         return tags.get(ENVIRONMENT_TAG) == self.options.environment or arn in arns
 
     async def _delete_batch_leftovers(self, queue: str | None, compute: str | None) -> None:
+        """Disable and delete the environment's job queues, then its compute environments
+        (Batch's order: a compute environment goes once no queue uses it)."""
         batch = await self.client("batch")
         arns = {arn for arn in (queue, compute) if arn}
-        with aws_errors("looking for the environment's job queues"):
-            queues = [
-                q
-                for q in await _paged(batch.describe_job_queues, "jobQueues")
-                if self._is_environments(q, arns) and q.get("status") != "DELETED"
-            ]
-        for found in queues:
-            arn = str(found["jobQueueArn"])
-            await self._disable_and_delete(
-                what=f"job queue {arn}",
-                disable=functools.partial(batch.update_job_queue, jobQueue=arn, state="DISABLED"),
-                delete=functools.partial(batch.delete_job_queue, jobQueue=arn),
-                describe=functools.partial(batch.describe_job_queues, jobQueues=[arn]),
-                key="jobQueues",
-                state=str(found.get("state", "")),
-            )
-        with aws_errors("looking for the environment's compute environments"):
-            computes = [
-                c
-                for c in await _paged(batch.describe_compute_environments, "computeEnvironments")
-                if self._is_environments(c, arns) and c.get("status") != "DELETED"
-            ]
-        for found in computes:
-            arn = str(found["computeEnvironmentArn"])
-            await self._disable_and_delete(
-                what=f"compute environment {arn}",
-                disable=functools.partial(
-                    batch.update_compute_environment, computeEnvironment=arn, state="DISABLED"
-                ),
-                delete=functools.partial(batch.delete_compute_environment, computeEnvironment=arn),
-                describe=functools.partial(
-                    batch.describe_compute_environments, computeEnvironments=[arn]
-                ),
-                key="computeEnvironments",
-                state=str(found.get("state", "")),
-            )
+        kinds = (
+            ("job queue", "jobQueue", batch.describe_job_queues, batch.update_job_queue,
+             batch.delete_job_queue),
+            ("compute environment", "computeEnvironment", batch.describe_compute_environments,
+             batch.update_compute_environment, batch.delete_compute_environment),
+        )  # fmt: skip
+        for what, field, describe, update, delete in kinds:
+            key = f"{field}s"  # the Describe answer's list, and the filter's argument
+            with aws_errors(f"looking for the environment's {what}s"):
+                found = [
+                    item
+                    for item in await _paged(describe, key)
+                    if self._is_environments(item, arns) and item.get("status") != "DELETED"
+                ]
+            for item in found:
+                arn = str(item[f"{field}Arn"])
+                await self._disable_and_delete(
+                    what=f"{what} {arn}",
+                    disable=functools.partial(update, **{field: arn, "state": "DISABLED"}),
+                    delete=functools.partial(delete, **{field: arn}),
+                    describe=functools.partial(describe, **{key: [arn]}),
+                    key=key,
+                    state=str(item.get("state", "")),
+                )
 
     async def _disable_and_delete(
         self,
@@ -722,8 +699,18 @@ class AwsBackend:
                 return  # another knot wrote to it meanwhile, or deleted it: both are fine
         self._report(f"deleted the default bucket {bucket}, which was empty")
 
-    async def _delete_stack(self, cloudformation: Any, name: str, tag: str, value: str) -> None:
-        stack = await _describe_stack(cloudformation, name)
+    async def _delete_stack(
+        self,
+        cloudformation: Any,
+        name: str,
+        tag: str,
+        value: str,
+        *,
+        described: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Delete stack ``name`` if it is tagged ``tag=value`` (``described``: its description,
+        if the caller has it already)."""
+        stack = described if described is not None else await describe_stack(cloudformation, name)
         if stack is None:
             self._report(f"stack {name} does not exist; nothing to delete")
             return
@@ -776,7 +763,7 @@ class AwsBackend:
                 raise
             arn = described["repositories"][0]["repositoryArn"]
             tags = (await ecr.list_tags_for_resource(resourceArn=arn)).get("tags", [])
-            if not any(str(t.get("Key", "")).startswith(RESERVED_TAG_PREFIX) for t in tags):
+            if not is_aioknots_repository(tags):
                 return  # the user's repository: never ours to delete
             images = await ecr.list_images(repositoryName=repository, maxResults=1)
             if images.get("imageIds"):
