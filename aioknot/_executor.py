@@ -19,11 +19,14 @@ import concurrent.futures
 import contextlib
 import threading
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from ._exceptions import TaskError, TaskFailure
 from ._pickling import pickle_function
 from ._sync import Knot
+
+if TYPE_CHECKING:
+    from ._backends.base import Backend
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -64,7 +67,7 @@ class Executor(concurrent.futures.Executor):
         self,
         *,
         name: str = "executor",
-        backend: str | None = None,
+        backend: str | Backend | None = None,
         batch_seconds: float = DEFAULT_BATCH_SECONDS,
         **options: Any,
     ) -> None:

@@ -40,6 +40,8 @@ from ._run import Run
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
+    from ._backends.base import Backend
+
 R = TypeVar("R")  # what the function returns
 T = TypeVar("T")  # what a job's result is
 
@@ -225,7 +227,7 @@ class Knot(Generic[R]):
         func: Callable[..., R],
         *,
         name: str | None = None,
-        backend: str | None = None,
+        backend: str | Backend | None = None,
         **options: Unpack[KnotOptionsDict],
     ) -> None:
         # Built here so that a bad name, option or function fails in the caller's thread.
