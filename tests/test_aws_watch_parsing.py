@@ -18,8 +18,10 @@ from typing import Any
 import anyio
 import pytest
 from botocore.exceptions import ClientError
+from helpers.fake_batch import FakeTarget, fake_aws_run, run_spec
 
 from aioknot._backends.aws import run as aws_run
+from aioknot._backends.aws.jobs import JobShape, is_knots_job, job_name
 from aioknot._backends.aws.run import (
     AwsRun,
     attempt_count,
@@ -27,7 +29,7 @@ from aioknot._backends.aws.run import (
     failure_reason,
     log_stream,
 )
-from aioknot._backends.base import RunSpec, Segment
+from aioknot._backends.base import Segment
 from aioknot._exceptions import KnotError, WatchTimeout
 
 PARENT = "6a2336e8-5f5e-4ccb-94c0-5cc1be5e0226"
@@ -231,25 +233,6 @@ class PagedBatch:
         self.calls.append(("terminate_job", self.reported))
 
 
-class Target:
-    knot = "squares"
-
-    def __init__(self, batch: PagedBatch, group: Any, watch_timeout: float) -> None:
-        self.batch = batch
-        self._group = group
-        self.watch_timeout = watch_timeout
-
-    async def client(self, service: str) -> Any:
-        return self.batch
-
-    async def ensure_ready(self) -> tuple[str, str]:
-        return "queue", "definition"
-
-    @property
-    def group(self) -> Any:
-        return self._group
-
-
 class Listener:
     def __init__(self, batch: PagedBatch) -> None:
         self.batch = batch
@@ -263,14 +246,7 @@ class Listener:
         self.batch.reported = len(self.losses)
 
 
-SPEC = RunSpec(
-    knot="squares",
-    run_id="20261121T000000-abcdef",
-    run_prefix="knots/squares/runs/20261121T000000-abcdef",
-    function_key="knots/squares/functions/x.pkl",
-    store_url="s3://bucket",
-    starmap=False,
-)
+SPEC = run_spec("squares")
 
 
 @asynccontextmanager
@@ -278,9 +254,8 @@ async def paged_run(
     batch: PagedBatch, watch_timeout: float = 60.0
 ) -> AsyncIterator[tuple[AwsRun, Listener]]:
     listener = Listener(batch)
-    async with anyio.create_task_group() as group:
-        yield AwsRun(Target(batch, group, watch_timeout), SPEC, listener), listener
-        group.cancel_scope.cancel()
+    async with fake_aws_run(batch, listener, watch_timeout=watch_timeout) as run:
+        yield run, listener
 
 
 @pytest.fixture(autouse=True)
@@ -392,3 +367,36 @@ async def test_a_submission_outage_says_which_inputs_were_not_submitted() -> Non
     assert not isinstance(caught.value, WatchTimeout)  # nothing to re-attach for them
     assert isinstance(caught.value.__cause__, ClientError)
     assert run.job_ids == []
+
+
+async def test_a_reattached_run_reads_its_jobs_once_on_its_first_poll() -> None:
+    """Re-attaching learns each job's inputs from its description; the first poll uses that
+    same description instead of asking Batch again."""
+
+    class AttachedBatch(PagedBatch):
+        async def describe_jobs(self, jobs: list[str]) -> dict[str, Any]:
+            response = await super().describe_jobs(jobs)
+            for job in response["jobs"]:
+                if job["jobId"] == PARENT:  # as submitted: the run's keys and segments
+                    shape = JobShape(((0, self.size),), 1)
+                    job["container"] = {"environment": shape.environment(SPEC)}
+            return response
+
+    batch = AttachedBatch(10)
+    listener = Listener(batch)
+    async with anyio.create_task_group() as group:
+        run = AwsRun(FakeTarget(batch, group), SPEC, listener, job_ids=[PARENT])
+        await run.watch()
+        group.cancel_scope.cancel()
+    operations = [name for name, _ in batch.calls]
+    assert operations[:2] == ["describe_jobs", "list_jobs"]  # not describe_jobs twice
+    assert sorted(listener.losses) == list(range(10))
+
+
+def test_a_runs_jobs_are_named_and_recognized_by_one_rule() -> None:
+    name = job_name("squares", SPEC.run_id, 3)
+    assert name == f"squares-{SPEC.run_id}-3"
+    assert is_knots_job(name, "squares")
+    assert not is_knots_job(name, "square")  # another knot whose name is a prefix
+    assert not is_knots_job(f"squares-{SPEC.run_id}", "squares")  # no job number
+    assert not is_knots_job("someone-elses-job", "squares")

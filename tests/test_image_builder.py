@@ -20,14 +20,17 @@ from infra.containers import ContainerStack
 from infra.fixtures import container_stack  # noqa: F401
 
 from aioknot._backends.aws.image import ImageSettings, plan_image, produce_image
+from aioknot._backends.aws.options import RESERVED_TAG_PREFIX
 from aioknot._errors import redact
 from aioknot._exceptions import ConfigurationError, ImageBuildError
 from aioknot._image.builder import (
+    OWN_TAG_PREFIX,
     Registry,
     build_and_push,
     check_engine,
     ecr_registry_login,
     image_digest,
+    is_aioknots_repository,
     registry_from_option,
 )
 from aioknot._image.dockerfile import ImageSpec, make_image_spec
@@ -274,6 +277,17 @@ async def test_an_older_aioknot_repository_is_hardened_a_users_is_not(ecr: Any) 
     assert described["aioknot-old"]["imageTagMutability"] == "IMMUTABLE"
     assert described["aioknot-old"]["imageScanningConfiguration"] == {"scanOnPush": True}
     assert described["mine"]["imageTagMutability"] == "MUTABLE"  # its owner's choice
+
+
+def test_one_rule_says_which_repositories_are_aioknots() -> None:
+    # The builder's prefix is the AWS backend's reserved one (written twice so that the
+    # builder need not import the backend); the cleanup asks the same function.
+    assert OWN_TAG_PREFIX == RESERVED_TAG_PREFIX
+    assert is_aioknots_repository(
+        [{"Key": "team", "Value": "x"}, {"Key": "aioknot:knot", "Value": "k"}]
+    )
+    assert not is_aioknots_repository([{"Key": "team", "Value": "aioknot:x"}])
+    assert not is_aioknots_repository([])
 
 
 async def test_image_digest_from_describe_images(ecr: Any) -> None:

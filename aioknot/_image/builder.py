@@ -26,9 +26,9 @@ import math
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -45,6 +45,10 @@ from .._exceptions import ConfigurationError, ImageBuildError
 from .._retry import is_transient as _is_transient
 from .._retry import retry_transient
 from .dockerfile import ImageSpec, build_context
+
+if TYPE_CHECKING:  # the published stubs (types-aiobotocore): no import at run time
+    from types_aiobotocore_ecr.client import ECRClient
+    from types_aiobotocore_ecr.type_defs import RepositoryTypeDef, TagTypeDef
 
 logger = logging.getLogger("aioknot")
 
@@ -240,7 +244,9 @@ async def _check_engine_client(docker: Any, docker_host: str | None) -> None:
 # ------------------------------------------------------------------------------- the registry
 
 
-async def image_digest(registry: Registry, tag: str, *, ecr_client: Any = None) -> str | None:
+async def image_digest(
+    registry: Registry, tag: str, *, ecr_client: ECRClient | None = None
+) -> str | None:
     """The digest (``sha256:...``) of ``repository:tag``, ``""`` if the registry has the tag
     but did not say its digest, None if it has no such tag. One request, nothing pulled.
 
@@ -258,7 +264,7 @@ def pinned_uri(registry: Registry, tag: str, digest: str | None) -> str:
     return f"{registry.repository_uri}@{digest}" if digest else registry.image_uri(tag)
 
 
-async def _ecr_image_digest(ecr_client: Any, repository: str, tag: str) -> str | None:
+async def _ecr_image_digest(ecr_client: ECRClient, repository: str, tag: str) -> str | None:
     from botocore.exceptions import ClientError
 
     with aws_errors(
@@ -350,7 +356,7 @@ async def _bearer_token(session: Any, challenge: str, registry: Registry, basic:
 
 
 async def ecr_registry_login(
-    ecr_client: Any, repository: str, tags: Mapping[str, str] | None = None
+    ecr_client: ECRClient, repository: str, tags: Mapping[str, str] | None = None
 ) -> Registry:
     """The ECR repository to push to (created, with ``tags``, when missing) and a login.
 
@@ -390,7 +396,7 @@ async def ecr_registry_login(
     )
 
 
-async def _harden_ecr_repository(ecr_client: Any, repository: Mapping[str, Any]) -> None:
+async def _harden_ecr_repository(ecr_client: ECRClient, repository: RepositoryTypeDef) -> None:
     """Make a repository that an older aioknot created (mutable tags, no scans) like a new one;
     a repository aioknot did not create (no ``aioknot:`` tag) is left as its owner made it."""
     immutable = repository.get("imageTagMutability") == "IMMUTABLE"
@@ -398,7 +404,7 @@ async def _harden_ecr_repository(ecr_client: Any, repository: Mapping[str, Any])
     if immutable and scanned:
         return
     listed = await ecr_client.list_tags_for_resource(resourceArn=repository["repositoryArn"])
-    if not any(str(tag.get("Key", "")).startswith("aioknot:") for tag in listed.get("tags", [])):
+    if not is_aioknots_repository(listed.get("tags", [])):
         return
     name = repository["repositoryName"]
     if not immutable:
@@ -412,7 +418,18 @@ async def _harden_ecr_repository(ecr_client: Any, repository: Mapping[str, Any])
     logger.info("ECR repository %s now has immutable tags and scans on push", name)
 
 
-async def untag_ecr_image(ecr_client: Any, repository: str, tag: str) -> None:
+# aioknot's own tag keys start with this (RESERVED_TAG_PREFIX of the AWS backend's options,
+# which the image builder does not import: that would import the backend into the builder).
+OWN_TAG_PREFIX = "aioknot:"
+
+
+def is_aioknots_repository(tags: Iterable[TagTypeDef]) -> bool:
+    """Whether an ECR repository's tags (ListTagsForResource) say that aioknot created it:
+    only such a repository is hardened, or deleted when it is left empty."""
+    return any(str(tag.get("Key", "")).startswith(OWN_TAG_PREFIX) for tag in tags)
+
+
+async def untag_ecr_image(ecr_client: ECRClient, repository: str, tag: str) -> None:
     """Delete ``repository:tag`` from ECR (so that an immutable tag can be pushed again)."""
     with aws_errors(
         f"removing {repository}:{tag} from ECR to rebuild it (its tags are immutable)",
@@ -423,7 +440,9 @@ async def untag_ecr_image(ecr_client: Any, repository: str, tag: str) -> None:
         await ecr_client.batch_delete_image(repositoryName=repository, imageIds=[{"imageTag": tag}])
 
 
-async def _create_ecr_repository(ecr_client: Any, repository: str, tags: Mapping[str, str]) -> str:
+async def _create_ecr_repository(
+    ecr_client: ECRClient, repository: str, tags: Mapping[str, str]
+) -> str:
     from botocore.exceptions import ClientError
 
     try:

@@ -19,7 +19,7 @@ import functools
 import json
 import os
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, cast
 from urllib.parse import urlsplit
 
 import aioboto3
@@ -33,7 +33,24 @@ from .._names import parse_bucket
 from .._retry import retry_transient
 from .._tasks import task_group
 
+if TYPE_CHECKING:  # the published stubs (types-aiobotocore): no import at run time
+    from types_aiobotocore_s3.client import S3Client
+    from types_aiobotocore_s3.literals import BucketLocationConstraintType
+    from types_aiobotocore_s3.type_defs import (
+        CreateBucketRequestTypeDef,
+        LifecycleRuleTypeDef,
+        ListObjectsV2RequestTypeDef,
+        ObjectIdentifierTypeDef,
+    )
+
 T = TypeVar("T")
+
+
+class _Owner(TypedDict, total=False):
+    """The expected-owner argument every request carries, when the owner is known."""
+
+    ExpectedBucketOwner: str
+
 
 # Enough parallel requests to hide S3's latency, few enough for moto and small machines.
 DEFAULT_CONCURRENCY = 32
@@ -92,9 +109,9 @@ def speaks_tls(endpoint: str | None) -> bool:
     return endpoint is None or urlsplit(endpoint).scheme.lower() == "https"
 
 
-def lifecycle_rules(prefix: str, retention_days: int | None) -> list[dict[str, Any]]:
+def lifecycle_rules(prefix: str, retention_days: int | None) -> list[LifecycleRuleTypeDef]:
     """Expire run data after ``retention_days`` (if given); always drop abandoned uploads."""
-    rule: dict[str, Any] = {
+    rule: LifecycleRuleTypeDef = {
         "ID": "aioknot-run-data",
         "Status": "Enabled",
         "Filter": {"Prefix": f"{prefix}/" if prefix else ""},
@@ -138,14 +155,14 @@ class S3Store:
         self._limit = anyio.CapacityLimiter(concurrency)
         self._concurrency = concurrency
         self._stack = contextlib.AsyncExitStack()
-        self._client: Any = None
+        self._client: S3Client | None = None
 
     @property
     def url(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
 
     @property
-    def client(self) -> Any:
+    def client(self) -> S3Client:
         """The aiobotocore S3 client (for event hooks in benchmarks and tests)."""
         if self._client is None:
             raise StoreError("the S3 store is not open: use it inside the knot's async with")
@@ -180,7 +197,7 @@ class S3Store:
     def _where(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
 
-    def _owner(self) -> dict[str, str]:
+    def _owner(self) -> _Owner:
         return {"ExpectedBucketOwner": self.expected_owner} if self.expected_owner else {}
 
     def _translate(self, error: BaseException, what: str) -> KnotError:
@@ -237,7 +254,7 @@ class S3Store:
     async def _ensure_bucket(self) -> None:
         async def head() -> bool:
             try:
-                await self._client.head_bucket(Bucket=self.bucket, **self._owner())
+                await self.client.head_bucket(Bucket=self.bucket, **self._owner())
                 return True
             except ClientError as error:
                 if error_code(error) in ("404", "NoSuchBucket") and self.create_bucket:
@@ -250,15 +267,18 @@ class S3Store:
     async def _create_bucket(self) -> None:
         """Create the bucket private, encrypted, TLS-only (when the endpoint speaks TLS),
         tagged, and with a lifecycle rule for run data (the AWS backend's default bucket)."""
-        region = self._client.meta.region_name
-        extra: dict[str, Any] = {}
+        client = self.client
+        region = client.meta.region_name
+        request: CreateBucketRequestTypeDef = {"Bucket": self.bucket}
         if region and region != "us-east-1":
-            extra["CreateBucketConfiguration"] = {"LocationConstraint": region}
+            # Any region's name: the stubs list the regions they knew of.
+            constraint = cast("BucketLocationConstraintType", region)
+            request["CreateBucketConfiguration"] = {"LocationConstraint": constraint}
         owner = self._owner()
 
         async def create() -> None:
             try:
-                await self._client.create_bucket(Bucket=self.bucket, **extra)
+                await client.create_bucket(**request)
             except ClientError as error:
                 # A retry after a lost answer, or another knot creating it at the same moment.
                 if error_code(error) != "BucketAlreadyOwnedByYou":
@@ -267,7 +287,7 @@ class S3Store:
         calls: list[Callable[[], Awaitable[Any]]] = [
             create,
             functools.partial(
-                self._client.put_public_access_block,
+                self.client.put_public_access_block,
                 Bucket=self.bucket,
                 PublicAccessBlockConfiguration={
                     "BlockPublicAcls": True,
@@ -278,7 +298,7 @@ class S3Store:
                 **owner,
             ),
             functools.partial(
-                self._client.put_bucket_encryption,
+                self.client.put_bucket_encryption,
                 Bucket=self.bucket,
                 ServerSideEncryptionConfiguration={
                     "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
@@ -286,7 +306,7 @@ class S3Store:
                 **owner,
             ),
             functools.partial(
-                self._client.put_bucket_lifecycle_configuration,
+                self.client.put_bucket_lifecycle_configuration,
                 Bucket=self.bucket,
                 LifecycleConfiguration={"Rules": lifecycle_rules(self.prefix, self.retention_days)},
                 **owner,
@@ -295,7 +315,7 @@ class S3Store:
         if speaks_tls(self._endpoint()):
             calls.append(
                 functools.partial(
-                    self._client.put_bucket_policy,
+                    self.client.put_bucket_policy,
                     Bucket=self.bucket,
                     Policy=tls_only_policy(self.bucket, partition_of(region)),
                     **owner,
@@ -304,7 +324,7 @@ class S3Store:
         if self.tags:
             calls.append(
                 functools.partial(
-                    self._client.put_bucket_tagging,
+                    self.client.put_bucket_tagging,
                     Bucket=self.bucket,
                     Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in self.tags.items()]},
                     **owner,
@@ -366,11 +386,12 @@ class S3Store:
     ) -> list[str]:
         keys: list[str] = []
         strip = len(self._key(""))
-        arguments: dict[str, Any] = {
+        arguments: ListObjectsV2RequestTypeDef = {
             "Bucket": self.bucket,
             "Prefix": self._key(prefix),
-            **self._owner(),
         }
+        if self.expected_owner:
+            arguments["ExpectedBucketOwner"] = self.expected_owner
         if start_after is not None:
             arguments["StartAfter"] = self._key(start_after)
         while True:
@@ -392,7 +413,9 @@ class S3Store:
     async def delete_prefix(self, prefix: str) -> int:
         keys = await self.list_keys(prefix)
         for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1,000 keys
-            batch = [{"Key": self._key(key)} for key in keys[start : start + 1000]]
+            batch: list[ObjectIdentifierTypeDef] = [
+                {"Key": self._key(key)} for key in keys[start : start + 1000]
+            ]
             response = await self._request(
                 f"DELETE {self._where(prefix)}",
                 functools.partial(

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..._exceptions import ConfigurationError, ImageBuildError
 from ..._image.builder import (
@@ -31,6 +31,12 @@ from ..._image.builder import (
 from ..._image.dockerfile import ImageSpec, make_image_spec
 from ..._image.requirements import image_requirements
 from ..._pickling import PickledFunction
+
+if TYPE_CHECKING:  # the published stubs (types-aiobotocore): no import at run time
+    from types_aiobotocore_ecr.client import ECRClient
+
+    # Opens (or returns) the backend's ECR client: only asked when ECR is the registry.
+    OpenEcr = Callable[[], Awaitable[ECRClient]]
 
 _IMAGE_REFERENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
 
@@ -141,14 +147,14 @@ class ImagePlan:
     uri: str  # what a job definition names: repository@sha256:... when the digest is known
     build: bool  # whether build_and_push must run
     replace: bool = False  # rebuild=True over an existing tag in ECR (immutable tags)
-    ecr_client: Any = None
+    ecr_client: ECRClient | None = None
 
 
 async def plan_image(
     settings: ImageSettings,
     spec: ImageSpec | None,
     *,
-    ecr: Callable[[], Any],
+    ecr: OpenEcr,
     account: str,
     region: str,
     tags: Mapping[str, str],
@@ -185,7 +191,7 @@ async def check_buildable(
     settings: ImageSettings,
     spec: ImageSpec | None,
     *,
-    ecr: Callable[[], Any],
+    ecr: OpenEcr,
     account: str,
     region: str,
 ) -> None:
@@ -206,8 +212,8 @@ async def check_buildable(
 
 
 async def _registry(
-    settings: ImageSettings, ecr: Callable[[], Any], account: str, region: str
-) -> tuple[Registry, Any]:
+    settings: ImageSettings, ecr: OpenEcr, account: str, region: str
+) -> tuple[Registry, ECRClient | None]:
     """Where the image lives: ``registry=``, or the account's ECR (with its client)."""
     if settings.registry is not None:
         return settings.registry, None
@@ -225,7 +231,7 @@ async def produce_image(
             progress(f"image {plan.uri} is already in the registry; nothing to build")
         return plan.uri
     assert plan.spec is not None and plan.registry is not None
-    if plan.replace:
+    if plan.replace and plan.ecr_client is not None:  # replace is only ever planned on ECR
         # ECR's tags are immutable: rebuild=True must free the content tag before pushing.
         # Definitions registered before name the old image by digest; their queued jobs fail
         # to pull it (the user asked for the rebuild).

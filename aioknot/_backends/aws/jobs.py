@@ -32,15 +32,33 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..._errors import aws_errors
+from ..._names import RUN_ID_PATTERN
 from ..._worker import format_segments, parse_segments
 from ..base import RunSpec, Segment
 from .options import RESERVED_TAG_PREFIX, AwsOptions
 from .template import ENVIRONMENT_TAG, KNOT_TAG
+
+if TYPE_CHECKING:  # the published stubs (types-aiobotocore): no import at run time
+    from types_aiobotocore_batch.client import BatchClient
+    from types_aiobotocore_batch.type_defs import (
+        ContainerPropertiesOutputTypeDef,
+        ContainerPropertiesTypeDef,
+        DescribeJobDefinitionsRequestTypeDef,
+        EvaluateOnExitTypeDef,
+        JobDefinitionTypeDef,
+        KeyValuePairTypeDef,
+        RegisterJobDefinitionRequestTypeDef,
+        ResourceRequirementTypeDef,
+        RetryStrategyTypeDef,
+        SecretTypeDef,
+        SubmitJobRequestTypeDef,
+    )
 
 DEFINITION_FORMAT = 1
 DEFINITION_PREFIX = "aioknot-"
@@ -59,7 +77,7 @@ JOB_MAX_INPUTS = 2 * MAX_ARRAY_SIZE  # inputs per job after the first (children 
 # RETRIES an attempt that matches none. So: retry what the infrastructure did, exit on any
 # exit code, and leave what has neither (a task that failed to start, an image pull that
 # failed, an agent that lost the task) to Batch's default, a retry.
-RETRY_RULES: tuple[dict[str, str], ...] = (
+RETRY_RULES: tuple[EvaluateOnExitTypeDef, ...] = (
     # A Spot reclaim or a host that went away: "Host EC2 (instance i-...) terminated."
     {"onStatusReason": "Host EC2*", "action": "RETRY"},
     # The container never ran (the agent could not start it): may carry an exit code.
@@ -80,19 +98,19 @@ def definition_name(knot: str) -> str:
     return f"{DEFINITION_PREFIX}{knot}"
 
 
-def retry_strategy(retries: int) -> dict[str, Any]:
+def retry_strategy(retries: int) -> RetryStrategyTypeDef:
     # moto answers HTTP 500 to a definition without one, and Batch's default retries nothing.
-    return {"attempts": retries, "evaluateOnExit": [dict(rule) for rule in RETRY_RULES]}
+    return {"attempts": retries, "evaluateOnExit": [rule.copy() for rule in RETRY_RULES]}
 
 
-def definition_environment(options: AwsOptions, region: str) -> list[dict[str, str]]:
+def definition_environment(options: AwsOptions, region: str) -> list[KeyValuePairTypeDef]:
     # Batch sets the region in its containers itself; saying it here makes the worker's S3
     # client sign for the bucket's region on any runner (moto's containers get nothing).
     variables = {"AWS_DEFAULT_REGION": region, **options.env}
     return [{"name": name, "value": variables[name]} for name in sorted(variables)]
 
 
-def definition_secrets(options: AwsOptions) -> list[dict[str, str]]:
+def definition_secrets(options: AwsOptions) -> list[SecretTypeDef]:
     return [{"name": name, "valueFrom": options.secrets[name]} for name in sorted(options.secrets)]
 
 
@@ -103,14 +121,14 @@ def container_properties(
     job_role_arn: str,
     region: str,
     execution_role_arn: str | None = None,
-) -> dict[str, Any]:
-    resources = [
+) -> ContainerPropertiesTypeDef:
+    resources: list[ResourceRequirementTypeDef] = [
         {"type": "VCPU", "value": f"{options.vcpus:g}"},
         {"type": "MEMORY", "value": str(options.memory)},
     ]
     if options.gpus:
         resources.append({"type": "GPU", "value": str(options.gpus)})
-    properties: dict[str, Any] = {
+    properties: ContainerPropertiesTypeDef = {
         "image": image,
         "command": list(WORKER_COMMAND),
         "jobRoleArn": job_role_arn,
@@ -121,7 +139,7 @@ def container_properties(
         # Resolved by Batch when the container starts, with the execution role (scoped to
         # exactly these ARNs): the values are never in the definition, the job or the image.
         properties["secrets"] = definition_secrets(options)
-    if options.is_fargate or options.secrets:
+    if (options.is_fargate or options.secrets) and execution_role_arn is not None:
         properties["executionRoleArn"] = execution_role_arn
     if options.is_fargate:
         # Public subnets without a NAT gateway: the task needs an address to reach ECR and S3.
@@ -168,7 +186,7 @@ def definition_request(
     region: str,
     knot_stack: str,
     execution_role_arn: str | None = None,
-) -> dict[str, Any]:
+) -> RegisterJobDefinitionRequestTypeDef:
     """The RegisterJobDefinition arguments for this knot's current revision."""
     key = definition_key(
         options,
@@ -177,7 +195,7 @@ def definition_request(
         knot_stack=knot_stack,
         execution_role_arn=execution_role_arn,
     )
-    request: dict[str, Any] = {
+    request: RegisterJobDefinitionRequestTypeDef = {
         "jobDefinitionName": definition_name(knot),
         "type": "container",
         "containerProperties": container_properties(
@@ -209,18 +227,18 @@ def definition_environment_tag(options: AwsOptions) -> str:
     return options.job_queue or options.environment
 
 
-def is_knots(definition: Mapping[str, Any], knot: str) -> bool:
+def is_knots(definition: JobDefinitionTypeDef, knot: str) -> bool:
     return bool(definition.get("tags", {}).get(KNOT_TAG) == knot)
 
 
 async def describe_definitions(
-    batch: Any, knot: str, *, status: str | None = "ACTIVE"
-) -> list[dict[str, Any]]:
+    batch: BatchClient, knot: str, *, status: str | None = "ACTIVE"
+) -> list[JobDefinitionTypeDef]:
     """The knot's job definition revisions (tagged as the knot's), newest first."""
-    arguments: dict[str, Any] = {"jobDefinitionName": definition_name(knot)}
+    arguments: DescribeJobDefinitionsRequestTypeDef = {"jobDefinitionName": definition_name(knot)}
     if status is not None:
         arguments["status"] = status
-    found: list[dict[str, Any]] = []
+    found: list[JobDefinitionTypeDef] = []
     with aws_errors(f"describing the job definitions of knot {knot!r}"):
         while True:
             response = await batch.describe_job_definitions(**arguments)
@@ -233,7 +251,7 @@ async def describe_definitions(
     return sorted(mine, key=lambda d: int(d.get("revision", 0)), reverse=True)
 
 
-def find_revision(definitions: Sequence[Mapping[str, Any]], key: str) -> str | None:
+def find_revision(definitions: Sequence[JobDefinitionTypeDef], key: str) -> str | None:
     for definition in definitions:
         if definition.get("tags", {}).get(DEFINITION_TAG) == key:
             return str(definition["jobDefinitionArn"])
@@ -241,13 +259,13 @@ def find_revision(definitions: Sequence[Mapping[str, Any]], key: str) -> str | N
 
 
 def roles_of_knot_stack(
-    definitions: Sequence[Mapping[str, Any]], knot_stack: str
+    definitions: Sequence[JobDefinitionTypeDef], knot_stack: str
 ) -> dict[str, str] | None:
     """The roles of a revision registered with this knot stack fingerprint, if any, as the
     knot stack's outputs name them (``JobRoleArn``, and ``JobExecutionRoleArn`` when set)."""
     for definition in definitions:
         if definition.get("tags", {}).get(KNOT_STACK_TAG) == knot_stack:
-            properties = definition.get("containerProperties", {})
+            properties: ContainerPropertiesOutputTypeDef = definition.get("containerProperties", {})
             role = properties.get("jobRoleArn")
             if role:
                 roles = {"JobRoleArn": str(role)}
@@ -257,7 +275,9 @@ def roles_of_knot_stack(
     return None
 
 
-async def register_definition(batch: Any, request: Mapping[str, Any]) -> str:
+async def register_definition(
+    batch: BatchClient, request: RegisterJobDefinitionRequestTypeDef
+) -> str:
     with aws_errors(f"registering job definition {request['jobDefinitionName']}"):
         response = await batch.register_job_definition(**request)
     return str(response["jobDefinitionArn"])
@@ -306,7 +326,7 @@ class JobShape:
     def child_of(self, index: int) -> int:
         return (index - self.first) // self.chunk_size
 
-    def environment(self, spec: RunSpec) -> list[dict[str, str]]:
+    def environment(self, spec: RunSpec) -> list[KeyValuePairTypeDef]:
         variables = {
             **dict(spec.store_environment),
             "AIOKNOT_STORE": spec.store_url,
@@ -319,7 +339,7 @@ class JobShape:
         return [{"name": name, "value": value} for name, value in variables.items()]
 
     @classmethod
-    def from_environment(cls, environment: Sequence[Mapping[str, str]]) -> JobShape | None:
+    def from_environment(cls, environment: Sequence[KeyValuePairTypeDef]) -> JobShape | None:
         """The shape of a submitted job, read back from its description (re-attaching)."""
         variables = {item.get("name"): item.get("value") for item in environment}
         segments, size = variables.get("AIOKNOT_SEGMENTS"), variables.get("AIOKNOT_CHUNK")
@@ -328,12 +348,25 @@ class JobShape:
         return cls(tuple(parse_segments(segments)), int(size or 1))
 
 
+def job_name(knot: str, run_id: str, number: int) -> str:
+    """The name of a run's ``number``-th job (0, 1, ...): ``<knot>-<run id>-<number>``.
+
+    Batch's pattern: letters, digits, hyphens and underscores, up to 128 (a knot's name is at
+    most 48, a run id 22). Unique per run, so a lost SubmitJob answer is found by name."""
+    return f"{knot}-{run_id}-{number}"[:128]
+
+
+def is_knots_job(name: str, knot: str) -> bool:
+    """Whether a job called ``name`` is one of ``knot``'s runs' (named by `job_name`)."""
+    run_id = RUN_ID_PATTERN.pattern.removeprefix("^").removesuffix("$")
+    return re.fullmatch(rf"{re.escape(knot)}-{run_id}-[0-9]+", name) is not None
+
+
 def submit_request(
     spec: RunSpec, shape: JobShape, *, number: int, queue: str, definition: str
-) -> dict[str, Any]:
-    request: dict[str, Any] = {
-        # Batch's pattern: letters, digits, hyphens and underscores, up to 128.
-        "jobName": f"{spec.knot}-{spec.run_id}-{number}"[:128],
+) -> SubmitJobRequestTypeDef:
+    request: SubmitJobRequestTypeDef = {
+        "jobName": job_name(spec.knot, spec.run_id, number),
         "jobQueue": queue,
         "jobDefinition": definition,
         "containerOverrides": {"environment": shape.environment(spec)},

@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import anyio
 import anyio.abc
@@ -37,6 +37,25 @@ from ..._retry import backoff_delays, is_throttling, is_transient, retry_transie
 from ..._tasks import task_group
 from ..base import BackendRun, RunSpec, Segment, TaskListener
 from .jobs import LOG_GROUP, JobBatcher, JobShape, submit_request
+
+if TYPE_CHECKING:  # the published stubs (types-aiobotocore): no import at run time
+    from types_aiobotocore_batch.client import BatchClient
+    from types_aiobotocore_batch.type_defs import (
+        ArrayPropertiesDetailTypeDef,
+        ArrayPropertiesSummaryTypeDef,
+        AttemptContainerDetailTypeDef,
+        AttemptDetailTypeDef,
+        ContainerDetailTypeDef,
+        ContainerSummaryTypeDef,
+        JobDetailTypeDef,
+        JobSummaryTypeDef,
+        ListJobsRequestTypeDef,
+    )
+    from types_aiobotocore_logs.client import CloudWatchLogsClient
+    from types_aiobotocore_logs.type_defs import (
+        GetLogEventsRequestTypeDef,
+        GetLogEventsResponseTypeDef,
+    )
 
 T = TypeVar("T")
 
@@ -72,7 +91,9 @@ class BatchTarget(Protocol):
     knot: str
     watch_timeout: float  # seconds without a successful call before the watch gives up
 
-    async def client(self, service: str) -> Any: ...
+    async def client(self, service: str) -> Any:
+        """The backend's open client for ``service`` (typed by the caller: `AwsRun._batch`)."""
+        ...
 
     async def ensure_ready(self) -> tuple[str, str]:
         """The job queue and job definition ARNs (preparing again after a clobber)."""
@@ -95,83 +116,108 @@ class _Job:
     over: bool = False
 
 
-def child_index(child_id: str, summary: Mapping[str, Any]) -> int | None:
-    index = (summary.get("arrayProperties") or {}).get("index")
+# What the code reads of Batch's answers is typed by the published stubs (types-aiobotocore):
+# a description (DescribeJobs) or a summary (ListJobs) may lack any optional field (moto's
+# leave out several), and one that was not fetched is None.
+
+
+def child_index(child_id: str, summary: JobSummaryTypeDef) -> int | None:
+    array: ArrayPropertiesSummaryTypeDef = summary.get("arrayProperties") or {}
+    index = array.get("index")
     if isinstance(index, int):
         return index
     head, colon, tail = child_id.rpartition(":")
     return int(tail) if colon and tail.isdigit() else None
 
 
-def _last_attempt_container(description: Mapping[str, Any]) -> Mapping[str, Any]:
-    attempts = description.get("attempts") or []
+def _container(description: JobDetailTypeDef | None) -> ContainerDetailTypeDef:
+    return (description.get("container") or {}) if description else {}
+
+
+def _attempts(description: JobDetailTypeDef | None) -> list[AttemptDetailTypeDef]:
+    return (description.get("attempts") or []) if description else []
+
+
+def _last_attempt_container(description: JobDetailTypeDef | None) -> AttemptContainerDetailTypeDef:
+    attempts = _attempts(description)
     return (attempts[-1].get("container") or {}) if attempts else {}
 
 
-def failure_reason(description: Mapping[str, Any], summary: Mapping[str, Any] = {}) -> str:
+def _listed_container(summary: JobSummaryTypeDef | None) -> ContainerSummaryTypeDef:
+    return (summary.get("container") or {}) if summary else {}
+
+
+def failure_reason(
+    description: JobDetailTypeDef | None, summary: JobSummaryTypeDef | None = None
+) -> str:
     """Batch's words for why a job failed, e.g. ``Host EC2 (instance i-0ab) terminated``.
 
     ``summary`` is the job's ListJobs summary, which carries the same fields when the
     description lacks them (or was not fetched).
     """
-    container = description.get("container") or {}
-    listed = summary.get("container") or {}
     parts = [
-        description.get("statusReason") or summary.get("statusReason"),
-        container.get("reason")
+        (description.get("statusReason") if description else None)
+        or (summary.get("statusReason") if summary else None),
+        _container(description).get("reason")
         or _last_attempt_container(description).get("reason")
-        or listed.get("reason"),
+        or _listed_container(summary).get("reason"),
     ]
     reason = "; ".join(str(part) for part in parts if part)
-    job = description.get("jobId") or summary.get("jobId") or "?"
+    job = (
+        (description.get("jobId") if description else None)
+        or (summary.get("jobId") if summary else None)
+        or "?"
+    )
     return f"AWS Batch job {job} FAILED: {reason or 'Batch gave no reason'}"
 
 
-def log_stream(description: Mapping[str, Any]) -> str | None:
-    container = description.get("container") or {}
-    if container.get("logStreamName"):
-        return str(container["logStreamName"])
-    for attempt in reversed(description.get("attempts") or []):
+def log_stream(description: JobDetailTypeDef | None) -> str | None:
+    stream = _container(description).get("logStreamName")
+    if stream:
+        return str(stream)
+    for attempt in reversed(_attempts(description)):
         stream = (attempt.get("container") or {}).get("logStreamName")
         if stream:
             return str(stream)
     return None
 
 
-def log_streams(description: Mapping[str, Any]) -> list[str]:
+def log_streams(description: JobDetailTypeDef | None) -> list[str]:
     """Every attempt's log stream, oldest first (a retried child has several)."""
-    streams = [
-        str(attempt["container"]["logStreamName"])
-        for attempt in description.get("attempts") or []
-        if (attempt.get("container") or {}).get("logStreamName")
-    ]
-    latest = (description.get("container") or {}).get("logStreamName")
+    streams: list[str] = []
+    for attempt in _attempts(description):
+        stream = (attempt.get("container") or {}).get("logStreamName")
+        if stream:
+            streams.append(str(stream))
+    latest = _container(description).get("logStreamName")
     if latest and latest not in streams:
         streams.append(str(latest))
     return streams
 
 
-def _code(value: Any) -> int | None:
+def _code(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def exit_code(description: Mapping[str, Any], summary: Mapping[str, Any] = {}) -> int | None:
+def exit_code(
+    description: JobDetailTypeDef | None, summary: JobSummaryTypeDef | None = None
+) -> int | None:
     """The job's exit code: the description's ``container.exitCode``, else its last attempt's
     (moto's DescribeJobs leaves the former out), else the ListJobs summary's."""
-    for container in (
-        description.get("container") or {},
-        _last_attempt_container(description),
-        summary.get("container") or {},
+    for code in (
+        _container(description).get("exitCode"),
+        _last_attempt_container(description).get("exitCode"),
+        _listed_container(summary).get("exitCode"),
     ):
-        code = _code(container.get("exitCode"))
-        if code is not None:
-            return code
+        found = _code(code)
+        if found is not None:
+            return found
     return None
 
 
-def attempt_count(description: Mapping[str, Any]) -> int | None:
+def attempt_count(description: JobDetailTypeDef | None) -> int | None:
     """How many attempts Batch made (0: it never started); None when not described."""
-    attempts = description.get("attempts")
+    attempts = description.get("attempts") if description else None
     return len(attempts) if isinstance(attempts, list) else None
 
 
@@ -236,10 +282,23 @@ class AwsRun(BackendRun):
     def job_ids(self) -> list[str]:
         return [job.job_id for job in self._jobs]
 
+    async def _batch(self) -> BatchClient:
+        client: BatchClient = await self._target.client("batch")
+        return client
+
+    async def _logs(self) -> CloudWatchLogsClient:
+        client: CloudWatchLogsClient = await self._target.client("logs")
+        return client
+
     # -- every call to AWS -------------------------------------------------------------------
 
     async def _call(
-        self, doing: str, call: Callable[[], Awaitable[T]], *, outage: str | None = None
+        self,
+        doing: str,
+        call: Callable[[], Awaitable[T]],
+        *,
+        outage: str | None = None,
+        job_id: str | None = None,
     ) -> T:
         """``await call()``, retried while it fails transiently and the run's outage (no
         successful call to AWS) has lasted less than ``watch_timeout``; our errors otherwise.
@@ -279,7 +338,7 @@ class AwsRun(BackendRun):
                 waited = now - (self._failing_since or now)
                 raise self._outage(doing, error, waited, outage) from error
             if isinstance(error, AWS_ERRORS):
-                raise aws_error(error, doing, run_id=self._spec.run_id) from error
+                raise aws_error(error, doing, run_id=self._spec.run_id, job_id=job_id) from error
             raise
 
     def _outage(
@@ -332,7 +391,7 @@ class AwsRun(BackendRun):
         request = submit_request(
             self._spec, shape, number=len(self._jobs), queue=queue, definition=definition
         )
-        batch = await self._target.client("batch")
+        batch = await self._batch()
         name = str(request["jobName"])
         maybe_sent = False
 
@@ -403,9 +462,9 @@ class AwsRun(BackendRun):
                 raise self._error
             if self._cancelled:
                 return
-            await self._restore()
+            restored = await self._restore()  # a re-attached run's first poll reads once
             active = [job for job in self._jobs if not job.over]
-            changed = await self._poll(active) if active else False
+            changed = await self._poll(active, restored) if active else False
             if self._last and not self._batcher.pending and all(j.over for j in self._jobs):
                 return
             with anyio.move_on_after(delay if active else MAX_POLL_SECONDS):
@@ -414,9 +473,9 @@ class AwsRun(BackendRun):
                 delays = slowing()
             delay = next(delays)
 
-    async def _describe(self, job_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        batch = await self._target.client("batch")
-        found: dict[str, dict[str, Any]] = {}
+    async def _describe(self, job_ids: Sequence[str]) -> dict[str, JobDetailTypeDef]:
+        batch = await self._batch()
+        found: dict[str, JobDetailTypeDef] = {}
         for start in range(0, len(job_ids), DESCRIBE_BATCH):
             ids = list(job_ids[start : start + DESCRIBE_BATCH])
             response = await self._call(
@@ -427,19 +486,28 @@ class AwsRun(BackendRun):
                 found[str(description["jobId"])] = description
         return found
 
-    async def _restore(self) -> None:
-        """A re-attached run learns each job's inputs from the job's own overrides."""
+    async def _restore(self) -> dict[str, JobDetailTypeDef] | None:
+        """A re-attached run learns each job's inputs from the job's own overrides.
+
+        Returns the descriptions it read (every job's, all still active), so that the first
+        poll, status or cancel that follows need not read them again; None once restored.
+        """
         if self._restored:
-            return
+            return None
         descriptions = await self._describe([job.job_id for job in self._jobs])
         for job in self._jobs:
-            description = descriptions.get(job.job_id, {})
-            environment = (description.get("container") or {}).get("environment") or []
+            environment = _container(descriptions.get(job.job_id)).get("environment") or []
             job.shape = JobShape.from_environment(environment)
         self._restored = True
+        return descriptions
 
-    async def _poll(self, jobs: Sequence[_Job]) -> bool:
-        descriptions = await self._describe([job.job_id for job in jobs])
+    async def _poll(
+        self, jobs: Sequence[_Job], described: Mapping[str, JobDetailTypeDef] | None = None
+    ) -> bool:
+        """Read what Batch says of ``jobs`` (unless ``described`` just did) and report it."""
+        if described is None:
+            described = await self._describe([job.job_id for job in jobs])
+        descriptions = described
         changed = False
         for job in jobs:
             description = descriptions.get(job.job_id)
@@ -448,9 +516,10 @@ class AwsRun(BackendRun):
             changed = await self._update(job, description) or changed
         return changed
 
-    async def _update(self, job: _Job, description: Mapping[str, Any]) -> bool:
+    async def _update(self, job: _Job, description: JobDetailTypeDef) -> bool:
         status = str(description.get("status", job.status))
-        summary = dict((description.get("arrayProperties") or {}).get("statusSummary") or {})
+        array: ArrayPropertiesDetailTypeDef = description.get("arrayProperties") or {}
+        summary = dict(array.get("statusSummary") or {})
         changed = status != job.status or summary != job.summary
         job.status, job.summary = status, summary
         shape = job.shape
@@ -460,7 +529,7 @@ class AwsRun(BackendRun):
         if not shape.size:
             job.over = status in TERMINAL
             if job.over:  # a plain job: its own description says it all
-                self._report(shape.first, shape.stop, str(job.job_id), description, {}, status)
+                self._report(shape.first, shape.stop, job.job_id, description, None, status)
             return changed
         failed, succeeded = summary.get("FAILED", 0), summary.get("SUCCEEDED", 0)
         if failed > len(job.failed_children):
@@ -473,7 +542,7 @@ class AwsRun(BackendRun):
             await self._report_children(job, shape, "SUCCEEDED")
         if job.over and status == "FAILED" and not summary:
             # The array failed as a whole (before it had children): every input is lost.
-            self._report(shape.first, shape.stop, job.job_id, description, {}, status)
+            self._report(shape.first, shape.stop, job.job_id, description, None, status)
         return changed
 
     def _report(
@@ -481,8 +550,8 @@ class AwsRun(BackendRun):
         start: int,
         stop: int,
         job_id: str,
-        description: Mapping[str, Any],
-        summary: Mapping[str, Any],
+        description: JobDetailTypeDef | None,
+        summary: JobSummaryTypeDef | None,
         status: str,
     ) -> None:
         """Tell the watcher that the inputs ``start .. stop - 1`` of this job are over.
@@ -502,13 +571,15 @@ class AwsRun(BackendRun):
                 index, reason, log=stream, exit_code=code, job_id=job_id, attempts=attempts
             )
 
-    async def _report_children(self, job: _Job, shape: JobShape, status: str) -> None:
+    async def _report_children(
+        self, job: _Job, shape: JobShape, status: Literal["FAILED", "SUCCEEDED"]
+    ) -> None:
         """Stream the array's children in ``status`` (FAILED or SUCCEEDED) not yet reported,
         page by page, each 100 reported at once (once described, for the first
         ``DESCRIBED_CHILDREN_MAX``)."""
-        batch = await self._target.client("batch")
+        batch = await self._batch()
         reported = job.failed_children if status == "FAILED" else job.succeeded_children
-        arguments: dict[str, Any] = {
+        arguments: ListJobsRequestTypeDef = {
             "arrayJobId": job.job_id,
             "jobStatus": status,
             "maxResults": LIST_PAGE,
@@ -520,7 +591,7 @@ class AwsRun(BackendRun):
                 functools.partial(batch.list_jobs, **arguments),
             )
             pages += 1
-            fresh: list[tuple[str, int, Mapping[str, Any]]] = []
+            fresh: list[tuple[str, int, JobSummaryTypeDef]] = []
             for summary in response.get("jobSummaryList", []):
                 child_id = str(summary["jobId"])
                 child = child_index(child_id, summary)
@@ -538,7 +609,7 @@ class AwsRun(BackendRun):
                     if child in reported:
                         continue  # listed twice within one page
                     inputs = shape.child_inputs(child)
-                    description = descriptions.get(child_id, {})
+                    description = descriptions.get(child_id)
                     self._report(inputs.start, inputs.stop, child_id, description, summary, status)
                     reported.add(child)
             token = response.get("nextToken")
@@ -551,14 +622,14 @@ class AwsRun(BackendRun):
     # -- status, cancel, logs ----------------------------------------------------------------
 
     async def status(self) -> dict[str, int]:
-        await self._restore()
+        restored = await self._restore()
         active = [job for job in self._jobs if not job.over]
-        descriptions = await self._describe([job.job_id for job in active])
+        descriptions = restored or await self._describe([job.job_id for job in active])
         for job in active:
             description = descriptions.get(job.job_id)
             if description is not None:
                 job.status = str(description.get("status", job.status))
-                array = description.get("arrayProperties") or {}
+                array: ArrayPropertiesDetailTypeDef = description.get("arrayProperties") or {}
                 job.summary = dict(array.get("statusSummary") or {})
         return status_counts((job.shape, job.status, job.summary) for job in self._jobs)
 
@@ -572,37 +643,41 @@ class AwsRun(BackendRun):
         self._wake.set()
         async with self._lock:  # a SubmitJob under way finishes first, then is cancelled too
             self._batcher.pending.clear()
-        await self._restore()
+        restored = await self._restore()
         active = [job for job in self._jobs if not job.over]
         if not active:
             return
-        batch = await self._target.client("batch")
-        descriptions = await self._describe([job.job_id for job in active])
-        calls: list[tuple[str, str]] = []
+        batch = await self._batch()
+        descriptions = restored or await self._describe([job.job_id for job in active])
+        calls: list[tuple[Callable[..., Awaitable[object]], str]] = []
         for job in active:
-            description = descriptions.get(job.job_id, {})
-            status = str(description.get("status", job.status))
-            summary = (description.get("arrayProperties") or {}).get("statusSummary") or {}
+            description = descriptions.get(job.job_id)
+            status = str(description.get("status", job.status)) if description else job.status
+            array: ArrayPropertiesDetailTypeDef = (
+                description.get("arrayProperties") or {} if description else {}
+            )
+            summary = array.get("statusSummary") or {}
             if summary:
                 queued = any(summary.get(state, 0) for state in QUEUED)
                 running = any(summary.get(state, 0) for state in RUNNING)
             else:
                 queued, running = status in QUEUED, status in RUNNING
             if queued:
-                calls.append(("cancel_job", job.job_id))
+                calls.append((batch.cancel_job, job.job_id))
             if running:
-                calls.append(("terminate_job", job.job_id))
+                calls.append((batch.terminate_job, job.job_id))
 
-        async def stop(name: str, job_id: str) -> None:
+        async def stop(call: Callable[..., Awaitable[object]], job_id: str) -> None:
             await self._call(
                 f"stopping job {job_id} of run {self._spec.run_id}",
-                functools.partial(getattr(batch, name), jobId=job_id, reason=CANCEL_REASON),
+                functools.partial(call, jobId=job_id, reason=CANCEL_REASON),
                 outage="The job may still be running: cancel the run again once AWS answers.",
+                job_id=job_id,
             )
 
         async with task_group() as group:  # the first failure raised as itself
-            for name, job_id in calls:
-                group.start_soon(stop, name, job_id)
+            for call, job_id in calls:
+                group.start_soon(stop, call, job_id)
 
     async def logs(self, index: int) -> list[str]:
         """The CloudWatch log lines of the child that ran ``index``, every attempt in order."""
@@ -621,23 +696,23 @@ class AwsRun(BackendRun):
         description = (await self._describe([child_id])).get(child_id)
         if description is None:
             raise KnotError(f"AWS Batch no longer knows job {child_id} (it keeps jobs ~7 days)")
-        logs = await self._target.client("logs")
+        logs = await self._logs()
         lines: list[str] = []
         for stream in log_streams(description):
             lines.extend(await self._read_stream(logs, stream))
         return lines
 
-    async def _read_stream(self, logs: Any, stream: str) -> list[str]:
-        arguments: dict[str, Any] = {
+    async def _read_stream(self, logs: CloudWatchLogsClient, stream: str) -> list[str]:
+        arguments: GetLogEventsRequestTypeDef = {
             "logGroupName": LOG_GROUP,
             "logStreamName": stream,
             "startFromHead": True,
         }
         lines: list[str] = []
 
-        async def page(request: dict[str, Any]) -> dict[str, Any] | None:
+        async def page(request: GetLogEventsRequestTypeDef) -> GetLogEventsResponseTypeDef | None:
             try:
-                return dict(await logs.get_log_events(**request))
+                return await logs.get_log_events(**request)
             except ClientError as error:
                 if error_code(error) == "ResourceNotFoundException":
                     return None  # the task never started, so it never logged
@@ -645,7 +720,7 @@ class AwsRun(BackendRun):
 
         while True:
             response = await self._call(
-                f"reading log stream {stream}", functools.partial(page, dict(arguments))
+                f"reading log stream {stream}", functools.partial(page, arguments.copy())
             )
             if response is None:
                 return lines
@@ -657,7 +732,7 @@ class AwsRun(BackendRun):
             arguments["nextToken"] = token
 
 
-async def _find_job(batch: Any, queue: str, name: str) -> str | None:
+async def _find_job(batch: BatchClient, queue: str, name: str) -> str | None:
     """The id of the job called ``name`` in ``queue``, if Batch has one (any status)."""
     response = await batch.list_jobs(
         jobQueue=queue, filters=[{"name": "JOB_NAME", "values": [name]}]

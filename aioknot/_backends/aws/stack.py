@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from botocore.exceptions import ClientError
@@ -29,11 +29,23 @@ from ..._errors import aws_errors, error_code, error_message
 from ..._exceptions import ConfigurationError, StackError
 from ..._retry import backoff_delays
 
+if TYPE_CHECKING:  # the published stubs (types-aiobotocore): no import at run time
+    from types_aiobotocore_cloudformation.client import CloudFormationClient
+    from types_aiobotocore_cloudformation.literals import CapabilityType
+    from types_aiobotocore_cloudformation.type_defs import (
+        ParameterTypeDef,
+        StackEventTypeDef,
+        StackTypeDef,
+        TagTypeDef,
+    )
+    from types_aiobotocore_ec2.client import EC2Client
+
 __all__ = [
     "DEFAULT_TIMEOUT",
     "Progress",
     "default_vpc_subnets",
     "delete_stack",
+    "describe_stack",
     "ensure_stack",
     "failures_from_events",
     "stack_is_current",
@@ -52,7 +64,7 @@ POLL_BACKOFF = 1.5
 # An ensure meets another process's operation at most this often before giving up.
 MAX_ATTEMPTS = 4
 
-CAPABILITIES = ["CAPABILITY_IAM"]
+CAPABILITIES: list[CapabilityType] = ["CAPABILITY_IAM"]
 FINGERPRINT_OUTPUT = "AioknotTemplate"
 REUSABLE = frozenset(
     {"CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE", "IMPORT_COMPLETE"}
@@ -84,7 +96,7 @@ def template_body(template: Mapping[str, Any]) -> str:
 
 
 def stack_is_current(
-    stack: Mapping[str, Any], body: str, parameters: Mapping[str, str], tags: Mapping[str, str]
+    stack: StackTypeDef, body: str, parameters: Mapping[str, str], tags: Mapping[str, str]
 ) -> bool:
     """Whether a DescribeStacks entry is a usable stack made from ``body`` with these values."""
     current_parameters = {
@@ -102,7 +114,7 @@ def stack_is_current(
 
 
 def failures_from_events(
-    events: Sequence[Mapping[str, Any]], stack_name: str
+    events: Sequence[StackEventTypeDef], stack_name: str
 ) -> list[tuple[str, str, str]]:
     """``(logical id, type, reason)`` of each resource that failed, first failure first.
 
@@ -125,7 +137,7 @@ def failures_from_events(
     return list(failures.values()) or stack_reasons[:1]
 
 
-def describe_event(event: Mapping[str, Any]) -> str:
+def describe_event(event: StackEventTypeDef) -> str:
     """One line for the progress callback: ``stack: Resource (Type) STATUS: reason``."""
     line = (
         f"{event.get('StackName', '?')}: {event.get('LogicalResourceId', '?')} "
@@ -135,7 +147,7 @@ def describe_event(event: Mapping[str, Any]) -> str:
     return f"{line}: {reason}" if reason else line
 
 
-def _is_stack_event(event: Mapping[str, Any], stack_name: str) -> bool:
+def _is_stack_event(event: StackEventTypeDef, stack_name: str) -> bool:
     return event.get("ResourceType") == STACK_TYPE and event.get("LogicalResourceId") == stack_name
 
 
@@ -143,21 +155,21 @@ def _settled(status: str) -> bool:
     return not status.endswith("_IN_PROGRESS")
 
 
-def _parameter_list(parameters: Mapping[str, str]) -> list[dict[str, str]]:
+def _parameter_list(parameters: Mapping[str, str]) -> list[ParameterTypeDef]:
     return [
         {"ParameterKey": key, "ParameterValue": str(value)} for key, value in parameters.items()
     ]
 
 
-def _tag_list(tags: Mapping[str, str]) -> list[dict[str, str]]:
+def _tag_list(tags: Mapping[str, str]) -> list[TagTypeDef]:
     return [{"Key": key, "Value": value} for key, value in tags.items()]
 
 
-def _outputs(stack: Mapping[str, Any]) -> dict[str, str]:
+def _outputs(stack: StackTypeDef) -> dict[str, str]:
     return {item["OutputKey"]: str(item["OutputValue"]) for item in stack.get("Outputs") or []}
 
 
-def _user_outputs(stack: Mapping[str, Any]) -> dict[str, str]:
+def _user_outputs(stack: StackTypeDef) -> dict[str, str]:
     outputs = _outputs(stack)
     outputs.pop(FINGERPRINT_OUTPUT, None)
     return outputs
@@ -184,7 +196,8 @@ def _is_missing(error: ClientError) -> bool:
 # --- AWS calls ------------------------------------------------------------------------------
 
 
-async def _describe(cloudformation: Any, stack: str) -> dict[str, Any] | None:
+async def describe_stack(cloudformation: CloudFormationClient, stack: str) -> StackTypeDef | None:
+    """Stack ``stack`` (a name or an id) as DescribeStacks says, or None if there is none."""
     with _aws_errors(f"describing stack {stack}"):
         try:
             response = await cloudformation.describe_stacks(StackName=stack)
@@ -192,7 +205,7 @@ async def _describe(cloudformation: Any, stack: str) -> dict[str, Any] | None:
             if _is_missing(error):
                 return None
             raise
-    stacks: list[dict[str, Any]] = response.get("Stacks", [])
+    stacks = response.get("Stacks", [])
     return stacks[0] if stacks else None
 
 
@@ -203,24 +216,24 @@ class _EventCursor:
         self.stack_id = stack_id
         self.name = name
         self.seen: set[str] = set()
-        self.events: list[dict[str, Any]] = []
+        self.events: list[StackEventTypeDef] = []
 
-    async def skip_past(self, cloudformation: Any) -> str | None:
+    async def skip_past(self, cloudformation: CloudFormationClient) -> str | None:
         """Mark what happened before now as seen (one page: they come newest first).
 
         Returns the stack's latest status among them, if there is one.
         """
         with _aws_errors(f"reading the events of stack {self.name}"):
             response = await cloudformation.describe_stack_events(StackName=self.stack_id)
-        page: list[dict[str, Any]] = response.get("StackEvents", [])
+        page = response.get("StackEvents", [])
         self.seen.update(event["EventId"] for event in page)
         statuses = [
             str(event.get("ResourceStatus")) for event in page if _is_stack_event(event, self.name)
         ]
         return statuses[0] if statuses else None
 
-    async def read(self, cloudformation: Any) -> list[dict[str, Any]]:
-        new: list[dict[str, Any]] = []
+    async def read(self, cloudformation: CloudFormationClient) -> list[StackEventTypeDef]:
+        new: list[StackEventTypeDef] = []
         token: str | None = None
         with _aws_errors(f"reading the events of stack {self.name}"):
             while True:
@@ -239,12 +252,12 @@ class _EventCursor:
 
 
 async def _wait(
-    cloudformation: Any,
+    cloudformation: CloudFormationClient,
     cursor: _EventCursor,
     name: str,
     progress: Progress | None,
     deadline: float,
-) -> dict[str, Any] | None:
+) -> StackTypeDef | None:
     """Report events until the stack settles; return its final description."""
     intervals = backoff_delays(FIRST_POLL_INTERVAL, MAX_POLL_INTERVAL, POLL_BACKOFF, jitter=False)
     while True:
@@ -254,7 +267,7 @@ async def _wait(
             status = str(event.get("ResourceStatus", ""))
             settled = settled or (_is_stack_event(event, name) and _settled(status))
         if settled:
-            return await _describe(cloudformation, cursor.stack_id)
+            return await describe_stack(cloudformation, cursor.stack_id)
         interval = next(intervals)
         if anyio.current_time() + interval > deadline:
             raise StackError(
@@ -265,7 +278,7 @@ async def _wait(
 
 
 def _check_outcome(
-    stack: Mapping[str, Any] | None, cursor: _EventCursor, name: str, expected: str, doing: str
+    stack: StackTypeDef | None, cursor: _EventCursor, name: str, expected: str, doing: str
 ) -> None:
     status = stack.get("StackStatus", "") if stack else "DELETE_COMPLETE"
     if status != expected:
@@ -276,7 +289,10 @@ def _check_outcome(
 
 
 async def _delete(
-    cloudformation: Any, stack: Mapping[str, Any], progress: Progress | None, deadline: float
+    cloudformation: CloudFormationClient,
+    stack: StackTypeDef,
+    progress: Progress | None,
+    deadline: float,
 ) -> None:
     name, stack_id = stack["StackName"], stack["StackId"]
     cursor = _EventCursor(stack_id, name)
@@ -290,14 +306,14 @@ async def _delete(
 
 
 async def _create(
-    cloudformation: Any,
+    cloudformation: CloudFormationClient,
     name: str,
     body: str,
     parameters: Mapping[str, str],
     tags: Mapping[str, str],
     progress: Progress | None,
     deadline: float,
-) -> dict[str, Any] | None:
+) -> StackTypeDef | None:
     """Create the stack and wait; None when another process created it meanwhile."""
     _report(progress, f"creating stack {name}")
     with _aws_errors(f"creating stack {name}"):
@@ -321,14 +337,14 @@ async def _create(
 
 
 async def _update(
-    cloudformation: Any,
-    stack: Mapping[str, Any],
+    cloudformation: CloudFormationClient,
+    stack: StackTypeDef,
     body: str,
     parameters: Mapping[str, str],
     tags: Mapping[str, str],
     progress: Progress | None,
     deadline: float,
-) -> dict[str, Any] | None:
+) -> StackTypeDef | None:
     """Update the stack and wait; None when it is busy with another process's operation."""
     name, stack_id = stack["StackName"], stack["StackId"]
     cursor = _EventCursor(stack_id, name)
@@ -346,7 +362,7 @@ async def _update(
         except ClientError as error:
             message = error_message(error)
             if "No updates are to be performed" in message:
-                return dict(stack)
+                return stack
             if "can not be updated" in message:
                 return None
             raise
@@ -359,7 +375,7 @@ async def _update(
 
 
 async def ensure_stack(
-    cloudformation: Any,
+    cloudformation: CloudFormationClient,
     *,
     name: str,
     template: Mapping[str, Any],
@@ -379,7 +395,7 @@ async def ensure_stack(
     body = template_body(template)
     deadline = anyio.current_time() + timeout
     for _ in range(MAX_ATTEMPTS):
-        stack = await _describe(cloudformation, name)
+        stack = await describe_stack(cloudformation, name)
         if stack is None:
             final = await _create(cloudformation, name, body, parameters, tags, progress, deadline)
         elif stack_is_current(stack, body, parameters, tags):
@@ -403,7 +419,10 @@ async def ensure_stack(
 
 
 async def _wait_for_other(
-    cloudformation: Any, stack: Mapping[str, Any], progress: Progress | None, deadline: float
+    cloudformation: CloudFormationClient,
+    stack: StackTypeDef,
+    progress: Progress | None,
+    deadline: float,
 ) -> None:
     """Another process is creating, updating or deleting the stack: wait for it to finish."""
     name = stack["StackName"]
@@ -416,7 +435,7 @@ async def _wait_for_other(
 
 
 async def delete_stack(
-    cloudformation: Any,
+    cloudformation: CloudFormationClient,
     *,
     name: str,
     progress: Progress | None = None,
@@ -428,7 +447,7 @@ async def delete_stack(
     `StackError` with the resources that could not be deleted.
     """
     deadline = anyio.current_time() + timeout
-    stack = await _describe(cloudformation, name)
+    stack = await describe_stack(cloudformation, name)
     if stack is None:
         return False
     if (
@@ -436,14 +455,14 @@ async def delete_stack(
         and stack["StackStatus"] != "REVIEW_IN_PROGRESS"
     ):
         await _wait_for_other(cloudformation, stack, progress, deadline)
-        stack = await _describe(cloudformation, stack["StackId"])
+        stack = await describe_stack(cloudformation, stack["StackId"])
         if stack is None or stack["StackStatus"] == "DELETE_COMPLETE":
             return True
     await _delete(cloudformation, stack, progress, deadline)
     return True
 
 
-async def default_vpc_subnets(ec2: Any) -> tuple[str, list[str]]:
+async def default_vpc_subnets(ec2: EC2Client) -> tuple[str, list[str]]:
     """The default VPC's id and its default subnets (the environment stack's parameters)."""
     with _aws_errors("looking up the default VPC"):
         vpcs = await ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])
