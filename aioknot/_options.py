@@ -35,6 +35,8 @@ CORE_OPTIONS = (
     "progress",
     "watch_timeout",
     "retention_days",
+    "timeout",
+    "retries",
 )
 # How long watching a run goes on without one successful look at the backend before it gives
 # up (the jobs keep running; the run can be re-attached). Transient errors are retried until.
@@ -60,6 +62,9 @@ class KnotOptionsDict(TypedDict, total=False):
     # Watching and reporting.
     progress: Callable[[str], None]
     watch_timeout: float
+    # Every backend: a task's time limit, and attempts when its worker dies.
+    timeout: float
+    retries: int
     # The local backend.
     workers: int
     # AWS Batch.
@@ -68,8 +73,6 @@ class KnotOptionsDict(TypedDict, total=False):
     vcpus: float
     memory: int
     gpus: int
-    timeout: int
-    retries: int
     env: Mapping[str, str]
     secrets: Mapping[str, str]
     job_role_policies: Sequence[str]
@@ -109,6 +112,12 @@ class KnotOptions:
     progress: Callable[[str], None] | None = None
     watch_timeout: float = DEFAULT_WATCH_TIMEOUT  # seconds without one successful poll
     retention_days: int = DEFAULT_RETENTION_DAYS  # days a run's stored data is kept
+    # Seconds a task may run before it is stopped and lost as "timeout" (None: no limit).
+    timeout: float | None = None
+    # Attempts per input when its worker dies (a signal, out of memory, a lost host); None:
+    # the backend's default (Batch: 3; local: 1, as the worker's death may be the input's).
+    # An input whose function raised is never run again: that is its result.
+    retries: int | None = None
     # Each registered backend's own options, parsed by it: see `backend_options`.
     backends: Mapping[str, object] = field(default_factory=dict)
 
@@ -189,7 +198,33 @@ def _core_options(backend: str, options: dict[str, Any]) -> KnotOptions:
         progress=progress,
         watch_timeout=float(watch_timeout),
         retention_days=_retention_days(options.pop("retention_days", None)),
+        timeout=_timeout(options.pop("timeout", None)),
+        retries=_retries(options.pop("retries", None)),
     )
+
+
+def _timeout(value: object) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise ConfigurationError(
+            f"timeout= must be a positive number of seconds a task may run, got {value!r}"
+        )
+    return float(value)
+
+
+MAX_RETRIES = 10  # Batch's limit on attempts
+
+
+def _retries(value: object) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_RETRIES:
+        raise ConfigurationError(
+            f"retries= is the number of attempts per input, a whole number from 1 to "
+            f"{MAX_RETRIES}; got {value!r}"
+        )
+    return value
 
 
 def _store_location(location: str) -> tuple[str | None, str | None]:

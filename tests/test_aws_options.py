@@ -137,7 +137,7 @@ BAD_OPTIONS = [
     ({"memory": 2}, "at least 4 MiB"),
     ({"gpus": -1}, "gpus=-1 is out of range"),
     ({"gpus": 1}, "instance_types"),
-    ({"timeout": 30}, "at least 60 seconds"),
+    ({"timeout": 30}, "at least 60"),
     ({"retries": 0}, "between 1 and 10"),
     ({"retries": 11}, "between 1 and 10"),
     ({"compute_type": "LAMBDA"}, "EC2, SPOT, FARGATE, FARGATE_SPOT"),

@@ -115,3 +115,21 @@ def test_the_typed_options_are_exactly_the_options_a_knot_takes() -> None:
     # Every option belongs to exactly one parser: the core's or one backend's.
     owners = [set(CORE_OPTIONS), *(kind.option_names for kind in backend_kinds())]
     assert sum(len(names) for names in owners) == len(known)
+
+
+def test_timeout_and_retries_mean_the_same_on_every_backend(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Locally any positive number of seconds is a time limit; Batch's minimum of 60 whole
+    # seconds binds only a knot that runs on Batch, and says so before anything exists.
+    local = aioknot.AsyncKnot(abs, name="limits", backend="local", timeout=0.5, retries=2)
+    assert (local.options.timeout, local.options.retries) == (0.5, 2)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with pytest.raises(aioknot.ConfigurationError, match="too short for AWS Batch"):
+        aioknot.AsyncKnot(abs, name="limits", backend="aws", timeout=30)
+    for bad in (0, -1, "60", True):
+        with pytest.raises(aioknot.ConfigurationError, match="timeout= must be a positive"):
+            aioknot.AsyncKnot(abs, name="limits", timeout=bad)  # type: ignore[arg-type]
+    for bad_retries in (0, 11, 1.5):
+        with pytest.raises(aioknot.ConfigurationError, match="retries= is the number"):
+            aioknot.AsyncKnot(abs, name="limits", retries=bad_retries)  # type: ignore[arg-type]

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from ..base import Backend
 
 # Options the knot's core parses (and hands to aws_options), not this backend.
-_CORE = frozenset({"bucket", "profile", "region"})
+_CORE = frozenset({"bucket", "profile", "region", "timeout", "retries"})
 BATCH_OPTIONS = frozenset(OPTION_NAMES) - _CORE
 IMAGE_OPTIONS = frozenset(f.name for f in fields(ImageSettings))
 
@@ -44,11 +44,16 @@ class AwsSettings:
 
 
 def _parse_options(options: Mapping[str, object], core: KnotOptions) -> AwsSettings:
+    shared: dict[str, object] = {"bucket": core.bucket, "profile": core.profile}
+    shared["region"] = core.region
+    if core.retries is not None:
+        shared["retries"] = core.retries
+    if core.timeout is not None and core.backend == "aws":
+        # Batch's own rule (whole seconds, at least 60) binds only a knot that runs on Batch;
+        # locally any positive number of seconds is a timeout.
+        shared["timeout"] = core.timeout if not core.timeout.is_integer() else int(core.timeout)
     batch = aws_options(
-        **{name: value for name, value in options.items() if name in BATCH_OPTIONS},
-        bucket=core.bucket,
-        profile=core.profile,
-        region=core.region,
+        **{name: value for name, value in options.items() if name in BATCH_OPTIONS}, **shared
     )
     image = image_settings({n: v for n, v in options.items() if n in IMAGE_OPTIONS})
     return AwsSettings(batch=batch, image=image)

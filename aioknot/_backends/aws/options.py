@@ -247,7 +247,7 @@ def aws_options(**options: object) -> AwsOptions:
         vcpus=vcpus,
         memory=memory,
         gpus=gpus,
-        timeout=_optional_int(options.get("timeout"), "timeout", minimum=60, unit="seconds"),
+        timeout=_batch_timeout(options.get("timeout")),
         retries=_int(options.get("retries", DEFAULT_RETRIES), "retries", minimum=1, maximum=10),
         env=_env(options.get("env", {})),
         secrets=_secrets(options.get("secrets", {}), options.get("env", {})),
@@ -380,6 +380,18 @@ def _int(
             f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
         )
         raise ConfigurationError(f"{name}={value} is out of range: it must be {bounds}{suffix}")
+    return value
+
+
+def _batch_timeout(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 60:
+        raise ConfigurationError(
+            f"timeout={value!r} is too short for AWS Batch, whose time limit is whole seconds, "
+            "at least 60: pass timeout=60 or more for backend='aws' (locally any positive "
+            "number of seconds works)"
+        )
     return value
 
 
