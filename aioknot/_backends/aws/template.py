@@ -264,18 +264,21 @@ def _instance_role(tags: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
-def _execution_role(tags: Mapping[str, str]) -> dict[str, Any]:
-    # Fargate has no instance role: this role pulls the image and writes the job's log.
-    return {
-        "Type": "AWS::IAM::Role",
-        "Properties": {
-            "AssumeRolePolicyDocument": _assume_role_policy(
-                "ecs-tasks.amazonaws.com", _source_account_condition()
-            ),
-            "ManagedPolicyArns": [_managed_policy("service-role/AmazonECSTaskExecutionRolePolicy")],
-            "Tags": _tag_list(tags),
-        },
+def _execution_role(tags: Mapping[str, str], *, pulls_images: bool = True) -> dict[str, Any]:
+    """The role ECS starts a job's container with. On Fargate (no instance role) it pulls the
+    image and writes the job's log; on EC2 the instance role does that, so a knot's execution
+    role there (``pulls_images=False``) only reads the knot's secrets."""
+    properties: dict[str, Any] = {
+        "AssumeRolePolicyDocument": _assume_role_policy(
+            "ecs-tasks.amazonaws.com", _source_account_condition()
+        ),
+        "Tags": _tag_list(tags),
     }
+    if pulls_images:
+        properties["ManagedPolicyArns"] = [
+            _managed_policy("service-role/AmazonECSTaskExecutionRolePolicy")
+        ]
+    return {"Type": "AWS::IAM::Role", "Properties": properties}
 
 
 def _source_account_condition() -> dict[str, Any]:
@@ -509,7 +512,7 @@ def secret_resources(options: AwsOptions) -> tuple[list[str], list[str]]:
 
 
 def _knot_execution_role(options: AwsOptions, tags: Mapping[str, str]) -> dict[str, Any]:
-    role = _execution_role(tags) if options.is_fargate else _bare_execution_role(tags)
+    role = _execution_role(tags, pulls_images=options.is_fargate)
     secrets, parameters = secret_resources(options)
     statements: list[dict[str, Any]] = []
     if secrets:
@@ -538,19 +541,6 @@ def _knot_execution_role(options: AwsOptions, tags: Mapping[str, str]) -> dict[s
             }
         ]
     return role
-
-
-def _bare_execution_role(tags: Mapping[str, str]) -> dict[str, Any]:
-    # On EC2 the instance role pulls the image and writes logs: this role only reads secrets.
-    return {
-        "Type": "AWS::IAM::Role",
-        "Properties": {
-            "AssumeRolePolicyDocument": _assume_role_policy(
-                "ecs-tasks.amazonaws.com", _source_account_condition()
-            ),
-            "Tags": _tag_list(tags),
-        },
-    }
 
 
 def knot_parameters(*, bucket: str, prefix: str) -> dict[str, str]:
