@@ -8,6 +8,8 @@ botocore's event hooks on every session aioknot opens.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import pytest
@@ -155,12 +157,25 @@ async def test_clobber_of_a_knot_that_never_ran_creates_nothing(
     assert remains["buckets"] == []  # it was empty, and aioknot's
 
 
+@contextlib.asynccontextmanager
+async def squares_then_cubes(
+    inputs: Iterable[int],
+) -> AsyncIterator[tuple[aioknot.AsyncKnot, aioknot.AsyncKnot]]:
+    """Two knots of one environment, each having run ``inputs``. The second opens once the
+    first has made the environment: moto's CreateStack is not atomic, and two knots making the
+    shared stack at once can leave a second compute environment behind, outside the stack (AWS
+    refuses the second CreateStack, and the knot that lost waits for the stack, as here)."""
+    async with knot() as squares:
+        await (await squares.map(inputs)).gather(return_exceptions=True)
+        async with knot(cube, name="cubes") as cubes:
+            await (await cubes.map(inputs)).gather(return_exceptions=True)
+            yield squares, cubes
+
+
 async def test_environment_in_use_by_another_knot_is_refused_then_forced(
     boto: MotoClients, calls: Calls
 ) -> None:
-    async with knot() as squares, knot(cube, name="cubes") as cubes:
-        await (await squares.map(range(2))).gather(return_exceptions=True)
-        await (await cubes.map(range(2))).gather(return_exceptions=True)
+    async with squares_then_cubes(range(2)) as (squares, cubes):
         with pytest.raises(ConfigurationError) as refused:
             await squares.clobber(environment=True)
         message = str(refused.value)
@@ -178,9 +193,7 @@ async def test_environment_in_use_by_another_knot_is_refused_then_forced(
         assert remains["job queues"] == [] and remains["compute environments"] == []
 
     # force=True deletes it even while another knot's definitions use it.
-    async with knot() as squares, knot(cube, name="cubes") as cubes:
-        await (await squares.map([1])).gather(return_exceptions=True)
-        await (await cubes.map([1])).gather(return_exceptions=True)
+    async with squares_then_cubes([1]) as (squares, cubes):
         await squares.clobber(environment=True, force=True)
         remains = what_remains(boto)
         assert "aioknot-default" not in remains["stacks"] and remains["job queues"] == []
