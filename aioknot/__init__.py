@@ -18,6 +18,7 @@ from ._exceptions import (
 )
 from ._executor import Executor
 from ._knot import AsyncKnot
+from ._retention import RunSummary
 from ._run import Run
 from ._sync import Job, Knot
 from ._version import __version__
@@ -31,6 +32,7 @@ __all__ = [
     "Knot",
     "KnotError",
     "Run",
+    "RunSummary",
     "SerializationError",
     "StackError",
     "StoreError",

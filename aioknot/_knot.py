@@ -38,6 +38,7 @@ from ._names import (
 )
 from ._options import KnotOptions, KnotOptionsDict, parse_options
 from ._pickling import PickledFunction, pickle_function
+from ._retention import RunSummary, list_runs, sweep
 from ._run import Inputs, Run
 from ._stores import open_store
 from ._stores.base import Store
@@ -83,14 +84,40 @@ class AsyncKnot(Generic[R]):
         backend: str | Backend | None = None,
         **options: Unpack[KnotOptionsDict],
     ) -> None:
+        self._set_up(func, name, backend, options, operating=False)
+
+    @classmethod
+    def _operator(
+        cls, name: str, *, backend: str | Backend | None = None, **options: Any
+    ) -> AsyncKnot[Any]:
+        """A knot without a function, to look at and manage its runs (the CLI's): opening it
+        creates nothing (no bucket, image or stack), and it runs nothing."""
+        knot: AsyncKnot[Any] = cls.__new__(cls)
+        knot._set_up(_operating_only, name, backend, options, operating=True)
+        return knot
+
+    def _set_up(
+        self,
+        func: Callable[..., R],
+        name: str | None,
+        backend: str | Backend | None,
+        options: Mapping[str, Any],
+        *,
+        operating: bool,
+    ) -> None:
         self.func = func
         self.name = validate_knot_name(name) if name is not None else default_knot_name(func)
         self.options: KnotOptions = parse_options(backend, options)
         self._function: PickledFunction = pickle_function(func)
+        self._operating = operating
         # The backend checks now, offline, what must fail before anything is created (the
         # AWS backend scans the function's imports for the image's requirements).
         self._backend: Backend = make_backend(backend, self.options)
-        self._backend.bind(KnotSetup(self.name, func, self._function, self.options, self._progress))
+        self._backend.bind(
+            KnotSetup(
+                self.name, func, self._function, self.options, self._progress, operating=operating
+            )
+        )
         self._state = _State.UNOPENED
         self._exit_stack = contextlib.AsyncExitStack()
         self._group: anyio.abc.TaskGroup | None = None
@@ -111,6 +138,17 @@ class AsyncKnot(Generic[R]):
     @property
     def backend(self) -> str:
         return self.options.backend
+
+    @property
+    def store(self) -> Store:
+        """The knot's open store."""
+        store, _, _ = self._check_open()
+        return store
+
+    async def runs(self) -> list[RunSummary]:
+        """This knot's runs in its store, newest first: id, created, finished, state, counts."""
+        store, _, _ = self._check_open()
+        return await list_runs(store, self.name)
 
     @property
     def function_key(self) -> str:
@@ -161,7 +199,11 @@ class AsyncKnot(Generic[R]):
                 self._backend.start(self._group)
                 # clobber() may cancel it before the task even starts.
                 self._preparing = anyio.CancelScope()
-                self._group.start_soon(self._prepare)
+                if not self._operating:
+                    self._group.start_soon(self._prepare)
+                    self._group.start_soon(self._sweep)
+                else:
+                    self._prepared.set()
             except BaseException as error:
                 self._open_error = error
                 self._opened.set()
@@ -234,6 +276,16 @@ class AsyncKnot(Generic[R]):
             self._exit_stack.push_async_callback(store.aclose)
         return store
 
+    async def _sweep(self) -> None:
+        """Remove this knot's runs older than ``retention_days`` (at most once a day): in the
+        background, and a failure is only logged (the store's own errors reach the user on
+        the next map)."""
+        assert self._store is not None
+        try:
+            await sweep(self._store, self.name, retention_days=self.options.retention_days)
+        except Exception as error:
+            logger.info("%s: sweeping old runs failed: %s", self.name, error)
+
     async def _prepare(self) -> None:
         """Make the backend ready (stack, image) while the first inputs are uploaded."""
         try:
@@ -269,6 +321,13 @@ class AsyncKnot(Generic[R]):
 
     # -- runs ----------------------------------------------------------------------------
 
+    def _check_runs_functions(self) -> None:
+        if self._operating:
+            raise KnotError(
+                f"knot {self.name!r} was opened to look at its runs, not to run its function: "
+                "open it with its function (AsyncKnot(func, name=...)) to map"
+            )
+
     def _new_run(
         self,
         *,
@@ -278,6 +337,7 @@ class AsyncKnot(Generic[R]):
         kwargs: Mapping[str, Any] | None,
     ) -> Run[R]:
         store, backend, _ = self._check_open()
+        self._check_runs_functions()
         function = self._function_with(kwargs)  # before anything is stored or started
         spec = self._run_spec(
             store, new_run_id(), function_key(self.name, function.digest), starmap=starmap
@@ -378,14 +438,30 @@ class AsyncKnot(Generic[R]):
         self, group: anyio.abc.TaskGroup, run: Run[R], inputs: Inputs, ordered: bool
     ) -> AsyncIterator[R]:
         submission = anyio.CancelScope()
+        submission_over = anyio.Event()
 
         async def submit_in_background() -> None:
-            with submission:
-                try:
-                    await self._submit(run, inputs)
-                except Exception as error:
-                    run._fail(error)
-                    await run.cancel()
+            try:
+                with submission:
+                    try:
+                        await self._submit(run, inputs)
+                    except Exception as error:
+                        run._fail(error)
+                        await run.cancel()
+            finally:
+                submission_over.set()
+
+        async def remove_data() -> None:
+            # The run cannot be re-attached (it belonged to this iteration): its inputs and
+            # results go once nothing more can write them. Best effort: what a closing knot
+            # leaves behind, the retention sweep removes.
+            await submission_over.wait()
+            try:
+                await run._remove_data()
+            except Exception as error:
+                logger.info(
+                    "%s: removing the data of amap run %s failed: %s", self.name, run.id, error
+                )
 
         group.start_soon(run._watch)
         group.start_soon(submit_in_background)
@@ -395,6 +471,7 @@ class AsyncKnot(Generic[R]):
         finally:
             submission.cancel()
             await run.cancel()
+            group.start_soon(remove_data)
 
     async def attach(self, run_id: str) -> Run[R]:
         """A run of this knot started earlier, maybe by another process, from its manifest."""
@@ -440,3 +517,8 @@ class AsyncKnot(Generic[R]):
         self._progress(f"deleted {deleted} objects under {knot_prefix(self.name)}/")
         await backend.clobber(environment=environment, images=images, force=force)
         return deleted
+
+
+def _operating_only(*args: object, **kwargs: object) -> None:
+    """The function of a knot opened only to operate its runs: never called."""
+    raise KnotError("this knot was opened to operate runs only")

@@ -36,6 +36,9 @@ class Manifest:
     starmap: bool
     segments: tuple[tuple[int, int], ...]  # (first, count) of each stored input segment
     created: float = field(default_factory=time.time)
+    # When every input had an outcome (or the run was cancelled), and the outcomes by kind.
+    finished: float | None = None
+    counts: Mapping[str, int] = field(default_factory=dict)
     complete: bool = False  # submission is over: every input is stored and submitted
     cancelled: bool = False  # whatever has no record will never get one
     total: int | None = None  # the number of inputs, once complete
@@ -49,6 +52,7 @@ class Manifest:
         record["segments"] = [list(segment) for segment in self.segments]
         record["jobs"] = list(self.jobs)
         record["owner"] = dict(self.owner)
+        record["counts"] = dict(self.counts)
         return json.dumps(record, indent=1).encode()
 
 
@@ -77,8 +81,14 @@ def read_manifest(data: bytes, where: str) -> Manifest:
     if not isinstance(jobs, list) or not all(isinstance(job, str) for job in jobs):
         problems.append("'jobs' is not a list of job ids")
     total = record.get("total")
-    if total is not None and (not isinstance(total, int) or isinstance(total, bool)):
+    if total is not None and not _has_type(total, int):
         problems.append("'total' is not a whole number")
+    finished = record.get("finished")
+    if finished is not None and not _has_type(finished, (int, float)):
+        problems.append("'finished' is not a time")
+    counts = record.get("counts", {})
+    if not isinstance(counts, dict) or not all(_has_type(n, int) for n in counts.values()):
+        problems.append("'counts' is not a mapping of counts")
     if problems:
         raise _corrupt(where, "; ".join(problems))
     owner = record.get("owner")
@@ -91,6 +101,8 @@ def read_manifest(data: bytes, where: str) -> Manifest:
         starmap=record["starmap"],
         segments=tuple((first, count) for first, count in record["segments"]),
         created=float(record["created"]),
+        finished=float(finished) if finished is not None else None,
+        counts={str(kind): count for kind, count in counts.items()},
         complete=bool(record.get("complete")),
         cancelled=bool(record.get("cancelled")),
         total=total,

@@ -62,16 +62,30 @@ def validate_run_id(run_id: str) -> str:
     return run_id
 
 
+def run_id_created(run_id: str) -> float:
+    """When the run of ``run_id`` was created (epoch seconds, to the second): its id says."""
+    import calendar
+
+    return float(calendar.timegm(time.strptime(run_id[:15], "%Y%m%dT%H%M%S")))
+
+
+KNOTS_PREFIX = "knots"
+
+
 def knot_prefix(knot: str) -> str:
-    return f"knots/{knot}"
+    return f"{KNOTS_PREFIX}/{knot}"
 
 
 def function_key(knot: str, digest: str) -> str:
     return f"{knot_prefix(knot)}/functions/{digest}.pkl"
 
 
+def runs_prefix(knot: str) -> str:
+    return f"{knot_prefix(knot)}/runs"
+
+
 def run_prefix(knot: str, run_id: str) -> str:
-    return f"{knot_prefix(knot)}/runs/{run_id}"
+    return f"{runs_prefix(knot)}/{run_id}"
 
 
 def manifest_key(run: str) -> str:

@@ -67,6 +67,8 @@ class Run(Generic[R]):
         self.watcher = ResultWatcher(store, spec.run_prefix, spec.run_id, self._collect)
         self._backend_run: BackendRun | None = None
         self.created = created if created is not None else time.time()
+        self.finished_at: float | None = None  # when every input had an outcome, or cancel
+        self._attached = False  # made from a manifest (Run.from_manifest)
 
     @classmethod
     def start(
@@ -91,6 +93,7 @@ class Run(Generic[R]):
     ) -> Run[R]:
         """A run submitted earlier (maybe by another process), as its manifest describes it."""
         run: Run[R] = cls(spec, store, backend.name, retain=True, created=manifest.created)
+        run._attached = True
         if manifest.cancelled:
             # Whatever has no record will never get one.
             run._backend_run = EndedRun(manifest.jobs)
@@ -165,6 +168,8 @@ class Run(Generic[R]):
                 self._counts["lost"] += 1
             else:
                 self._counts["failed"] += 1
+        if self.finished_at is None and self._all_finished:
+            self.finished_at = time.time()
         self._notify()
 
     def _stored(self, segment: Segment) -> None:
@@ -193,6 +198,8 @@ class Run(Generic[R]):
             starmap=self._spec.starmap,
             segments=tuple((s.first, s.count) for s in self._segments),
             created=self.created,
+            finished=self.finished_at,
+            counts=dict(self._counts) if self.finished_at is not None else {},
             complete=self._total is not None,
             cancelled=self._cancelled,
             total=self._total,
@@ -257,6 +264,11 @@ class Run(Generic[R]):
             await self.watcher.run(self.backend_run)
         except Exception as error:
             self._fail(error)
+            return
+        if self._retain and self.finished_at is not None and not self._cancelled:
+            # The manifest says when the run finished and how: listing runs reads it.
+            with contextlib.suppress(Exception), anyio.move_on_after(MANIFEST_ON_CANCEL_SECONDS):
+                await self._write_manifest()
 
     # -- reading results -----------------------------------------------------------------
 
@@ -340,7 +352,12 @@ class Run(Generic[R]):
     # -- status, cancel, logs ------------------------------------------------------------
 
     async def status(self) -> dict[str, int]:
-        """Counts of inputs by state; the backend adds its own (queued, running, ...)."""
+        """Counts of inputs by state; the backend adds its own (queued, running, ...).
+
+        A re-attached run first looks at the store, so that it counts the records already
+        stored rather than none."""
+        if self._attached:
+            await self.watcher.looked.wait()
         counts = {
             "total": len(self),
             "submitted": self.submitted,
@@ -350,6 +367,26 @@ class Run(Generic[R]):
         if self._backend_run is not None and not self.done:
             counts.update(await self._backend_run.status())
         return counts
+
+    async def progress(self, *, interval: float = 0.5) -> AsyncIterator[dict[str, int]]:
+        """Status counts (as `status` gives them) each time they change, at most every
+        ``interval`` seconds, ending with the counts of the finished run; for services that
+        report progress (a web socket, a log line). Raises the run's failure, if it fails."""
+        last: dict[str, int] | None = None
+        while True:
+            self._raise_failure()
+            counts = await self.status()
+            if counts != last:
+                yield counts
+                last = counts
+            if self._all_finished:
+                return
+            shown = anyio.current_time()
+            # Woken by an outcome, or after the interval (the backend's own counts change
+            # without one); never sooner than the interval after the last yield.
+            with anyio.move_on_after(interval):
+                await self._changed.wait()
+            await anyio.sleep(max(0.0, shown + interval - anyio.current_time()))
 
     @property
     def _all_finished(self) -> bool:
@@ -364,6 +401,7 @@ class Run(Generic[R]):
         if self._all_finished or self._cancelled:
             return
         self._cancelled = True
+        self.finished_at = time.time()
         with anyio.CancelScope(shield=True):
             if self._backend_run is not None:
                 await self._backend_run.cancel()
@@ -379,6 +417,10 @@ class Run(Generic[R]):
                     anyio.move_on_after(MANIFEST_ON_CANCEL_SECONDS),
                 ):
                     await self._write_manifest()
+
+    async def _remove_data(self) -> None:
+        """Delete everything the run stored (inputs, results, manifest)."""
+        await self._store.delete_prefix(self._spec.run_prefix + "/")
 
     async def logs(self, index: int) -> list[str]:
         """The log lines of the task that ran input ``index`` (backends that keep logs)."""

@@ -25,7 +25,15 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sized,
+)
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -35,7 +43,9 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from ._exceptions import KnotError
 from ._knot import AsyncKnot
 from ._options import KnotOptionsDict
+from ._progress import ProgressBar
 from ._run import Run
+from ._tasks import task_group
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -281,12 +291,15 @@ class Knot(Generic[R]):
         starmap: bool = False,
         return_exceptions: bool = False,
         kwargs: Mapping[str, Any] | None = None,
+        progress: bool = False,
     ) -> concurrent.futures.Future[list[R]]:
         """Submit ``func`` over ``inputs``; returns a ``Future`` of the results in input order.
 
         A failed input makes the future raise its ``TaskError`` / ``TaskLost``, unless
         ``return_exceptions`` (then it stands in the list in place of the value). ``kwargs``
-        are keyword arguments given to every call. Cancelling the future cancels the run.
+        are keyword arguments given to every call. ``progress=True`` shows a tqdm bar (a
+        widget in a notebook) with the done, failed and lost counts. Cancelling the future
+        cancels the run.
         """
 
         async def start() -> Run[R]:
@@ -295,7 +308,24 @@ class Knot(Generic[R]):
             )
 
         async def gather(run: Run[R]) -> list[R]:
-            return await run.gather()
+            if not progress:
+                return await run.gather()
+            bar = ProgressBar(f"{self.name} {run.id}", total=len(run))
+
+            async def show() -> None:
+                with contextlib.suppress(Exception):  # the run's failure is gather's to raise
+                    async for counts in run.progress():
+                        bar.show(counts)
+
+            try:
+                async with task_group() as group:
+                    group.start_soon(show)
+                    results = await run.gather()
+                    bar.show(await run.status())
+                    group.cancel_scope.cancel()
+                return results
+            finally:
+                bar.close()
 
         return self._start_job("map", start, gather)
 
@@ -351,11 +381,13 @@ class Knot(Generic[R]):
         ordered: bool = False,
         return_exceptions: bool = False,
         kwargs: Mapping[str, Any] | None = None,
+        progress: bool = False,
     ) -> Iterator[R]:
         """Results as they complete (or in input order with ``ordered``), blocking.
 
         The run belongs to the iteration, as with ``AsyncKnot.amap``: breaking out of the
-        loop (or an exception in it) cancels the run and stops its tasks.
+        loop (or an exception in it) cancels the run and stops its tasks. ``progress=True``
+        shows a tqdm bar of the results yielded so far.
         """
         portal = self._open()
         results = self._async.amap(
@@ -365,9 +397,13 @@ class Knot(Generic[R]):
             return_exceptions=return_exceptions,
             kwargs=kwargs,
         )
-        return self._iterate(portal, results)
+        total = len(inputs) if isinstance(inputs, Sized) else None
+        bar = ProgressBar(self.name, total=total) if progress else None
+        return self._iterate(portal, results, bar)
 
-    def _iterate(self, portal: BlockingPortal, results: AsyncIterator[R]) -> Iterator[R]:
+    def _iterate(
+        self, portal: BlockingPortal, results: AsyncIterator[R], bar: ProgressBar | None = None
+    ) -> Iterator[R]:
         async def next_result() -> tuple[bool, Any]:
             try:
                 return True, await results.__anext__()
@@ -379,8 +415,12 @@ class Knot(Generic[R]):
                 more, value = portal.start_task_soon(next_result).result()
                 if not more:
                     return
+                if bar is not None:
+                    bar.add(value)
                 yield value
         finally:
+            if bar is not None:
+                bar.close()
             # Breaking out, Ctrl-C, or the end: the run is cancelled (a no-op once over).
             close = getattr(results, "aclose", None)
             if close is not None and not self._loop.closing:

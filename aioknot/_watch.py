@@ -173,6 +173,9 @@ class ResultWatcher:
         self._backend_over = False
         self._submission_over = False
         self._wake = anyio.Event()
+        # Set once the store has been looked at (or the watch ended): what a re-attached
+        # run's status() waits for, so that it counts the records already stored.
+        self.looked = anyio.Event()
 
     # -- what the run and the backend tell the watcher -------------------------------------
 
@@ -342,16 +345,19 @@ class ResultWatcher:
     async def run(self, backend_run: BackendRun) -> None:
         """Watch until every submitted input has an outcome. A store or backend error ends
         the watch, raised as itself (never inside an ``ExceptionGroup``)."""
-        async with task_group() as group:
+        try:
+            async with task_group() as group:
 
-            async def watch_backend() -> None:
-                await backend_run.watch()
-                self._backend_over = True
-                self._wake.set()
+                async def watch_backend() -> None:
+                    await backend_run.watch()
+                    self._backend_over = True
+                    self._wake.set()
 
-            group.start_soon(watch_backend)
-            await self._loop()
-            group.cancel_scope.cancel()
+                group.start_soon(watch_backend)
+                await self._loop()
+                group.cancel_scope.cancel()
+        finally:
+            self.looked.set()
 
     async def _loop(self) -> None:
         delay = 0.0
@@ -380,6 +386,7 @@ class ResultWatcher:
                 found = await self._discover(sweep=empty_polls % SWEEP_EVERY == SWEEP_EVERY - 1)
                 empty_polls = 0 if found else empty_polls + 1
                 await self._fetch(found)
+                self.looked.set()
                 head = self._outstanding <= HEAD_POLL_MAX
                 first, longest = HEAD_DELAYS if head else LIST_DELAYS
                 delay = first if found else min(max(delay, first) * BACKOFF, longest)

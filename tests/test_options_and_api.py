@@ -23,6 +23,7 @@ def test_the_public_surface_is_exactly_this() -> None:
         "Knot",
         "KnotError",
         "Run",
+        "RunSummary",
         "SerializationError",
         "StackError",
         "StoreError",

@@ -42,6 +42,9 @@ class KnotSetup:
     function: PickledFunction  # the knot's function, pickled (its digest keys the store)
     options: KnotOptions
     progress: Callable[[str], None]  # reports a step to the user (and the log)
+    # The knot only looks at and manages runs (the CLI): it runs nothing, so the backend
+    # prepares nothing and opening creates nothing (no bucket, image or stack).
+    operating: bool = False
 
 
 @dataclass(frozen=True)

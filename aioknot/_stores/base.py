@@ -47,6 +47,11 @@ class Store(Protocol):
         ``before`` if given (a bounded listing stops paging at ``before``)."""
         ...
 
+    async def list_children(self, prefix: str) -> list[str]:
+        """The names directly under ``prefix`` (as a directory lists them: ``a`` for the keys
+        ``prefix/a/...`` and ``prefix/a``), sorted; one request per 1,000 names on S3."""
+        ...
+
     async def delete_prefix(self, prefix: str) -> int:
         """Delete every key under ``prefix``; returns how many were deleted."""
         ...

@@ -91,6 +91,16 @@ class LocalStore:
     ) -> list[str]:
         return await self._run(f"listing {prefix}", lambda: self._list(prefix, start_after, before))
 
+    def _children(self, prefix: str) -> list[str]:
+        try:
+            names = os.listdir(self._path(prefix.rstrip("/")))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(name for name in names if not name.endswith(".tmp"))
+
+    async def list_children(self, prefix: str) -> list[str]:
+        return await self._run(f"listing {prefix}", lambda: self._children(prefix))
+
     def _delete(self, prefix: str) -> int:
         path = self._path(prefix.rstrip("/"))
         if os.path.isdir(path):

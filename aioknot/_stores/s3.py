@@ -410,6 +410,30 @@ class S3Store:
                 return keys
             arguments["ContinuationToken"] = page["NextContinuationToken"]
 
+    async def list_children(self, prefix: str) -> list[str]:
+        prefix = prefix.rstrip("/") + "/"
+        names: set[str] = set()
+        arguments: ListObjectsV2RequestTypeDef = {
+            "Bucket": self.bucket,
+            "Prefix": self._key(prefix),
+            "Delimiter": "/",
+        }
+        if self.expected_owner:
+            arguments["ExpectedBucketOwner"] = self.expected_owner
+        strip = len(self._key(prefix))
+        while True:
+            page = await self._request(
+                f"LIST {self._where(prefix)}",
+                functools.partial(self.client.list_objects_v2, **arguments),
+            )
+            names.update(
+                item["Prefix"][strip:].rstrip("/") for item in page.get("CommonPrefixes", ())
+            )
+            names.update(item["Key"][strip:] for item in page.get("Contents", ()))
+            if not page.get("IsTruncated"):
+                return sorted(name for name in names if name)
+            arguments["ContinuationToken"] = page["NextContinuationToken"]
+
     async def delete_prefix(self, prefix: str) -> int:
         keys = await self.list_keys(prefix)
         for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1,000 keys

@@ -187,7 +187,10 @@ class AwsBackend(Backend):
         self.knot = knot.name
         self.options: AwsOptions = settings.batch
         self.image: ImageSettings = settings.image
-        self.image_spec: ImageSpec | None = image_spec(settings.image, knot.func, knot.function)
+        # A knot that only operates runs ships no function: it needs no image.
+        self.image_spec: ImageSpec | None = (
+            None if knot.operating else image_spec(settings.image, knot.func, knot.function)
+        )
         self._endpoint_url = knot.options.endpoint_url
         # Seconds without one successful answer before watching a run gives up (jobs go on).
         self.watch_timeout = knot.options.watch_timeout
@@ -217,9 +220,10 @@ class AwsBackend(Backend):
                 )
                 return await clients.enter_async_context(client)
 
-            await check_buildable(
-                self.image, self.image_spec, ecr=ecr, account=account, region=self.region
-            )
+            if not self.setup.operating:
+                await check_buildable(
+                    self.image, self.image_spec, ecr=ecr, account=account, region=self.region
+                )
         if isinstance(options.store, S3Store):
             store = options.store
         else:
@@ -229,7 +233,8 @@ class AwsBackend(Backend):
                 region=self.region,
                 profile=options.profile,
                 expected_owner=account,
-                create_bucket=options.bucket is None,
+                # Operating runs creates nothing: a missing bucket is an error that says so.
+                create_bucket=options.bucket is None and not self.setup.operating,
                 tags={**BUCKET_TAGS, **self.options.tags},
                 # Run data (inputs, results, manifests) expires after this many days (a
                 # lifecycle rule on the bucket aioknot created); a user's bucket stays as it is.
