@@ -128,6 +128,8 @@ class AsyncKnot(Generic[R]):
         self._prepared = anyio.Event()
         self._prepare_error: BaseException | None = None
         self._preparing: anyio.CancelScope | None = None  # clobber() stops preparation by it
+        self._sweeping: anyio.CancelScope | None = None  # ... and the sweep of old runs by this
+        self._swept = anyio.Event()
         # The knot's host task (see _host): opened, asked to close, done (made anew when the
         # knot opens, on its loop); and what failed opening or closing.
         self._opened = self._closing = self._host_done = anyio.Event()
@@ -198,12 +200,13 @@ class AsyncKnot(Generic[R]):
                 self._exit_stack.callback(self._group.cancel_scope.cancel)
                 self._backend.start(self._group)
                 # clobber() may cancel it before the task even starts.
-                self._preparing = anyio.CancelScope()
+                self._preparing, self._sweeping = anyio.CancelScope(), anyio.CancelScope()
                 if not self._operating:
                     self._group.start_soon(self._prepare)
                     self._group.start_soon(self._sweep)
                 else:
                     self._prepared.set()
+                    self._swept.set()
             except BaseException as error:
                 self._open_error = error
                 self._opened.set()
@@ -250,7 +253,8 @@ class AsyncKnot(Generic[R]):
         outlive = self._backend.runs_outlive_client
         with anyio.CancelScope(shield=True):
             for run in list(self._runs):
-                if outlive and run.retained and not run.done:
+                # A re-attached run's work belongs to whoever started it (or to Batch).
+                if (outlive and run.retained or run._attached) and not run.done:
                     # Not the user's intent to cancel: the jobs go on, the results are stored,
                     # and the run can be re-attached. Readers still waiting are told so.
                     run._fail(
@@ -280,11 +284,14 @@ class AsyncKnot(Generic[R]):
         """Remove this knot's runs older than ``retention_days`` (at most once a day): in the
         background, and a failure is only logged (the store's own errors reach the user on
         the next map)."""
-        assert self._store is not None
+        assert self._store is not None and self._sweeping is not None
         try:
-            await sweep(self._store, self.name, retention_days=self.options.retention_days)
+            with self._sweeping:
+                await sweep(self._store, self.name, retention_days=self.options.retention_days)
         except Exception as error:
             logger.info("%s: sweeping old runs failed: %s", self.name, error)
+        finally:
+            self._swept.set()
 
     async def _prepare(self) -> None:
         """Make the backend ready (stack, image) while the first inputs are uploaded."""
@@ -302,7 +309,10 @@ class AsyncKnot(Generic[R]):
         deletes); a later map prepares again, on demand, through the backend."""
         if self._preparing is not None:
             self._preparing.cancel()
+        if self._sweeping is not None:
+            self._sweeping.cancel()
         await self._prepared.wait()
+        await self._swept.wait()
         self._prepare_error = None
 
     async def _wait_prepared(self) -> None:
@@ -512,6 +522,10 @@ class AsyncKnot(Generic[R]):
         force = True
         for run in list(self._runs):
             await run.cancel()
+            # A run that just finished may still be writing its manifest: let it, first, so
+            # that nothing is written after the deletion below.
+            with anyio.move_on_after(CLOSE_CANCEL_SECONDS):
+                await run._watched.wait()
         deleted = await store.delete_prefix(knot_prefix(self.name) + "/")
         self._stored_functions.clear()
         self._progress(f"deleted {deleted} objects under {knot_prefix(self.name)}/")

@@ -69,6 +69,7 @@ class Run(Generic[R]):
         self.created = created if created is not None else time.time()
         self.finished_at: float | None = None  # when every input had an outcome, or cancel
         self._attached = False  # made from a manifest (Run.from_manifest)
+        self._watched = anyio.Event()  # its watch is over, and its manifest written
 
     @classmethod
     def start(
@@ -262,13 +263,18 @@ class Run(Generic[R]):
         """
         try:
             await self.watcher.run(self.backend_run)
+            if self._retain and self.finished_at is not None and not self._cancelled:
+                # The manifest says when the run finished and how: listing runs reads it.
+                # Best effort, briefly: the results are all stored either way.
+                with (
+                    contextlib.suppress(Exception),
+                    anyio.move_on_after(MANIFEST_ON_CANCEL_SECONDS),
+                ):
+                    await self._write_manifest()
         except Exception as error:
             self._fail(error)
-            return
-        if self._retain and self.finished_at is not None and not self._cancelled:
-            # The manifest says when the run finished and how: listing runs reads it.
-            with contextlib.suppress(Exception), anyio.move_on_after(MANIFEST_ON_CANCEL_SECONDS):
-                await self._write_manifest()
+        finally:
+            self._watched.set()
 
     # -- reading results -----------------------------------------------------------------
 
@@ -346,6 +352,8 @@ class Run(Generic[R]):
             self._raise_failure()
             await self._changed.wait()
         self._raise_failure()
+        # Once gathered, the run's books are closed too: its manifest says it finished.
+        await self._watched.wait()
         outcomes = [self._outcomes[i] for i in range(self._total)]
         return [self._deliver(outcome, keep_going) for outcome in outcomes]
 

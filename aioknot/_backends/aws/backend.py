@@ -50,7 +50,7 @@ from ..._image.dockerfile import ImageSpec
 from ..._manifest import Manifest
 from ..._names import knot_prefix
 from ..._options import KnotOptions
-from ..._retry import is_transient, retry_transient
+from ..._retry import backoff_delays, is_transient, retry_transient
 from ..._stores.s3 import S3Store
 from ..._tasks import concurrently
 from ..base import Backend, KnotSetup, RunSpec, TaskListener
@@ -80,12 +80,12 @@ from .options import (
 )
 from .run import AwsRun
 from .stack import (
-    FINGERPRINT_OUTPUT,
     default_vpc_subnets,
     delete_stack,
     describe_stack,
     ensure_stack,
     stack_is_current,
+    stack_outputs,
     template_body,
 )
 from .template import (
@@ -147,12 +147,6 @@ async def caller_account(session: aioboto3.Session, endpoint_url: str | None) ->
         async with session.client("sts", endpoint_url=endpoint_url) as sts:
             identity = await sts.get_caller_identity()
     return str(identity["Account"])
-
-
-def _stack_outputs(stack: Mapping[str, Any]) -> dict[str, str]:
-    outputs = {o["OutputKey"]: str(o["OutputValue"]) for o in stack.get("Outputs") or []}
-    outputs.pop(FINGERPRINT_OUTPUT, None)
-    return outputs
 
 
 def _stack_tags(stack: Mapping[str, Any]) -> dict[str, str]:
@@ -431,7 +425,7 @@ class AwsBackend(Backend):
             if parameters is not None and stack_is_current(
                 stack, template_body(template), parameters, tags
             ):
-                return _stack_outputs(stack)
+                return stack_outputs(stack)
         vpc_id: str | None = None
         subnet_ids: list[str] = []
         if options.use_default_vpc:
@@ -559,7 +553,7 @@ class AwsBackend(Backend):
         """Names of the active jobs in the environment's queue that are not this knot's."""
         cloudformation = await self.client("cloudformation")
         stack = await describe_stack(cloudformation, self.options.environment_stack_name)
-        queue = _stack_outputs(stack).get("JobQueueArn") if stack else None
+        queue = stack_outputs(stack).get("JobQueueArn") if stack else None
         if not queue:
             return []
         batch = await self.client("batch")
@@ -584,7 +578,7 @@ class AwsBackend(Backend):
     async def _delete_environment(self, cloudformation: Any) -> None:
         name = self.options.environment_stack_name
         stack = await describe_stack(cloudformation, name)
-        outputs = _stack_outputs(stack) if stack else {}
+        outputs = stack_outputs(stack) if stack else {}
         await self._delete_stack(
             cloudformation, name, ENVIRONMENT_TAG, self.options.environment, described=stack
         )
@@ -662,15 +656,15 @@ class AwsBackend(Backend):
 
     async def _until(self, done: Callable[[], Awaitable[bool]], waiting_for: str) -> None:
         deadline = anyio.current_time() + CLEANUP_TIMEOUT
-        delay = CLEANUP_FIRST_POLL
+        delays = backoff_delays(CLEANUP_FIRST_POLL, CLEANUP_LONGEST_POLL, 1.5, jitter=False)
         while not await done():
+            delay = next(delays)
             if anyio.current_time() + delay > deadline:
                 raise KnotError(
                     f"gave up waiting for {waiting_for} after {CLEANUP_TIMEOUT:g} s; AWS goes "
                     "on with it: run clobber(environment=True) again later"
                 )
             await anyio.sleep(delay)
-            delay = min(delay * 1.5, CLEANUP_LONGEST_POLL)
 
     async def _delete_default_bucket_if_empty(self) -> None:
         """Delete the default bucket when aioknot created it and nothing is left in it (the

@@ -169,7 +169,8 @@ def _outputs(stack: StackTypeDef) -> dict[str, str]:
     return {item["OutputKey"]: str(item["OutputValue"]) for item in stack.get("Outputs") or []}
 
 
-def _user_outputs(stack: StackTypeDef) -> dict[str, str]:
+def stack_outputs(stack: StackTypeDef) -> dict[str, str]:
+    """A stack's outputs, by key, without aioknot's own fingerprint."""
     outputs = _outputs(stack)
     outputs.pop(FINGERPRINT_OUTPUT, None)
     return outputs
@@ -399,7 +400,7 @@ async def ensure_stack(
         if stack is None:
             final = await _create(cloudformation, name, body, parameters, tags, progress, deadline)
         elif stack_is_current(stack, body, parameters, tags):
-            return _user_outputs(stack)
+            return stack_outputs(stack)
         elif stack["StackStatus"] in RECREATE:
             await _delete(cloudformation, stack, progress, deadline)
             continue
@@ -414,7 +415,7 @@ async def ensure_stack(
                 "delete it in the CloudFormation console, then try again"
             )
         if final is not None:
-            return _user_outputs(final)
+            return stack_outputs(final)
     raise StackError(f"stack {name} kept changing under another process; try again")
 
 
