@@ -549,7 +549,13 @@ async def _runs(args: argparse.Namespace) -> int:
 async def _status(args: argparse.Namespace) -> int:
     async with _run_knot(args, args.run) as (knot, summary):
         counts: dict[str, int] | None = None
-        if summary.state != "submitting":
+        if summary.state != "running" and any(kind in summary.counts for kind in OUTCOMES):
+            # Over: its manifest has the final counts (losses included, which the store's
+            # records alone cannot tell); nothing to ask the backend.
+            total = summary.total if summary.total is not None else _done(summary)
+            outcomes = {kind: summary.counts.get(kind, 0) for kind in OUTCOMES}
+            counts = {"total": total, "submitted": total, **outcomes, "pending": 0}
+        elif summary.state != "submitting":
             _check_backend(knot, summary)
             run = await knot.attach(summary.id)
             counts = await run.status()
