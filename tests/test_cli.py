@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -239,6 +240,39 @@ async def test_cancel_a_running_run_then_status_says_cancelled(tmp_path: Path) -
         assert "already cancelled" in again.out
         for gate in gates:  # let the workers go, whatever became of them
             Path(gate).touch()
+
+
+def passes_or_waits(gate: str) -> str:
+    return "no gate" if not gate else waits_for_gate(gate)
+
+
+async def test_ctrl_c_stops_waiting_for_results_and_leaves_the_run(tmp_path: Path) -> None:
+    gate = str(tmp_path / "gate")
+    async with AsyncKnot(passes_or_waits, name="gated", backend="local") as knot:
+        run = await knot.map(["", gate])
+        await wait_until_async(
+            lambda: os.path.exists(gate + ".started"), timeout=30, what="input 1 started"
+        )
+        command = [sys.executable, "-m", "aioknot", "results", f"gated/{run.id}"]
+        async with await anyio.open_process(command) as reader:
+            assert reader.stdout is not None and reader.stderr is not None
+            printed = b""
+            with anyio.fail_after(60):
+                async for chunk in reader.stdout:  # input 0's result, then it waits
+                    printed += chunk
+                    if b"\n" in printed:
+                        break
+            assert printed.split() == [b"0", b"succeeded", b"'no", b"gate'"]
+            reader.send_signal(signal.SIGINT)
+            with anyio.fail_after(60):
+                said = b"".join([chunk async for chunk in reader.stderr])
+                code = await reader.wait()
+        assert code == 130
+        assert said == b"aioknot: interrupted\n"
+        listed = ok(await aioknot("runs", "gated", "--json")).json()
+        assert listed[0]["state"] == "running"
+        Path(gate).touch()
+        assert await run.gather() == ["no gate", "through"]
 
 
 async def test_gc_removes_old_runs_and_keeps_new_ones(aioknot_home: str) -> None:
