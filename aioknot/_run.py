@@ -95,6 +95,7 @@ class Run(Generic[R]):
         """A run submitted earlier (maybe by another process), as its manifest describes it."""
         run: Run[R] = cls(spec, store, backend.name, retain=True, created=manifest.created)
         run._attached = True
+        run.watcher.sweep_first = True
         if manifest.cancelled:
             # Whatever has no record will never get one.
             run._backend_run = EndedRun(manifest.jobs)

@@ -176,6 +176,9 @@ class ResultWatcher:
         # Set once the store has been looked at (or the watch ended): what a re-attached
         # run's status() waits for, so that it counts the records already stored.
         self.looked = anyio.Event()
+        # A re-attached run's first look is a LIST sweep: it may have grouped records already,
+        # which HEADs of single keys would miss (and its status() counts them).
+        self.sweep_first = False
 
     # -- what the run and the backend tell the watcher -------------------------------------
 
@@ -383,7 +386,9 @@ class ResultWatcher:
                 await self._last_look()
                 return
             if self._outstanding and anyio.current_time() >= next_poll:
-                found = await self._discover(sweep=empty_polls % SWEEP_EVERY == SWEEP_EVERY - 1)
+                first_look = self.sweep_first and not self.looked.is_set()
+                sweep = first_look or empty_polls % SWEEP_EVERY == SWEEP_EVERY - 1
+                found = await self._discover(sweep=sweep)
                 empty_polls = 0 if found else empty_polls + 1
                 await self._fetch(found)
                 self.looked.set()

@@ -78,6 +78,21 @@ async def test_an_attached_runs_status_counts_the_records_already_stored(
     assert listed[0].counts == {"succeeded": 40, "failed": 0, "lost": 0}
 
 
+async def test_an_attached_small_runs_status_counts_its_grouped_records(
+    aioknot_home: str,
+) -> None:
+    # Tiny inputs finishing together share one record (results/<first>-<count>): a first look
+    # by HEADs of single keys would miss them and count the run as pending.
+    async with aioknot.AsyncKnot(double, name="grouped", workers=1) as knot:
+        run = await knot.map(range(6))
+        await run.gather()
+    results = Path(aioknot_home) / run_prefix("grouped", run.id) / "results"
+    assert any("-" in path.name for path in results.iterdir()), "some records are grouped"
+    async with aioknot.AsyncKnot(double, name="grouped") as again:
+        status = await (await again.attach(run.id)).status()
+    assert (status["succeeded"], status["pending"]) == (6, 0)
+
+
 async def test_an_operator_knot_looks_at_runs_and_runs_nothing(aioknot_home: str) -> None:
     async with aioknot.AsyncKnot(double, name="operated") as knot:
         run = await knot.map([1, 2])
