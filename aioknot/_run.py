@@ -10,7 +10,15 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+)
+from dataclasses import replace
 from typing import Any, Generic, TypeVar
 
 import anyio
@@ -69,6 +77,7 @@ class Run(Generic[R]):
         self.created = created if created is not None else time.time()
         self.finished_at: float | None = None  # when every input had an outcome, or cancel
         self._attached = False  # made from a manifest (Run.from_manifest)
+        self._owner: Mapping[str, Any] | None = None  # None: this process submitted it
         self._watched = anyio.Event()  # its watch is over, and its manifest written
 
     @classmethod
@@ -95,6 +104,7 @@ class Run(Generic[R]):
         """A run submitted earlier (maybe by another process), as its manifest describes it."""
         run: Run[R] = cls(spec, store, backend.name, retain=True, created=manifest.created)
         run._attached = True
+        run._owner = manifest.owner  # who submitted it stays its owner, whoever writes
         run.watcher.sweep_first = True
         if manifest.cancelled:
             # Whatever has no record will never get one.
@@ -191,7 +201,7 @@ class Run(Generic[R]):
     # -- the manifest --------------------------------------------------------------------
 
     def manifest(self) -> Manifest:
-        return Manifest(
+        manifest = Manifest(
             knot=self.knot,
             run=self.id,
             backend=self._backend_name,
@@ -207,6 +217,7 @@ class Run(Generic[R]):
             total=self._total,
             jobs=tuple(self._backend_run.job_ids if self._backend_run else ()),
         )
+        return manifest if self._owner is None else replace(manifest, owner=self._owner)
 
     async def _write_manifest(self) -> None:
         await self._store.put(manifest_key(self._spec.run_prefix), self.manifest().to_bytes())

@@ -195,3 +195,23 @@ async def test_closing_waits_for_no_background_work(aioknot_home: str) -> None:
     with anyio.fail_after(5):
         async with aioknot.AsyncKnot(double, name="tidy") as knot:
             await (await knot.map([1])).gather()
+
+
+async def test_a_reader_that_finishes_a_run_keeps_its_owner_in_the_manifest(
+    aioknot_home: str,
+) -> None:
+    async with aioknot.AsyncKnot(double, name="owned") as knot:
+        run = await knot.map(range(3))
+        await run.gather()
+    manifest = Path(aioknot_home) / run_prefix("owned", run.id) / "manifest.json"
+    record = json.loads(manifest.read_text())
+    # As if another machine had submitted it (and is gone): the reader writes the finished
+    # manifest again, but the run stays that machine's.
+    record["owner"] = {"host": "elsewhere", "pid": 1}
+    record["finished"], record["counts"] = None, {}
+    manifest.write_text(json.dumps(record))
+    async with aioknot.AsyncKnot(double, name="owned") as again:
+        assert await (await again.attach(run.id)).gather() == [0, 2, 4]
+    rewritten = json.loads(manifest.read_text())
+    assert rewritten["owner"] == {"host": "elsewhere", "pid": 1}
+    assert rewritten["finished"] is not None and rewritten["counts"]["succeeded"] == 3
