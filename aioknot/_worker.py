@@ -12,12 +12,16 @@ Two ways to run it:
   ``:<i>`` suffix of ``AWS_BATCH_JOB_ID`` (moto sets only the latter).
 * ``python aioknot_worker.py --serve`` (the local backend): reads one JSON chunk per line
   on stdin (with the store's settings: endpoint, region, profile), and reports on the original
-  stdout (``serve`` lists the lines); the user's prints go to stderr so they cannot corrupt it.
+  stdout (``serve`` lists the lines); what the user's code writes to stdout or stderr is kept
+  per input (`OutputCapture`) and passed on to the client's stderr, so it cannot corrupt the
+  channel.
 
 Data layout (relative to the store's root; DESIGN.md):
     <run>/inputs/<first index:09d>         a segment: many pickled inputs behind an offset table
     <run>/results/<index:09d>              the record of one input: a value or an exception
     <run>/results/<first:09d>-<count>      the records of ``count`` consecutive inputs
+    <run>/logs/<index:09d>[.<attempt>]     what one input's task wrote to stdout and stderr
+                                           (local workers; only when it wrote something)
 
 A record is written as soon as its input finishes. Inputs that finish within a few
 milliseconds of each other (tiny tasks) share one object: one write instead of hundreds, which
@@ -83,6 +87,25 @@ def result_key(run: str, first: int, count: int = 1) -> str:
 
 def results_prefix(run: str) -> str:
     return f"{run}/results/"
+
+
+def log_key(run: str, index: int, attempt: int = 1) -> str:
+    """Where the output of input ``index``'s task is kept: its first attempt's under the
+    index, a retried attempt's with the attempt's number after a dot (``000000007.2``)."""
+    name = f"{index:09d}" if attempt == 1 else f"{index:09d}.{attempt}"
+    return f"{run}/logs/{name}"
+
+
+def log_attempt(key: str, index: int) -> int | None:
+    """The attempt whose output ``key`` holds if it is input ``index``'s log, else None
+    (a LIST of ``log_key(run, index)`` as a prefix also finds no other input's: nine digits)."""
+    name = key.rsplit("/", 1)[1]
+    head, dot, attempt = name.partition(".")
+    if head != f"{index:09d}":
+        return None
+    if not dot:
+        return 1
+    return int(attempt) if attempt.isdigit() else None
 
 
 def parse_result_key(key: str) -> tuple[int, int]:
@@ -495,6 +518,8 @@ class _Flusher:
     def __init__(self, lock: threading.Lock) -> None:
         self.lock = lock
         self.started = 0  # inputs started so far; only the main thread writes it
+        # Called at every look (the local worker passes the running input's output on).
+        self.tick: Callable[[], None] | None = None
         self._flush: Callable[[], None] | None = None
         self._active = threading.Event()
         self._thread: threading.Thread | None = None
@@ -517,12 +542,99 @@ class _Flusher:
         while True:
             self._active.wait()
             time.sleep(HELD_SECONDS)
+            tick = self.tick
+            if tick is not None:
+                tick()
             started = self.started
             if started == seen:
                 with self.lock:
                     if self._flush is not None:
                         self._flush()
             seen = started
+
+
+class OutputCapture:
+    """What each input's task writes to stdout and stderr, kept apart from the others'.
+
+    File descriptors 1 and 2 point at one file (opened for appending), so that everything the
+    task writes lands there: ``print``, a C library's ``write(1, ...)``, and the processes it
+    starts (they inherit the descriptors). After each input, `take` returns what the file
+    holds (that input's output) and empties it. A quiet input costs one ``lseek`` (the shared
+    offset says whether anything was written), so 10,000 tiny quiet tasks pay ~3 ms.
+
+    The output is also passed on to ``passthrough`` (the client's stderr) for people watching
+    a terminal: while an input runs, by the flusher thread at each look (`pass_through`), and
+    the rest when it ends. ``report_passed`` shares how much was passed on with the local
+    backend (the progress file), which passes on the rest if the process is killed.
+    """
+
+    def __init__(
+        self, path: str, passthrough: int, report_passed: Callable[[int], None] | None = None
+    ) -> None:
+        self._fd = os.open(path, os.O_RDWR | os.O_APPEND)
+        self._passthrough = passthrough
+        self._report_passed = report_passed
+        self._passed = 0  # bytes of the file passed on already
+        self._lock = threading.Lock()  # the main thread's take and the flusher's pass_through
+
+    def redirect(self) -> None:
+        """Point stdout and stderr (the descriptors, and so Python's streams) at the file."""
+        os.dup2(self._fd, 1)
+        os.dup2(self._fd, 2)
+
+    def take(self) -> bytes:
+        """What was written since the last take (the input's that just ended); empties it."""
+        # Once per input, so written for speed (~0.45 us in all when the input was quiet).
+        stdout, stderr = sys.stdout, sys.stderr
+        try:
+            stderr.flush()  # Python's buffers: a partial line, or a stdout made anew
+            if stdout is not stderr:
+                stdout.flush()
+        except (OSError, ValueError, AttributeError):
+            pass  # closed or replaced by the task: what reached the file is kept
+        if os.lseek(self._fd, 0, os.SEEK_CUR) == 0:
+            return b""
+        with self._lock:
+            data = self._read(0)
+            self._pass_on(data[self._passed :])
+            os.ftruncate(self._fd, 0)
+            os.lseek(self._fd, 0, os.SEEK_SET)
+            self._set_passed(0)
+        return data
+
+    def pass_through(self) -> None:
+        """Pass on what the running input wrote since the last look."""
+        with self._lock:
+            if os.lseek(self._fd, 0, os.SEEK_CUR) > self._passed:
+                data = self._read(self._passed)
+                self._pass_on(data)
+                self._set_passed(self._passed + len(data))
+
+    def say(self, text: str) -> None:
+        """A line of the worker's own for the client's stderr, never in any input's log."""
+        self._pass_on(f"aioknot worker: {text}\n".encode())
+
+    def _read(self, start: int) -> bytes:
+        parts: list[bytes] = []
+        while True:
+            part = os.pread(self._fd, 1 << 20, start)
+            if not part:
+                return b"".join(parts)
+            parts.append(part)
+            start += len(part)
+
+    def _set_passed(self, passed: int) -> None:
+        self._passed = passed
+        if self._report_passed is not None:
+            self._report_passed(passed)
+
+    def _pass_on(self, data: bytes) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._passthrough, view) :]
+        except OSError:
+            pass  # the client's stderr is gone: the log in the store is what counts
 
 
 class Worker:
@@ -566,6 +678,8 @@ class Worker:
         on_start: Callable[[int], None] | None = None,
         on_failed: Callable[[int, int, str], None] | None = None,
         stop_at: Callable[[], int] | None = None,
+        capture: OutputCapture | None = None,
+        attempt: int = 1,
     ) -> int:
         """Run inputs ``start..stop`` (global indices, one segment) and record each result.
 
@@ -573,7 +687,9 @@ class Worker:
         reason)`` reports inputs whose record could not be written or whose input could not
         be read (a full disk, a store that refuses), and the chunk goes on; without it, such
         an error is raised. ``stop_at()`` is read before each input: an input at or beyond it
-        was taken back by the backend and is not run. Returns the index the chunk stopped at.
+        was taken back by the backend and is not run. With ``capture``, what each input
+        wrote is stored as its log (``log_key``, under ``attempt``) before its record, when
+        it wrote anything. Returns the index the chunk stopped at.
         """
         store = self.storage(store_url, environment)
         lock = self._lock
@@ -637,6 +753,7 @@ class Worker:
         base = offsets[0]
         flusher = self._flusher if on_failed is not None else None
         if flusher is not None:
+            flusher.tick = capture.pass_through if capture is not None else None
             flusher.begin(flush)
         end = stop
         try:
@@ -664,6 +781,10 @@ class Worker:
                     result = (False, encode_error_record(error))
                 finished = time.perf_counter()
                 self.computing_seconds += finished - began
+                if capture is not None:
+                    output = capture.take()
+                    if output:  # before the record: once the result is known, so is the log
+                        self._keep_output(capture, store, log_key(run, index, attempt), output)
                 with lock:
                     if not pending:
                         opened = began
@@ -680,6 +801,15 @@ class Worker:
             if flusher is not None:
                 flusher.end()
         return end
+
+    @staticmethod
+    def _keep_output(capture: OutputCapture, store: WorkerStorage, key: str, data: bytes) -> None:
+        """Store an input's output (a quiet input stores nothing, and never comes here)."""
+        try:
+            store.write(key, data)
+        except Exception as error:
+            # The result matters more than its log: say so, and go on.
+            capture.say(f"the output kept at {key} could not be stored: {error}")
 
 
 def array_index_from_environment(environ: dict[str, str] | os._Environ[str]) -> int:
@@ -749,15 +879,19 @@ def batch_main(environ: dict[str, str] | os._Environ[str]) -> int:
     return 0
 
 
-# The progress file shared with the local backend: two int64 slots, the input running now
-# (-1 between chunks), and the index the current chunk must stop at (the backend lowers it to
-# take back the inputs queued behind a stuck one).
+# The progress file shared with the local backend: int64 slots for the input running now
+# (-1 between chunks); the index the current chunk must stop at (the backend lowers it to
+# take back the inputs queued behind a stuck one); when the running input started
+# (time.monotonic_ns(), the clock every process shares: the backend enforces timeout= by it);
+# and how many bytes of the output file were passed on to the client's stderr.
 PROGRESS_RUNNING = 0
 PROGRESS_STOP_AT = _I64.size
-PROGRESS_SIZE = 2 * _I64.size
+PROGRESS_STARTED = 2 * _I64.size
+PROGRESS_PASSED = 3 * _I64.size
+PROGRESS_SIZE = 4 * _I64.size
 
 
-def serve(progress_path: str | None = None) -> int:
+def serve(progress_path: str | None = None, capture_path: str | None = None) -> int:
     """The local backend's worker loop: one JSON chunk per stdin line, until stdin closes.
 
     Reports on the original stdout, one line each: ``ready``; ``done <first> <count>`` per
@@ -767,29 +901,48 @@ def serve(progress_path: str | None = None) -> int:
     it stopped (its ``stop``, or where the backend took the rest back).
 
     ``progress_path`` names a file shared with the parent (``PROGRESS_*``): the index of the
-    input running now, written before each input (a memory store, not a syscall), so that
-    when this process dies the parent knows exactly which input killed it; and the index to
-    stop at, read before each input.
+    input running now (and when it started, if the chunk says ``timed``), written before each
+    input (memory stores, not syscalls), so that when this process dies the parent knows
+    exactly which input killed it, and can stop an input that overruns ``timeout=``; and the
+    index to stop at, read before each input. ``capture_path`` names the file that stdout and
+    stderr point at (`OutputCapture`): each input's output is stored as its log, and the
+    parent keeps what a killed input wrote.
     """
-    # Keep the original stdin and stdout for the protocol: the user's prints go to stderr and
+    # Keep the original stdin and stdout for the protocol: the user's prints go elsewhere and
     # the user's input() reads an empty stdin, so neither can corrupt the channel.
     channel = os.fdopen(os.dup(1), "w", buffering=1)
     chunks = os.fdopen(os.dup(0), "r")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
-    sys.stdin = open(os.devnull)
     progress = None
     if progress_path is not None:
         import mmap
 
         with open(progress_path, "r+b") as file:
             progress = mmap.mmap(file.fileno(), PROGRESS_SIZE)
+    capture = None
+    if capture_path is not None:
+
+        def report_passed(passed: int) -> None:
+            if progress is not None:
+                _I64.pack_into(progress, PROGRESS_PASSED, passed)
+
+        capture = OutputCapture(capture_path, os.dup(2), report_passed)
+        capture.redirect()
+    else:
+        os.dup2(2, 1)
+    sys.stdout = sys.stderr  # one stream for both: their lines stay in the order written
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    sys.stdin = open(os.devnull)
 
     def report_start(index: int) -> None:
         if progress is not None:
+            _I64.pack_into(progress, PROGRESS_RUNNING, index)
+
+    def report_timed_start(index: int) -> None:  # when the backend enforces timeout=
+        if progress is not None:
+            # The start first: the backend reads the index, the start, then the index again.
+            _I64.pack_into(progress, PROGRESS_STARTED, time.monotonic_ns())
             _I64.pack_into(progress, PROGRESS_RUNNING, index)
 
     def stop_at() -> int:
@@ -803,7 +956,7 @@ def serve(progress_path: str | None = None) -> int:
     def report_failed(first: int, count: int, reason: str) -> None:
         channel.write(f"failed {first} {count} {reason}\n")
 
-    _watch_parent(os.getppid(), progress_path)
+    _watch_parent(os.getppid(), [p for p in (progress_path, capture_path) if p is not None])
     worker = Worker()
     try:
         channel.write("ready\n")
@@ -819,9 +972,11 @@ def serve(progress_path: str | None = None) -> int:
                 starmap=chunk["starmap"],
                 environment=chunk.get("env"),
                 on_done=report_done,
-                on_start=report_start,
+                on_start=report_timed_start if chunk.get("timed") else report_start,
                 on_failed=report_failed,
                 stop_at=stop_at if progress is not None else None,
+                capture=capture,
+                attempt=chunk.get("attempt", 1),
             )
             report_start(-1)
             channel.write(f"chunk {worker.computing_seconds:.6f} {end}\n")
@@ -837,20 +992,20 @@ def serve(progress_path: str | None = None) -> int:
 PARENT_POLL_SECONDS = 0.5
 
 
-def _watch_parent(parent: int, progress_path: str | None) -> None:
-    """End this worker, its function's processes and its file when its client dies.
+def _watch_parent(parent: int, paths: list[str]) -> None:
+    """End this worker, its function's processes and its files when its client dies.
 
-    The client removes the progress file and stops the worker's process group when it closes;
-    a client that was killed (SIGKILL, a crashed notebook) can do neither, and a worker
-    busy in a long input would not notice its closed stdin until that input ends.
+    The client removes the progress and output files and stops the worker's process group
+    when it closes; a client that was killed (SIGKILL, a crashed notebook) can do neither,
+    and a worker busy in a long input would not notice its closed stdin until that input ends.
     """
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(PARENT_POLL_SECONDS)
-        if progress_path is not None:
+        for path in paths:
             try:
-                os.unlink(progress_path)
+                os.unlink(path)
             except OSError:
                 pass
         try:
@@ -867,5 +1022,5 @@ def _argument(name: str) -> str | None:
 
 if __name__ == "__main__":
     if "--serve" in sys.argv[1:]:
-        sys.exit(serve(_argument("--progress-file")))
+        sys.exit(serve(_argument("--progress-file"), _argument("--capture-file")))
     sys.exit(batch_main(os.environ))
