@@ -14,10 +14,28 @@ the chunk's "stop at" in the process's progress file, which the worker reads bef
 input); an input whose record cannot be written (a full disk) is reported lost with the
 reason, by the worker that keeps going. Each process leads its own process group, and
 stopping a process stops the group: what the user's function started dies with it.
+
+The same semantics as AWS Batch:
+
+* ``timeout=``: an input that runs longer is stopped (its process group killed) and lost with
+  a reason that starts with "timeout"; the rest of its chunk goes back to the queue, and a
+  new process takes over. As on Batch, a timed-out attempt is final (never retried).
+* ``retries=``: an input whose process died (a signal, the out-of-memory killer, an exit) is
+  run again, alone, up to ``retries`` attempts in all, as Batch retries a child whose host
+  failed; an input whose function raised has its result (a ``TaskError``) and never runs again.
+* Logs: what each input's task writes to stdout and stderr is stored under the run
+  (``<run>/logs/<index>``, only when it wrote something; the worker's `OutputCapture`), also
+  what a killed input wrote (the backend keeps it from the process's output file), and
+  ``run.logs(index)`` reads it back, every attempt in order.
+
+Runs that share the workers are served in turn: each run has its own queue, and a free process
+takes its next chunk from the next run that has work waiting (round-robin), so a small run
+started behind a large one waits for one chunk per process, not for the large run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -26,6 +44,7 @@ import socket
 import struct
 import sys
 import tempfile
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,11 +55,14 @@ import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from .. import _worker
-from .._exceptions import ConfigurationError
+from .._exceptions import ConfigurationError, KnotError
 from .._manifest import Manifest
+from .._names import default_home
 from .._options import KnotOptions
+from .._stores import open_store
+from .._stores.base import Store
 from .._tasks import task_group
-from .base import Backend, BackendKind, BackendRun, RunSpec, Segment, TaskListener
+from .base import Backend, BackendKind, BackendRun, KnotSetup, RunSpec, Segment, TaskListener
 
 WORKER_PATH = str(Path(_worker.__file__).resolve())
 # A chunk should take about this long: long enough that pipe round trips are noise, short
@@ -56,6 +78,8 @@ MAX_CHUNK = 2_000
 STUCK_FACTOR = 4.0
 STUCK_FLOOR_SECONDS = 0.5
 OWNER_POLL_SECONDS = 1.0
+# Keeping a killed input's output is worth this long at most: its loss is reported either way.
+SAVE_OUTPUT_SECONDS = 10.0
 # Runs this process is running now: a run re-attached in its own process is over when it is
 # no longer here (the process is alive, so its pid says nothing).
 _LIVE_RUN_IDS: set[str] = set()
@@ -72,12 +96,17 @@ def death_reason(returncode: int | None) -> str:
     return f"the worker process exited with code {returncode} while running it"
 
 
+def timeout_reason(timeout: float) -> str:
+    return f"timeout: the task ran longer than timeout={timeout:g}s and was stopped"
+
+
 @dataclass
 class _Range:
     run: LocalRun
     segment: int  # first index of the segment the range is in
     start: int
     stop: int
+    attempt: int = 1  # > 1: one input run again after its process died (alone in its range)
 
 
 # The worker's progress file (_worker.PROGRESS_*): the index it is running (or -1), and the
@@ -94,8 +123,37 @@ def _read_running(fd: int) -> int:
     return int(index)
 
 
+def _read_slot(fd: int, offset: int, default: int) -> int:
+    try:
+        (value,) = _I64.unpack(os.pread(fd, _I64.size, offset))
+    except (OSError, struct.error):
+        return default
+    return int(value)
+
+
+def _running_since(fd: int) -> tuple[int, float] | None:
+    """The input the worker runs and since when (``time.monotonic()``); None between inputs,
+    or when it moved on while being read (it started the next one just now)."""
+    running = _read_running(fd)
+    started = _read_slot(fd, _worker.PROGRESS_STARTED, 0)
+    if running < 0 or _read_running(fd) != running:
+        return None
+    return running, started / 1e9
+
+
 def _write_stop_at(fd: int, index: int) -> None:
     os.pwrite(fd, _I64.pack(index), _worker.PROGRESS_STOP_AT)
+
+
+def _read_output(path: str, passed_fd: int) -> tuple[bytes, int]:
+    """What the worker's output file holds (the output of the input it ran when it died), and
+    how much of it the worker had passed on to this process's stderr already."""
+    try:
+        with open(path, "rb") as file:
+            output = file.read()
+    except OSError:
+        return b"", 0
+    return output, max(0, min(len(output), _read_slot(passed_fd, _worker.PROGRESS_PASSED, 0)))
 
 
 def _kill_group(pid: int) -> None:
@@ -114,10 +172,13 @@ def _kill_group(pid: int) -> None:
 class _WorkerProcess:
     process: anyio.abc.Process
     progress: int  # the progress file's descriptor
+    output_path: str  # the file its stdout and stderr point at (the running input's output)
     chunk: _Range | None = None
     next_index: int = 0  # the first index of the chunk not yet reported done (or failed)
     killed: bool = False  # by cancel_run: it takes no more work, and its death blames no one
+    timed_out: int | None = None  # the input it was killed for running over timeout=
     deadline: float = math.inf  # when the rest of the chunk is taken back
+    timeout_at: float = math.inf  # when the running input may have overrun timeout=
     wake: anyio.Event = field(default_factory=anyio.Event)  # a new deadline was set
 
 
@@ -129,8 +190,10 @@ class LocalRun(BackendRun):
         self.spec = spec
         self.listener = listener
         self.seconds_per_input: float | None = None
+        self.ranges: deque[_Range] = deque()  # this run's queue, served in turn with others'
         self.queued = 0  # inputs waiting in the backend's queue
         self.running = 0  # inputs of chunks handed to a process and not yet done
+        self.submitted = 0  # inputs below this index were submitted
         self.last_submitted = False
         self.cancelled = False
         self._over = anyio.Event()
@@ -144,6 +207,7 @@ class LocalRun(BackendRun):
         for segment in segments:
             self._backend.enqueue(_Range(self, segment.first, segment.first, segment.stop))
             self.queued += segment.count
+            self.submitted = max(self.submitted, segment.stop)
         self.last_submitted = self.last_submitted or last
         self.check_over()
         await self._backend.dispatch()
@@ -163,6 +227,10 @@ class LocalRun(BackendRun):
         self.cancelled = True
         await self._backend.cancel_run(self)
         self.check_over()
+
+    async def logs(self, index: int) -> list[str]:
+        """What input ``index``'s task wrote to stdout and stderr, every attempt in order."""
+        return await self._backend.read_logs(self.spec, index, self.submitted)
 
     def chunk_size(self, workers: int) -> int:
         fair_share = math.ceil(self.queued / workers) if self.queued else 1
@@ -184,9 +252,12 @@ class AttachedLocalRun(BackendRun):
 
     backend_name = "local"
 
-    def __init__(self, run_id: str, manifest: Manifest) -> None:
-        self._run_id = run_id
+    def __init__(self, backend: LocalBackend, spec: RunSpec, manifest: Manifest) -> None:
+        self._backend = backend
+        self._spec = spec
+        self._run_id = spec.run_id
         self._owner = manifest.owner
+        self._submitted = max((first + count for first, count in manifest.segments), default=0)
 
     @property
     def job_ids(self) -> list[str]:
@@ -218,18 +289,51 @@ class AttachedLocalRun(BackendRun):
     async def cancel(self) -> None:
         return None  # the processes belong to the knot that started the run
 
+    async def logs(self, index: int) -> list[str]:
+        return await self._backend.read_logs(self._spec, index, self._submitted)
+
 
 class LocalBackend(Backend):
     name = "local"
     runs_outlive_client = False  # the workers are this process's children
 
-    def __init__(self, workers: int | None = None) -> None:
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        timeout: float | None = None,
+        retries: int | None = None,
+    ) -> None:
         self.workers = workers or os.cpu_count() or 1
-        self._queue: deque[_Range] = deque()
+        # Seconds an input may run (None: no limit) and attempts per input whose process
+        # dies; the knot's timeout= and retries= when not given here (see `bind`).
+        self.timeout = timeout
+        self.retries = retries
+        # The runs with queued work, in the order they are served: a free process takes a
+        # chunk from the first, which goes to the back if it has more (round-robin).
+        self._queue: deque[LocalRun] = deque()
         self._processes: list[_WorkerProcess] = []
         self._idle: list[_WorkerProcess] = []
         self._starting = 0
         self._closed = False
+        # The store, for logs: read by run.logs(), written for a killed input. Opened on
+        # first use (most knots never need it); closed by aclose when it was opened here.
+        self._store: Store | None = None
+        self._own_store = False
+        self._store_lock = anyio.Lock()
+
+    def bind(self, knot: KnotSetup) -> None:
+        super().bind(knot)
+        if self.timeout is None:
+            self.timeout = knot.options.timeout
+        if self.retries is None:
+            self.retries = knot.options.retries
+
+    @property
+    def attempts(self) -> int:
+        """Attempts per input whose process dies: retries=, by default 1 (no retry), because
+        locally the process's death is most often the input's own doing (memory)."""
+        return self.retries or 1
 
     async def prepare(self) -> None:
         """Start the worker processes now, while the first inputs are still being packed:
@@ -242,19 +346,23 @@ class LocalBackend(Backend):
     def attach_run(
         self, spec: RunSpec, listener: TaskListener, manifest: Manifest
     ) -> AttachedLocalRun:
-        return AttachedLocalRun(spec.run_id, manifest)
+        return AttachedLocalRun(self, spec, manifest)
 
     def enqueue(self, work: _Range, *, front: bool = False) -> None:
+        """Queue ``work`` in its run's queue (``front``: it was handed out, and comes back)."""
+        run = work.run
         if front:
-            self._queue.appendleft(work)
+            run.ranges.appendleft(work)
         else:
-            self._queue.append(work)
+            run.ranges.append(work)
+        if run not in self._queue:  # a few runs at most: a scan is cheaper than a set
+            self._queue.append(run)
 
     async def dispatch(self) -> None:
         """Hand queued work to idle processes, and start processes while work waits."""
         while self._queue and self._idle:
             await self._assign(self._idle.pop())
-        queued_inputs = sum(work.stop - work.start for work in self._queue)
+        queued_inputs = sum(run.queued for run in self._queue)
         self._spawn(min(queued_inputs, self.workers - len(self._processes) - self._starting))
 
     def _spawn(self, count: int) -> None:
@@ -265,18 +373,22 @@ class LocalBackend(Backend):
             self._group.start_soon(self._run_process)
 
     def _next_chunk(self) -> _Range | None:
+        """The next chunk of the next run in turn; that run goes to the back of the line."""
         while self._queue:
-            head = self._queue[0]
-            if head.run.cancelled:
-                self._queue.popleft()
+            run = self._queue.popleft()
+            if run.cancelled or not run.ranges:
                 continue
-            size = head.run.chunk_size(self.workers)
-            chunk = _Range(head.run, head.segment, head.start, min(head.start + size, head.stop))
+            head = run.ranges[0]
+            size = run.chunk_size(self.workers)
+            stop = min(head.start + size, head.stop)
+            chunk = _Range(run, head.segment, head.start, stop, head.attempt)
             head.start = chunk.stop
             if head.start >= head.stop:
-                self._queue.popleft()
-            head.run.queued -= chunk.stop - chunk.start
-            head.run.running += chunk.stop - chunk.start
+                run.ranges.popleft()
+            run.queued -= chunk.stop - chunk.start
+            run.running += chunk.stop - chunk.start
+            if run.ranges:
+                self._queue.append(run)
             return chunk
         return None
 
@@ -301,6 +413,8 @@ class LocalBackend(Backend):
                 "stop": chunk.stop,
                 # The store as the client uses it (endpoint, region, profile, owner).
                 "env": dict(spec.store_environment),
+                "attempt": chunk.attempt,  # names a retried input's log
+                "timed": self.timeout is not None,  # say when each input starts
             }
         )
         # Before the line: the worker reads the limit only once it has the chunk.
@@ -311,6 +425,10 @@ class LocalBackend(Backend):
             patience = max(STUCK_FLOOR_SECONDS, STUCK_FACTOR * expected)
             worker.deadline = anyio.current_time() + patience
             worker.wake.set()
+        if self.timeout is not None:
+            # Its first input starts after now: no input of it can overrun before this.
+            worker.timeout_at = anyio.current_time() + self.timeout
+            worker.wake.set()
         assert worker.process.stdin is not None
         try:
             await worker.process.stdin.send(line.encode() + b"\n")
@@ -319,16 +437,21 @@ class LocalBackend(Backend):
 
     async def _run_process(self) -> None:
         progress_fd, progress_path = tempfile.mkstemp(prefix="aioknot-worker-")
+        output_path = ""
         try:
             initial = bytearray(_worker.PROGRESS_SIZE)  # laid out by the worker's offsets
             _I64.pack_into(initial, _worker.PROGRESS_RUNNING, -1)
             _I64.pack_into(initial, _worker.PROGRESS_STOP_AT, _NO_LIMIT)
             os.write(progress_fd, initial)
+            output_fd, output_path = tempfile.mkstemp(prefix="aioknot-output-")
+            os.close(output_fd)
         except BaseException:
-            os.close(progress_fd)
-            os.unlink(progress_path)
+            _remove_files(progress_fd, progress_path, output_path)
             raise
-        command = [sys.executable, WORKER_PATH, "--serve", "--progress-file", progress_path]
+        command = [
+            *(sys.executable, WORKER_PATH, "--serve"),
+            *("--progress-file", progress_path, "--capture-file", output_path),
+        ]
         try:
             # Shielded: a spawn cancelled half-way would leave a process with open pipes.
             # A session of its own: the terminal's Ctrl-C (SIGINT to the foreground process
@@ -336,16 +459,16 @@ class LocalBackend(Backend):
             with anyio.CancelScope(shield=True):
                 process = await anyio.open_process(command, stderr=None, start_new_session=True)
         except BaseException:
-            os.close(progress_fd)
-            os.unlink(progress_path)
+            _remove_files(progress_fd, progress_path, output_path)
             raise
         finally:
             self._starting -= 1
-        worker = _WorkerProcess(process, progress_fd)
+        worker = _WorkerProcess(process, progress_fd, output_path)
         self._processes.append(worker)
+        output, passed = b"", 0
         try:
             async with task_group() as group:
-                group.start_soon(self._take_back_when_stuck, worker)
+                group.start_soon(self._watch_worker, worker)
                 assert process.stdout is not None
                 lines = BufferedByteReceiveStream(process.stdout)
                 while True:
@@ -365,9 +488,12 @@ class LocalBackend(Backend):
             if worker in self._idle:
                 self._idle.remove(worker)
             running = _read_running(progress_fd)
-            os.close(progress_fd)
-            os.unlink(progress_path)
-        await self._handle_death(worker, returncode, running)
+            if worker.chunk is not None and not worker.killed and not self._closed:
+                # What the input it died in wrote: its log, and what the terminal has not seen.
+                output, passed = _read_output(output_path, progress_fd)
+                _pass_on(output[passed:])
+            _remove_files(progress_fd, progress_path, output_path)
+        await self._handle_death(worker, returncode, running, output)
         if not self._closed:
             await self.dispatch()  # replace the process if work is still waiting
 
@@ -392,7 +518,7 @@ class LocalBackend(Backend):
             end = int(end_text) if end_text else chunk.stop
             run = chunk.run
             run.measured(float(seconds), max(1, min(end, chunk.stop) - chunk.start))
-            worker.chunk, worker.deadline = None, math.inf
+            worker.chunk, worker.deadline, worker.timeout_at = None, math.inf, math.inf
             if end < chunk.stop and not run.cancelled and not self._closed:
                 # It stopped at a limit it saw before the backend knew (see _take_back).
                 self._give_back(chunk, end, chunk.stop)
@@ -403,17 +529,46 @@ class LocalBackend(Backend):
         elif kind == "ready":
             await self._assign(worker)
 
-    async def _take_back_when_stuck(self, worker: _WorkerProcess) -> None:
-        """Sleep until the worker's chunk is overdue, then take back what waits behind it."""
+    async def _watch_worker(self, worker: _WorkerProcess) -> None:
+        """Sleep until the worker's chunk is overdue (then take back what waits behind it) or
+        its running input may have overrun timeout= (then stop it if it has)."""
         while True:
             now = anyio.current_time()
-            if worker.deadline > now:
+            due = min(worker.deadline, worker.timeout_at)
+            if due > now:
                 worker.wake = anyio.Event()
-                with anyio.move_on_after(worker.deadline - now):
+                with anyio.move_on_after(due - now):
                     await worker.wake.wait()
                 continue
-            worker.deadline = math.inf
-            await self._take_back(worker)
+            if worker.timeout_at <= now:
+                self._enforce_timeout(worker, now)
+            if worker.deadline <= now:
+                worker.deadline = math.inf
+                await self._take_back(worker)
+
+    def _enforce_timeout(self, worker: _WorkerProcess, now: float) -> None:
+        """Kill the worker's group if its running input has run ``timeout`` seconds, else
+        sleep until it would have. Its death is then that input's ``TaskLost("timeout...")``
+        (`_handle_death`), and the rest of its chunk goes back to the queue."""
+        worker.timeout_at = math.inf
+        if (
+            self.timeout is None
+            or worker.chunk is None
+            or worker.killed
+            or worker.timed_out is not None
+        ):
+            return
+        running = _running_since(worker.progress)
+        if running is None:  # between inputs: the next one starts after now
+            worker.timeout_at = now + self.timeout
+            return
+        index, started = running
+        left = self.timeout - (time.monotonic() - started)
+        if left > 0:
+            worker.timeout_at = now + left
+            return
+        worker.timed_out = index
+        _kill_group(worker.process.pid)
 
     async def _take_back(self, worker: _WorkerProcess) -> None:
         """Hand the inputs queued behind the worker's running input to other processes.
@@ -439,22 +594,25 @@ class LocalBackend(Backend):
         chunk.stop = limit
         await self.dispatch()
 
-    def _give_back(self, chunk: _Range, start: int, stop: int) -> None:
-        """Inputs ``start..stop`` of a chunk handed out go to the front of the queue again."""
+    def _give_back(self, chunk: _Range, start: int, stop: int, attempt: int = 0) -> None:
+        """Inputs ``start..stop`` of a chunk handed out go to the front of their run's queue
+        again (as ``attempt``, else the chunk's)."""
         if start < stop:
-            self.enqueue(_Range(chunk.run, chunk.segment, start, stop), front=True)
+            work = _Range(chunk.run, chunk.segment, start, stop, attempt or chunk.attempt)
+            self.enqueue(work, front=True)
             chunk.run.running -= stop - start
             chunk.run.queued += stop - start
 
     async def _handle_death(
-        self, worker: _WorkerProcess, returncode: int | None, running: int
+        self, worker: _WorkerProcess, returncode: int | None, running: int, output: bytes
     ) -> None:
-        """The input that was running is lost; the rest of the chunk goes back to the queue.
+        """The input that was running is lost, or runs again (``retries``); the rest of the
+        chunk goes back to the queue. ``output`` is what that input wrote: its log.
 
         That rest includes inputs that finished but whose grouped records were not yet
         written: they run again rather than being reported lost.
         """
-        chunk, worker.chunk = worker.chunk, None
+        chunk = worker.chunk
         if chunk is None or chunk.run.cancelled or self._closed:
             return
         run = chunk.run
@@ -462,23 +620,84 @@ class LocalBackend(Backend):
         if unwritten >= chunk.stop:
             run.check_over()  # every input of the chunk was reported: it died after them
             return
-        if worker.killed:
-            # Killed for another run's cancel just after it took this chunk: run it again.
-            self._give_back(chunk, unwritten, chunk.stop)
-            return
         # Died between inputs (reading, writing): blame the first unwritten one, so that a
         # process that keeps dying there still makes progress.
         lost = running if unwritten <= running < chunk.stop else unwritten
+        # Killed for another run's cancel just after it took this chunk, or for timeout=
+        # just as the input ended: nobody's death, the chunk runs again.
+        blameless = worker.killed or worker.timed_out not in (None, lost)
+        log = None
+        if output and not blameless:
+            log = await self._save_output(run.spec, lost, chunk.attempt, output)
+        if run.cancelled or self._closed:
+            return  # while the output was being kept; cancel_run has settled the run
+        worker.chunk = None
+        if blameless:
+            self._give_back(chunk, unwritten, chunk.stop)
+            return
         self._give_back(chunk, unwritten, lost)
         self._give_back(chunk, lost + 1, chunk.stop)
+        timed_out = worker.timed_out is not None
+        if not timed_out and chunk.attempt < self.attempts:
+            # As Batch retries a child whose host failed: again, alone (a range of one).
+            self._give_back(chunk, lost, lost + 1, attempt=chunk.attempt + 1)
+            return
         run.running -= 1  # the lost input: reported below, not run again
-        run.listener.lost(
-            lost, death_reason(returncode), log="this process's stderr", exit_code=returncode
-        )
+        reason = timeout_reason(self.timeout or 0.0) if timed_out else death_reason(returncode)
+        run.listener.lost(lost, reason, log=log, exit_code=returncode, attempts=chunk.attempt)
         run.check_over()
 
+    async def _store_for_logs(self) -> Store:
+        """The knot's store, as the knot opens it (its options): opened on first use."""
+        async with self._store_lock:
+            if self._store is None:
+                options = self.setup.options
+                if options.store is not None:
+                    self._store = options.store  # the user's: used as it is, never closed
+                else:
+                    self._store = await open_store(options, default_home())
+                    self._own_store = True
+            return self._store
+
+    async def _save_output(
+        self, spec: RunSpec, index: int, attempt: int, output: bytes
+    ) -> str | None:
+        """Keep what a killed input wrote as its log; where it is, or None if it could not
+        be kept (its loss is reported either way: a log is not worth failing the run for)."""
+        key = _worker.log_key(spec.run_prefix, index, attempt)
+        with anyio.move_on_after(SAVE_OUTPUT_SECONDS), contextlib.suppress(KnotError, OSError):
+            store = await self._store_for_logs()
+            await store.put(key, output)
+            return f"{store.url}/{key}"
+        return None
+
+    async def read_logs(self, spec: RunSpec, index: int, submitted: int) -> list[str]:
+        """The lines input ``index``'s tasks wrote, every attempt in order ([] if none)."""
+        if not 0 <= index < submitted:
+            raise KnotError(
+                f"input {index} of run {spec.run_id} was not submitted: the run has "
+                f"{submitted} inputs, numbered from 0"
+            )
+        store = await self._store_for_logs()
+        keys = await store.list_keys(_worker.log_key(spec.run_prefix, index))
+        attempts = sorted(
+            (attempt, key)
+            for key in keys
+            if (attempt := _worker.log_attempt(key, index)) is not None
+        )
+        lines: list[str] = []
+        for _, key in attempts:
+            try:
+                data = await store.get(key)
+            except KeyError:
+                continue  # removed since it was listed (the run's data expired)
+            lines.extend(data.decode("utf-8", errors="replace").splitlines())
+        return lines
+
     async def cancel_run(self, run: LocalRun) -> None:
-        self._queue = deque(work for work in self._queue if work.run is not run)
+        if run in self._queue:
+            self._queue.remove(run)
+        run.ranges.clear()
         run.queued = 0
         for worker in list(self._processes):
             if worker.chunk is not None and worker.chunk.run is run:
@@ -492,6 +711,26 @@ class LocalBackend(Backend):
         with anyio.CancelScope(shield=True):
             for worker in list(self._processes):
                 await _stop_process(worker.process)
+            store, self._store = self._store, None
+            if store is not None and self._own_store:
+                await store.aclose()
+
+
+def _remove_files(progress_fd: int, progress_path: str, output_path: str) -> None:
+    os.close(progress_fd)
+    for path in (progress_path, output_path):
+        if path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
+def _pass_on(output: bytes) -> None:
+    """Show a dead worker's last output where its workers' output goes: this process's
+    stderr (the file descriptor the workers inherit)."""
+    view = memoryview(output)
+    with contextlib.suppress(OSError):
+        while view:
+            view = view[os.write(2, view) :]
 
 
 async def _stop_process(process: anyio.abc.Process) -> None:
@@ -518,7 +757,11 @@ def _parse_options(options: Mapping[str, object], core: KnotOptions) -> LocalOpt
 
 
 def _create(options: KnotOptions) -> LocalBackend:
-    return LocalBackend(workers=options.backend_options("local", LocalOptions).workers)
+    return LocalBackend(
+        workers=options.backend_options("local", LocalOptions).workers,
+        timeout=options.timeout,
+        retries=options.retries,
+    )
 
 
 KIND = BackendKind(
