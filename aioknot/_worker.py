@@ -553,19 +553,28 @@ class _Flusher:
             seen = started
 
 
+# While an input runs and writes, its log in the store is rewritten at most this often (so
+# that `aioknot logs --follow` shows a long task's lines as they come), and never taking more
+# than a tenth of the flusher thread's time: a log that takes 0.5 s to write waits 5 s.
+LIVE_LOG_SECONDS = 1.0
+LIVE_LOG_SHARE = 0.1
+
+
 class OutputCapture:
     """What each input's task writes to stdout and stderr, kept apart from the others'.
 
     File descriptors 1 and 2 point at one file (opened for appending), so that everything the
     task writes lands there: ``print``, a C library's ``write(1, ...)``, and the processes it
     starts (they inherit the descriptors). After each input, `take` returns what the file
-    holds (that input's output) and empties it. A quiet input costs one ``lseek`` (the shared
-    offset says whether anything was written), so 10,000 tiny quiet tasks pay ~3 ms.
+    holds (that input's output) and empties it, and `keep` stores it as the input's log. A
+    quiet input costs a flush and one ``lseek`` (the shared offset says whether anything was
+    written): ~0.45 us, so 10,000 tiny quiet tasks pay ~5 ms of CPU in all.
 
     The output is also passed on to ``passthrough`` (the client's stderr) for people watching
     a terminal: while an input runs, by the flusher thread at each look (`pass_through`), and
     the rest when it ends. ``report_passed`` shares how much was passed on with the local
-    backend (the progress file), which passes on the rest if the process is killed.
+    backend (the progress file), which passes on the rest if the process is killed. At those
+    looks, the log of an input that runs long and writes is also stored as it grows.
     """
 
     def __init__(
@@ -576,15 +585,32 @@ class OutputCapture:
         self._report_passed = report_passed
         self._passed = 0  # bytes of the file passed on already
         self._lock = threading.Lock()  # the main thread's take and the flusher's pass_through
+        # The input running now (-1 once it ended), set by the main thread before each one.
+        self.index = -1
+        # Where its log goes: the chunk's store, run and attempt (`begin`).
+        self._store: WorkerStorage | None = None
+        self._run = ""
+        self._attempt = 1
+        # A log is written whole under this lock, and a growing one only while its input
+        # runs: its final version is never overwritten by an older one.
+        self._log_lock = threading.Lock()
+        self._live_index = -1  # the input whose growing log the flusher looks after
+        self._live_at = 0.0  # when it may next write it (time.monotonic())
+        self._live_size = 0  # how much of it is stored
 
     def redirect(self) -> None:
         """Point stdout and stderr (the descriptors, and so Python's streams) at the file."""
         os.dup2(self._fd, 1)
         os.dup2(self._fd, 2)
 
+    def begin(self, store: WorkerStorage, run: str, attempt: int) -> None:
+        """Where the logs of the chunk about to run go."""
+        self._store, self._run, self._attempt = store, run, attempt
+
     def take(self) -> bytes:
         """What was written since the last take (the input's that just ended); empties it."""
-        # Once per input, so written for speed (~0.45 us in all when the input was quiet).
+        # Once per input, so written for speed.
+        self.index = -1
         stdout, stderr = sys.stdout, sys.stderr
         try:
             stderr.flush()  # Python's buffers: a partial line, or a stdout made anew
@@ -602,13 +628,45 @@ class OutputCapture:
             self._set_passed(0)
         return data
 
+    def keep(self, index: int, data: bytes) -> None:
+        """Store ``data``, what input ``index`` wrote (`take`), as its log."""
+        if self._store is None:
+            return
+        key = log_key(self._run, index, self._attempt)
+        with self._log_lock:
+            try:
+                self._store.write(key, data)
+            except Exception as error:
+                # The result matters more than its log: say so, and go on.
+                self.say(f"the output of input {index} could not be stored at {key}: {error}")
+
     def pass_through(self) -> None:
-        """Pass on what the running input wrote since the last look."""
+        """Pass on what the running input wrote since the last look; store its log as it
+        grows if it runs long (the flusher thread, every ``HELD_SECONDS`` while a chunk runs)."""
         with self._lock:
-            if os.lseek(self._fd, 0, os.SEEK_CUR) > self._passed:
+            end = os.lseek(self._fd, 0, os.SEEK_CUR)
+            if end > self._passed:
                 data = self._read(self._passed)
                 self._pass_on(data)
                 self._set_passed(self._passed + len(data))
+            index, now = self.index, time.monotonic()
+            if index != self._live_index:  # another input: its log may wait a while
+                self._live_index, self._live_at, self._live_size = index, now + LIVE_LOG_SECONDS, 0
+                return
+            store, run, attempt = self._store, self._run, self._attempt
+            if index < 0 or store is None or end <= self._live_size or now < self._live_at:
+                return
+            output = self._read(0)
+        with self._log_lock:
+            if (self.index, self._run, self._attempt) != (index, run, attempt):
+                return  # it ended meanwhile: the main thread stores its whole log
+            try:
+                store.write(log_key(run, index, attempt), output)
+            except Exception:
+                pass  # it is stored whole when the input ends, or said then why not
+            took = time.monotonic() - now
+        self._live_size = len(output)
+        self._live_at = time.monotonic() + max(LIVE_LOG_SECONDS, took / LIVE_LOG_SHARE)
 
     def say(self, text: str) -> None:
         """A line of the worker's own for the client's stderr, never in any input's log."""
@@ -752,6 +810,8 @@ class Worker:
             return stop
         base = offsets[0]
         flusher = self._flusher if on_failed is not None else None
+        if capture is not None:
+            capture.begin(store, run, attempt)
         if flusher is not None:
             flusher.tick = capture.pass_through if capture is not None else None
             flusher.begin(flush)
@@ -769,6 +829,8 @@ class Worker:
                     break
                 if flusher is not None:
                     flusher.started += 1
+                if capture is not None:
+                    capture.index = index
                 began = time.perf_counter()
                 pickled_input = data[offsets[position] - base : offsets[position + 1] - base]
                 try:
@@ -784,7 +846,7 @@ class Worker:
                 if capture is not None:
                     output = capture.take()
                     if output:  # before the record: once the result is known, so is the log
-                        self._keep_output(capture, store, log_key(run, index, attempt), output)
+                        capture.keep(index, output)
                 with lock:
                     if not pending:
                         opened = began
@@ -801,15 +863,6 @@ class Worker:
             if flusher is not None:
                 flusher.end()
         return end
-
-    @staticmethod
-    def _keep_output(capture: OutputCapture, store: WorkerStorage, key: str, data: bytes) -> None:
-        """Store an input's output (a quiet input stores nothing, and never comes here)."""
-        try:
-            store.write(key, data)
-        except Exception as error:
-            # The result matters more than its log: say so, and go on.
-            capture.say(f"the output kept at {key} could not be stored: {error}")
 
 
 def array_index_from_environment(environ: dict[str, str] | os._Environ[str]) -> int:

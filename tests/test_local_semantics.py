@@ -21,6 +21,7 @@ import anyio
 import pytest
 from helpers.aws import make_bucket
 from helpers.processes import gone
+from helpers.waiting import wait_until_async
 from infra.moto import MotoServer
 
 from aioknot import AsyncKnot, KnotError, TaskError, TaskLost
@@ -243,6 +244,31 @@ async def test_the_output_of_a_killed_input_is_kept(capfd: pytest.CaptureFixture
         assert await run.logs(1) == ["before 1"]
         assert await run.logs(2) == ["before 2"]
     assert capfd.readouterr().err.count("before 1\n") == 1  # passed on once, not twice
+
+
+def talks_until_released(release: str) -> str:
+    print("started", flush=True)
+    # The long task under test: it runs until the test has read its first line.
+    deadline = time.monotonic() + 60
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    print("released")
+    return release
+
+
+async def test_the_log_of_a_long_input_grows_while_it_runs(tmp_path: Path) -> None:
+    release = str(tmp_path / "release")
+    async with AsyncKnot(talks_until_released, backend="local", workers=1) as knot:
+        run = await knot.map([release])
+
+        async def first_line() -> bool:
+            return await run.logs(0) == ["started"]
+
+        # As `aioknot logs --follow` reads it: the line is there before the input ends.
+        await wait_until_async(first_line, timeout=30, what="the running input's log stored")
+        Path(release).touch()
+        assert await run.gather() == [release]
+        assert await run.logs(0) == ["started", "released"]
 
 
 async def test_logs_with_the_s3_store(aws: MotoServer) -> None:
