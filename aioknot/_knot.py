@@ -198,7 +198,7 @@ class AsyncKnot(Generic[R]):
                 self._group = await self._exit_stack.enter_async_context(task_group())
                 # Runs first on exit: stop every watcher and worker before the group is awaited.
                 self._exit_stack.callback(self._group.cancel_scope.cancel)
-                self._backend.start(self._group)
+                self._backend.start(self._group, self._store)
                 # clobber() may cancel it before the task even starts.
                 self._preparing, self._sweeping = anyio.CancelScope(), anyio.CancelScope()
                 if not self._operating:

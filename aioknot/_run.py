@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import weakref
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -37,6 +38,9 @@ R = TypeVar("R")  # what the knot's function returns
 Inputs = Iterable[Any] | AsyncIterable[Any]
 
 CANCELLED_REASON = "the run was cancelled"
+# The runs this process started, by id, while they are referenced: a run re-attached here is
+# cancelled through the run itself.
+_STARTED: weakref.WeakValueDictionary[str, Run[Any]] = weakref.WeakValueDictionary()
 MANIFEST_ON_CANCEL_SECONDS = 3.0
 
 
@@ -95,6 +99,7 @@ class Run(Generic[R]):
             spec, store, backend.name, retain=retain, return_exceptions=return_exceptions
         )
         run._backend_run = backend.open_run(spec, run.watcher)
+        _STARTED[spec.run_id] = run
         return run
 
     @classmethod
@@ -420,11 +425,20 @@ class Run(Generic[R]):
         """
         if self._all_finished or self._cancelled:
             return
-        self._cancelled = True
-        self.finished_at = time.time()
         with anyio.CancelScope(shield=True):
+            started = _STARTED.get(self.id)
+            if started is not None and started is not self:
+                # Re-attached in the process that runs it: cancel the run itself, so that its
+                # own readers hear "cancelled" and its manifest says so.
+                await started.cancel()
             if self._backend_run is not None:
+                # First: a backend that refuses (a local run another process runs) leaves
+                # the run as it was.
                 await self._backend_run.cancel()
+            if self._cancelled:
+                return  # cancelled meanwhile, by another task
+            self._cancelled = True
+            self.finished_at = time.time()
             self.watcher.abandon(CANCELLED_REASON)
             if self._total is None:
                 self._total = self.submitted

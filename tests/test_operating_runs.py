@@ -215,3 +215,57 @@ async def test_a_reader_that_finishes_a_run_keeps_its_owner_in_the_manifest(
     rewritten = json.loads(manifest.read_text())
     assert rewritten["owner"] == {"host": "elsewhere", "pid": 1}
     assert rewritten["finished"] is not None and rewritten["counts"]["succeeded"] == 3
+
+
+async def test_a_local_run_is_cancelled_where_it_runs(aioknot_home: str) -> None:
+    async with aioknot.AsyncKnot(fail_on_three, name="guarded", workers=1) as knot:
+        running = await knot.map([1, 3000, 4])
+        # Attached in the same process: cancelling it cancels the run itself.
+        async with aioknot.AsyncKnot(fail_on_three, name="guarded") as other:
+            await (await other.attach(running.id)).cancel()
+        with pytest.raises(aioknot.TaskLost, match="cancelled"):
+            await running.gather()
+
+
+async def test_a_local_run_of_another_live_process_refuses_to_be_cancelled(
+    aioknot_home: str,
+) -> None:
+    async with aioknot.AsyncKnot(double, name="theirs") as knot:
+        run = await knot.map([1])
+        await run.gather()
+    manifest = Path(aioknot_home) / run_prefix("theirs", run.id) / "manifest.json"
+    record = json.loads(manifest.read_text())
+    # As if the parent of this test process (alive, on this host) had submitted it and were
+    # still running it.
+    import os
+    import socket
+
+    record.update(owner={"host": socket.gethostname(), "pid": os.getppid()}, finished=None)
+    record["counts"] = {}
+    manifest.write_text(json.dumps(record))
+    async with aioknot.AsyncKnot._operator("theirs") as operator:
+        attached = await operator.attach(run.id)
+        with pytest.raises(aioknot.ConfigurationError, match=f"process {os.getppid()}"):
+            await attached.cancel()
+    assert json.loads(manifest.read_text())["cancelled"] is False  # nothing was changed
+
+
+async def test_the_progress_callback_hears_the_worker_pools_events(aioknot_home: str) -> None:
+    events: list[str] = []
+    async with aioknot.AsyncKnot(
+        die_once, name="eventful", workers=1, retries=2, progress=events.append
+    ) as knot:
+        marker = Path(aioknot_home) / "died-once"
+        assert await (await knot.map([str(marker)])).gather() == ["second attempt"]
+    assert any("starting 1 worker processes" in event for event in events), events
+    assert any("running it again (attempt 2 of 2)" in event for event in events), events
+
+
+def die_once(marker: str) -> str:
+    import os
+    import signal
+
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)  # the worker dies: a retry runs the input again
+    return "second attempt"

@@ -159,6 +159,7 @@ class Backend(abc.ABC):
 
     _setup: KnotSetup | None = None
     _group: anyio.abc.TaskGroup | None = None
+    _knot_store: Store | None = None
 
     def bind(self, knot: KnotSetup) -> None:
         """Serve ``knot``. Called once, in the knot's constructor: a backend checks here,
@@ -183,9 +184,18 @@ class Backend(abc.ABC):
         None to use the store the options name."""
         return None
 
-    def start(self, group: anyio.abc.TaskGroup) -> None:
-        """Keep ``group``, the knot's task group, for the backend's own background tasks."""
+    def start(self, group: anyio.abc.TaskGroup, store: Store) -> None:
+        """Keep ``group``, the knot's task group, for the backend's own background tasks, and
+        ``store``, the knot's open store (the local backend keeps tasks' logs there)."""
         self._group = group
+        self._knot_store = store
+
+    @property
+    def knot_store(self) -> Store:
+        """The knot's open store (see `start`)."""
+        if self._knot_store is None:
+            raise ConfigurationError(f"the {self.name} backend was not started by its knot")
+        return self._knot_store
 
     async def prepare(self) -> None:
         """Make the environment ready (worker pool, stack, image); runs beside uploads."""

@@ -57,10 +57,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from .. import _worker
 from .._exceptions import ConfigurationError, KnotError
 from .._manifest import Manifest
-from .._names import default_home
 from .._options import KnotOptions
-from .._stores import open_store
-from .._stores.base import Store
 from .._tasks import task_group
 from .base import Backend, BackendKind, BackendRun, KnotSetup, RunSpec, Segment, TaskListener
 
@@ -287,7 +284,15 @@ class AttachedLocalRun(BackendRun):
             await anyio.sleep(OWNER_POLL_SECONDS)
 
     async def cancel(self) -> None:
-        return None  # the processes belong to the knot that started the run
+        """Refuse, saying where it runs, while another process runs it (its workers are that
+        process's children, out of reach). In this process, the run itself is cancelled first
+        (`Run.cancel` sees to that), so there is nothing left to stop here."""
+        if self._owner_alive() and self._owner:
+            raise ConfigurationError(
+                f"run {self._run_id} is running in process {self._owner.get('pid')} on "
+                f"{self._owner.get('host')}, whose worker processes are its own: cancel it "
+                "there (or stop that process); it can be cancelled from anywhere on Batch"
+            )
 
     async def logs(self, index: int) -> list[str]:
         return await self._backend.read_logs(self._spec, index, self._submitted)
@@ -318,9 +323,6 @@ class LocalBackend(Backend):
         self._closed = False
         # The store, for logs: read by run.logs(), written for a killed input. Opened on
         # first use (most knots never need it); closed by aclose when it was opened here.
-        self._store: Store | None = None
-        self._own_store = False
-        self._store_lock = anyio.Lock()
 
     def bind(self, knot: KnotSetup) -> None:
         super().bind(knot)
@@ -338,7 +340,10 @@ class LocalBackend(Backend):
     async def prepare(self) -> None:
         """Start the worker processes now, while the first inputs are still being packed:
         an interpreter takes ~40 ms to start, which would otherwise delay the first result."""
-        self._spawn(self.workers - len(self._processes) - self._starting)
+        starting = self.workers - len(self._processes) - self._starting
+        if starting > 0:
+            self._tell(f"starting {starting} worker processes")
+        self._spawn(starting)
 
     def open_run(self, spec: RunSpec, listener: TaskListener) -> LocalRun:
         return LocalRun(self, spec, listener)
@@ -638,26 +643,23 @@ class LocalBackend(Backend):
         self._give_back(chunk, unwritten, lost)
         self._give_back(chunk, lost + 1, chunk.stop)
         timed_out = worker.timed_out is not None
+        reason = timeout_reason(self.timeout or 0.0) if timed_out else death_reason(returncode)
+        where = f"input {lost} of run {run.spec.run_id}"
         if not timed_out and chunk.attempt < self.attempts:
             # As Batch retries a child whose host failed: again, alone (a range of one).
             self._give_back(chunk, lost, lost + 1, attempt=chunk.attempt + 1)
+            self._tell(f"{where}: {reason}; running it again (attempt {chunk.attempt + 1} "
+                       f"of {self.attempts})")  # fmt: skip
             return
         run.running -= 1  # the lost input: reported below, not run again
-        reason = timeout_reason(self.timeout or 0.0) if timed_out else death_reason(returncode)
+        self._tell(f"{where} is lost: {reason}")
         run.listener.lost(lost, reason, log=log, exit_code=returncode, attempts=chunk.attempt)
         run.check_over()
 
-    async def _store_for_logs(self) -> Store:
-        """The knot's store, as the knot opens it (its options): opened on first use."""
-        async with self._store_lock:
-            if self._store is None:
-                options = self.setup.options
-                if options.store is not None:
-                    self._store = options.store  # the user's: used as it is, never closed
-                else:
-                    self._store = await open_store(options, default_home())
-                    self._own_store = True
-            return self._store
+    def _tell(self, message: str) -> None:
+        """An event of the worker pool, for the knot's ``progress=`` callback and log."""
+        if self._setup is not None:
+            self._setup.progress(message)
 
     async def _save_output(
         self, spec: RunSpec, index: int, attempt: int, output: bytes
@@ -666,7 +668,7 @@ class LocalBackend(Backend):
         be kept (its loss is reported either way: a log is not worth failing the run for)."""
         key = _worker.log_key(spec.run_prefix, index, attempt)
         with anyio.move_on_after(SAVE_OUTPUT_SECONDS), contextlib.suppress(KnotError, OSError):
-            store = await self._store_for_logs()
+            store = self.knot_store
             await store.put(key, output)
             return f"{store.url}/{key}"
         return None
@@ -678,7 +680,7 @@ class LocalBackend(Backend):
                 f"input {index} of run {spec.run_id} was not submitted: the run has "
                 f"{submitted} inputs, numbered from 0"
             )
-        store = await self._store_for_logs()
+        store = self.knot_store
         keys = await store.list_keys(_worker.log_key(spec.run_prefix, index))
         attempts = sorted(
             (attempt, key)
@@ -711,9 +713,6 @@ class LocalBackend(Backend):
         with anyio.CancelScope(shield=True):
             for worker in list(self._processes):
                 await _stop_process(worker.process)
-            store, self._store = self._store, None
-            if store is not None and self._own_store:
-                await store.aclose()
 
 
 def _remove_files(progress_fd: int, progress_path: str, output_path: str) -> None:
