@@ -25,7 +25,7 @@ from typing import Any, Generic, TypeVar
 import anyio
 
 from ._backends.base import Backend, BackendRun, EndedRun, RunSpec, Segment
-from ._exceptions import TaskLost
+from ._exceptions import KnotError, TaskLost
 from ._inputs import PackedSegment, pack_inputs
 from ._manifest import Manifest
 from ._names import manifest_key
@@ -112,8 +112,12 @@ class Run(Generic[R]):
         run._owner = manifest.owner  # who submitted it stays its owner, whoever writes
         run.watcher.sweep_first = True
         if manifest.cancelled:
-            # Whatever has no record will never get one.
-            run._backend_run = EndedRun(manifest.jobs)
+            # Whatever has no record will never get one; the logs stay readable.
+            try:
+                reader: BackendRun | None = backend.attach_run(spec, run.watcher, manifest)
+            except KnotError:
+                reader = None  # e.g. cancelled before any job was submitted
+            run._backend_run = EndedRun(manifest.jobs, reader)
             run.watcher.no_record_reason = CANCELLED_REASON
         else:
             run._backend_run = backend.attach_run(spec, run.watcher, manifest)

@@ -269,3 +269,23 @@ def die_once(marker: str) -> str:
         open(marker, "w").close()
         os.kill(os.getpid(), signal.SIGKILL)  # the worker dies: a retry runs the input again
     return "second attempt"
+
+
+def shout(x: int) -> int:
+    print(f"working on {x}")
+    if x >= 100:
+        time.sleep(x / 100)  # the work under test: still running when cancelled
+    return x
+
+
+async def test_a_cancelled_runs_logs_stay_readable(aioknot_home: str) -> None:
+    async with aioknot.AsyncKnot(shout, name="loud", workers=1) as knot:
+        run = await knot.map([1, 3000])
+        await wait_until_async(
+            lambda: (Path(aioknot_home) / run_prefix("loud", run.id) / "logs").exists(),
+            timeout=30,
+            what="input 0's log stored",
+        )
+        await run.cancel()
+        attached = await knot.attach(run.id)
+        assert await attached.logs(0) == ["working on 1"]

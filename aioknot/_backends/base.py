@@ -232,10 +232,17 @@ class Backend(abc.ABC):
 
 
 class EndedRun(BackendRun):
-    """A re-attached run that is known to be over (it was cancelled): nothing more will come."""
+    """A re-attached run that is known to be over (it was cancelled): nothing more will come;
+    its tasks' logs are read through ``reader`` (the backend's re-attached run), if any."""
 
-    def __init__(self, job_ids: Sequence[str]) -> None:
+    def __init__(self, job_ids: Sequence[str], reader: BackendRun | None = None) -> None:
         self._job_ids = list(job_ids)
+        self._reader = reader
+
+    async def logs(self, index: int) -> list[str]:
+        if self._reader is None:
+            return await super().logs(index)
+        return await self._reader.logs(index)
 
     @property
     def job_ids(self) -> list[str]:
