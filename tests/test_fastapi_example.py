@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 import httpx
 from helpers.processes import wait_until_gone, worker_processes
-from helpers.waiting import wait_until_async
+from helpers.waiting import wait_until, wait_until_async
 from infra.moto import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,6 +63,14 @@ def test_fifty_concurrent_requests_fan_out(tmp_path: Path) -> None:
         anyio.run(_fifty_requests, f"http://127.0.0.1:{port}")
         workers = worker_processes(server.pid)
         assert workers  # the app's knot runs its tasks in worker processes of its own
+        # Each request's amap run removes its data when the request is answered: 51 requests
+        # leave no runs behind (it was 302 runs and 2,720 files after a short test).
+        runs = tmp_path / "home" / "knots" / "primes" / "runs"
+        wait_until(
+            lambda: runs.is_dir() and not any(runs.iterdir()),
+            timeout=30,
+            what="every request's run data removed",
+        )
     finally:
         server.send_signal(signal.SIGINT)  # uvicorn shuts down: the lifespan closes the knot
         output = server.communicate(timeout=60)[0].decode()
