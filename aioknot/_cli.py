@@ -36,7 +36,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 
@@ -44,7 +44,7 @@ from ._exceptions import KnotError, TaskError, TaskLost
 from ._knot import AsyncKnot
 from ._names import KNOT_NAME_PATTERN, RUN_ID_PATTERN, manifest_key, run_prefix
 from ._options import DEFAULT_RETENTION_DAYS, _retention_days
-from ._retention import RunSummary, collect_garbage, knot_names, summarise
+from ._retention import DAY, RunSummary, collect_garbage, knot_names, summarise
 from ._run import Run
 from ._tasks import task_group
 
@@ -63,7 +63,6 @@ DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400
 _DURATION = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)([smhdw])$")
 EXAMPLE_RUN = "pi-calc/20261121T091500-3fa2c1"
 
-T = TypeVar("T")
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 
@@ -617,7 +616,7 @@ async def _follow(run: Run[Any], index: int) -> None:
     over = anyio.Event()
 
     async def wait_for_outcome() -> None:
-        async with _closing(run.items(return_exceptions=True)) as outcomes:
+        async with contextlib.aclosing(run.items(return_exceptions=True)) as outcomes:
             async for completed, _ in outcomes:
                 if completed == index:
                     break
@@ -640,18 +639,6 @@ async def _follow(run: Run[Any], index: int) -> None:
             with anyio.move_on_after(pause):
                 await over.wait()
         group.cancel_scope.cancel()
-
-
-@contextlib.asynccontextmanager
-async def _closing(iterator: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
-    """A run's reader, closed however the ``async for`` over it ends (``Run.items`` is an
-    async generator, typed as the iterator it is)."""
-    try:
-        yield iterator
-    finally:
-        aclose = getattr(iterator, "aclose", None)
-        if aclose is not None:
-            await aclose()
 
 
 def _jsonable(value: object) -> bool:
@@ -707,7 +694,7 @@ async def _results(args: argparse.Namespace) -> int:
         run = await knot.attach(summary.id)
         width = len(str(max(len(run) - 1, 0)))
         items = run.items(return_exceptions=True, ordered=True)
-        async with _closing(items):
+        async with contextlib.aclosing(items):
             async for index, value in items:
                 outcome = _outcome(index, value)
                 failed = outcome["state"] != "succeeded"
@@ -753,7 +740,7 @@ async def _cancel(args: argparse.Namespace) -> int:
 async def _gc(args: argparse.Namespace) -> int:
     older_than = args.older_than
     if older_than is None:  # the library's default retention, read the library's way
-        older_than = _retention_days(None) * DURATION_UNITS["d"]
+        older_than = _retention_days(None) * DAY
     async with _open(args) as opened:
         removed = await collect_garbage(
             opened.store, older_than=older_than, knots=args.knots or None

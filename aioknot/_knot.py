@@ -481,7 +481,8 @@ class AsyncKnot(Generic[R]):
         finally:
             submission.cancel()
             await run.cancel()
-            group.start_soon(remove_data)
+            if self._state is _State.OPENED:  # a closed knot's task group takes no task
+                group.start_soon(remove_data)
 
     async def attach(self, run_id: str) -> Run[R]:
         """A run of this knot started earlier, maybe by another process, from its manifest."""

@@ -12,6 +12,7 @@ import math
 import time
 import weakref
 from collections.abc import (
+    AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
     Awaitable,
@@ -42,6 +43,9 @@ CANCELLED_REASON = "the run was cancelled"
 # cancelled through the run itself.
 _STARTED: weakref.WeakValueDictionary[str, Run[Any]] = weakref.WeakValueDictionary()
 MANIFEST_ON_CANCEL_SECONDS = 3.0
+# How often progress() asks the backend for its own counts (queued, running): on Batch each
+# ask is a DescribeJobs, and the watcher polls Batch on its own clock already.
+BACKEND_STATUS_SECONDS = 5.0
 
 
 class Run(Generic[R]):
@@ -325,7 +329,7 @@ class Run(Generic[R]):
 
     async def items(
         self, *, return_exceptions: bool | None = None, ordered: bool = False
-    ) -> AsyncIterator[tuple[int, R]]:
+    ) -> AsyncGenerator[tuple[int, R], None]:
         """``(index, value)`` pairs as they complete (or in input order with ``ordered``).
 
         A failed input raises its ``TaskError`` / ``TaskLost`` here, unless
@@ -387,24 +391,38 @@ class Run(Generic[R]):
         stored rather than none."""
         if self._attached:
             await self.watcher.looked.wait()
-        counts = {
+        return {**self._own_counts(), **await self._backend_counts()}
+
+    def _own_counts(self) -> dict[str, int]:
+        return {
             "total": len(self),
             "submitted": self.submitted,
             **self._counts,
             "pending": self.submitted - self.finished,
         }
-        if self._backend_run is not None and not self.done:
-            counts.update(await self._backend_run.status())
-        return counts
+
+    async def _backend_counts(self) -> dict[str, int]:
+        if self._backend_run is None or self.done:
+            return {}
+        return await self._backend_run.status()
 
     async def progress(self, *, interval: float = 0.5) -> AsyncIterator[dict[str, int]]:
         """Status counts (as `status` gives them) each time they change, at most every
         ``interval`` seconds, ending with the counts of the finished run; for services that
-        report progress (a web socket, a log line). Raises the run's failure, if it fails."""
+        report progress (a web socket, a log line). Raises the run's failure, if it fails.
+
+        The run's own counts are read at every step; the backend's (a DescribeJobs on Batch)
+        at most every `BACKEND_STATUS_SECONDS`, however short the interval."""
+        if self._attached:
+            await self.watcher.looked.wait()
         last: dict[str, int] | None = None
+        backend: dict[str, int] = {}
+        asked = -math.inf
         while True:
             self._raise_failure()
-            counts = await self.status()
+            if anyio.current_time() - asked >= BACKEND_STATUS_SECONDS:
+                backend, asked = await self._backend_counts(), anyio.current_time()
+            counts = {**self._own_counts(), **(backend if not self.done else {})}
             if counts != last:
                 yield counts
                 last = counts

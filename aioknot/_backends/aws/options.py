@@ -50,7 +50,7 @@ DEFAULT_VCPUS = 1
 DEFAULT_MEMORY = 2048  # MiB; also a valid Fargate size for 1 vCPU, so the defaults fit both
 DEFAULT_GPUS = 0
 # Attempts per child on Batch: a Spot reclaim or a container that failed to start gets two
-# more; a function's own exception is a result, never retried (see _aws_jobs.RETRY_RULES).
+# more; a function's own exception is a result, never retried (see jobs.RETRY_RULES).
 DEFAULT_RETRIES = 3
 DEFAULT_COMPUTE_TYPE: ComputeType = "EC2"
 DEFAULT_INSTANCE_TYPES: tuple[str, ...] = ("optimal",)
@@ -387,10 +387,12 @@ def _batch_timeout(value: object) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 60:
+        short = isinstance(value, (int, float)) and value < 60
+        problem = "too short for AWS Batch" if short else "not a time limit AWS Batch takes"
         raise ConfigurationError(
-            f"timeout={value!r} is too short for AWS Batch, whose time limit is whole seconds, "
-            "at least 60: pass timeout=60 or more for backend='aws' (locally any positive "
-            "number of seconds works)"
+            f"timeout={value!r} is {problem}, whose limit is whole seconds, at least 60: pass "
+            "timeout=60 or more for backend='aws' (locally any positive number of seconds "
+            "works)"
         )
     return value
 
