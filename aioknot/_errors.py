@@ -21,9 +21,11 @@ raises the result ``from`` the original, which stays visible as ``__cause__``. W
 failure is worth another try is `aioknot._retry`'s business; this module only says what it
 means to the user and what to do.
 
-botocore is a dependency of the library; aiodocker is optional (``aioknot[images]``), so it
-is only looked up among the modules already imported: an error can only be a DockerError if
-aiodocker was imported to raise it.
+None of botocore, aiohttp or aiodocker is imported here: each is only looked up among the
+modules already imported, as an error can only be botocore's if botocore was imported to
+raise it. A local knot, whose store uses `os_error`, thus never pays for them (botocore alone
+is ~50 ms), and aiodocker may stay uninstalled (it is optional: ``aioknot[images]``).
+``AWS_ERRORS``, for the AWS modules' ``except`` clauses, imports botocore when first named.
 """
 
 from __future__ import annotations
@@ -33,16 +35,7 @@ import errno
 import re
 import sys
 from collections.abc import Iterable, Iterator
-from typing import TypeVar
-
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    NoCredentialsError,
-    NoRegionError,
-    ProfileNotFound,
-)
-from botocore.parsers import ResponseParserError
+from typing import TYPE_CHECKING, TypeVar
 
 from ._exceptions import ConfigurationError, ImageBuildError, KnotError, StoreError
 from ._retry import is_transient
@@ -50,10 +43,58 @@ from ._worker import DISK_FULL
 
 E = TypeVar("E", bound=KnotError)
 
-# What botocore raises for a request that failed. An endpoint that answers a failure in the
-# wrong protocol (moto, for a resource it refuses) surfaces as ResponseParserError, which is
-# no BotoCoreError.
-AWS_ERRORS = (ClientError, BotoCoreError, ResponseParserError)
+if TYPE_CHECKING:
+    from typing import TypeGuard
+
+    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.parsers import ResponseParserError
+
+    # What botocore raises for a request that failed. An endpoint that answers a failure in
+    # the wrong protocol (moto, for a resource it refuses) surfaces as ResponseParserError,
+    # which is no BotoCoreError. At run time, made by ``__getattr__`` below when first named.
+    AWS_ERRORS = (ClientError, BotoCoreError, ResponseParserError)
+else:
+
+    def __getattr__(name: str) -> object:
+        if name == "AWS_ERRORS":  # named by the AWS modules, which import botocore anyway
+            value = globals()["AWS_ERRORS"] = _botocore_errors(importing=True)
+            return value
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _botocore_errors(*, importing: bool = False) -> tuple[type[Exception], ...]:
+    """What botocore raises for a request that failed (`AWS_ERRORS`), as far as botocore is
+    imported (none of it when it is not: then no error can be botocore's); all of it, imported
+    if need be, when ``importing``."""
+    found: tuple[type[Exception], ...] = ()
+    if importing or "botocore.exceptions" in sys.modules:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        found += (ClientError, BotoCoreError)
+    if importing or "botocore.parsers" in sys.modules:
+        from botocore.parsers import ResponseParserError
+
+        found += (ResponseParserError,)
+    return found
+
+
+def _is_client_error(error: BaseException) -> TypeGuard[ClientError]:
+    """Whether ``error`` is a service's answer through botocore (it has ``.response``)."""
+    if "botocore.exceptions" not in sys.modules:
+        return False
+    from botocore.exceptions import ClientError
+
+    return isinstance(error, ClientError)
+
+
+def _is_parser_error(error: BaseException) -> bool:
+    """Whether ``error`` is botocore failing to read an endpoint's answer."""
+    if "botocore.parsers" not in sys.modules:
+        return False
+    from botocore.parsers import ResponseParserError
+
+    return isinstance(error, ResponseParserError)
+
 
 # Codes that say "you may not": the request was understood and refused.
 DENIED_CODES = frozenset(
@@ -124,20 +165,20 @@ def _attach(error: E, run_id: str | None, job_id: str | None) -> E:
 
 def error_code(error: BaseException) -> str:
     """The service's error code (``NoSuchKey``, ``ThrottlingException``, ``404``), or ""."""
-    if not isinstance(error, ClientError):
+    if not _is_client_error(error):
         return ""
     return str(error.response.get("Error", {}).get("Code", ""))
 
 
 def error_message(error: BaseException) -> str:
     """The service's own words for a ClientError, else the error's."""
-    if isinstance(error, ClientError):
+    if _is_client_error(error):
         return str(error.response.get("Error", {}).get("Message", "")) or str(error)
     return str(error)
 
 
 def http_status(error: BaseException) -> int | None:
-    if not isinstance(error, ClientError):
+    if not _is_client_error(error):
         return None
     status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     return int(status) if status is not None else None
@@ -146,12 +187,12 @@ def http_status(error: BaseException) -> int | None:
 def error_summary(error: BaseException) -> str:
     """A short account of a botocore (or connection) error for a message: ``HTTP 503
     ServiceUnavailable: Please reduce your request rate.``, or the error's type and words."""
-    if isinstance(error, ClientError):
+    if _is_client_error(error):
         status = http_status(error)
         head = f"HTTP {status} {error_code(error) or '?'}" if status else error_code(error)
         message = str(error.response.get("Error", {}).get("Message", ""))
         return f"{head}: {message}" if message else head
-    if isinstance(error, ResponseParserError):
+    if _is_parser_error(error):
         # The endpoint's own message, when the unparsable body holds one.
         found = re.search(r'"message": "([^"]*)"', str(error))
         if found:
@@ -161,6 +202,10 @@ def error_summary(error: BaseException) -> str:
 
 def _setup_error(error: BaseException, doing: str) -> ConfigurationError | None:
     """The credentials, region or profile problems that no request can get past."""
+    if "botocore.exceptions" not in sys.modules:
+        return None  # not botocore's: then it is none of these
+    from botocore.exceptions import NoCredentialsError, NoRegionError, ProfileNotFound
+
     if isinstance(error, NoCredentialsError):
         return ConfigurationError(
             f"no AWS credentials were found ({doing}): set AWS_PROFILE (or pass profile=), or "
@@ -209,7 +254,7 @@ def aws_error(
             )
         else:
             summary = error_summary(error)
-            if isinstance(error, ClientError):
+            if _is_client_error(error):
                 summary = f"{code}: {error_message(error)}"
             tail = f". {_sentence(advice)}" if advice else ""
             translated = failure(f"{doing} failed: {summary}{tail}")
@@ -228,7 +273,7 @@ def aws_errors(
     """Translate the botocore errors raised inside the block (`aws_error`); ours pass."""
     try:
         yield
-    except AWS_ERRORS as error:
+    except _botocore_errors() as error:  # evaluated only when the block raised
         raise aws_error(
             error, doing, failure, advice=advice, run_id=run_id, job_id=job_id
         ) from error
@@ -360,11 +405,13 @@ def _cannot_connect(error: BaseException) -> bool:
     """Whether ``error`` says the engine never answered (rather than failed on the way)."""
     if _docker_error(error):
         return getattr(error, "status", None) == 900  # aiodocker's "cannot connect"
-    import aiohttp  # aiobotocore's dependency, so always there
+    if isinstance(error, (FileNotFoundError, ConnectionRefusedError)):
+        return True
+    if "aiohttp" not in sys.modules:
+        return False  # then the error is not aiohttp's
+    import aiohttp
 
-    return isinstance(
-        error, (aiohttp.ClientConnectorError, FileNotFoundError, ConnectionRefusedError)
-    )
+    return isinstance(error, aiohttp.ClientConnectorError)
 
 
 def engine_unreachable(engine: str, reason: object) -> ImageBuildError:

@@ -10,7 +10,6 @@ library directly.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -20,6 +19,10 @@ _RUNNING: set[Any] = set()
 
 def spawn(host: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run ``host()`` as a task of the event loop; it must catch its own errors."""
+    # Imported here, not with the module: a knot opened on asyncio finds it imported already,
+    # and ``from aioknot import AsyncKnot`` does not pay for it (~15 ms).
+    import asyncio
+
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:  # not asyncio: anyio's other backend

@@ -4,6 +4,10 @@ Functions go through cloudpickle: closures, lambdas and functions in ``__main__`
 value, functions of installed packages by reference. A function from a local module of the
 user's project that is not installed (so the worker could not import it) is shipped by value
 by registering its module with cloudpickle while it is pickled.
+
+cloudpickle (~5 ms) and importlib.metadata (~30 ms: email, zipfile, pathlib) are imported
+when first needed, not with this module: most inputs pickle with the standard pickler, and
+``import aioknot`` should not pay for either.
 """
 
 from __future__ import annotations
@@ -11,7 +15,6 @@ from __future__ import annotations
 import _thread
 import functools
 import hashlib
-import importlib.metadata
 import io
 import os
 import pickle
@@ -26,8 +29,6 @@ from functools import cache
 from types import CodeType, ModuleType
 from typing import Any
 
-import cloudpickle
-
 from ._exceptions import SerializationError
 
 
@@ -40,6 +41,8 @@ class PickledFunction:
 
 @cache
 def _installed_top_level_names() -> frozenset[str]:
+    import importlib.metadata
+
     return frozenset(importlib.metadata.packages_distributions())
 
 
@@ -103,6 +106,8 @@ def pickle_function(
             f"the function to run must be callable, got {type(func).__name__}: "
             "pass the function itself, e.g. AsyncKnot(my_function)"
         )
+    import cloudpickle
+
     local = _local_modules_of(func)
     registered = []
     try:
@@ -154,14 +159,20 @@ class _LiveObjectError(TypeError):
     pass
 
 
-class _InputPickler(cloudpickle.CloudPickler):  # type: ignore[misc]
-    """cloudpickle, refusing live objects at any depth of an input."""
+@cache
+def _input_pickler() -> Any:
+    """The pickler for inputs the standard one refuses (made on first use, as it needs
+    cloudpickle): cloudpickle, refusing live objects at any depth of an input."""
+    import cloudpickle
 
-    def reducer_override(self, obj: object) -> Any:
-        what = live_object(obj)
-        if what is not None:
-            raise _LiveObjectError(f"it holds {what} ({type(obj).__name__})")
-        return super().reducer_override(obj)
+    class InputPickler(cloudpickle.CloudPickler):  # type: ignore[misc]
+        def reducer_override(self, obj: object) -> Any:
+            what = live_object(obj)
+            if what is not None:
+                raise _LiveObjectError(f"it holds {what} ({type(obj).__name__})")
+            return super().reducer_override(obj)
+
+    return InputPickler
 
 
 def _dumps_input(value: object) -> bytes:
@@ -169,7 +180,7 @@ def _dumps_input(value: object) -> bytes:
         return pickle.dumps(value, protocol=5)
     except Exception:
         buffer = io.BytesIO()
-        _InputPickler(buffer, protocol=5).dump(value)
+        _input_pickler()(buffer, protocol=5).dump(value)
         return buffer.getvalue()
 
 
