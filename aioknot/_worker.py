@@ -10,7 +10,8 @@ Two ways to run it:
 * ``python aioknot_worker.py`` (a Batch job): everything comes from environment variables
   (``AIOKNOT_*`` below); the array index comes from ``AWS_BATCH_JOB_ARRAY_INDEX``, else the
   ``:<i>`` suffix of ``AWS_BATCH_JOB_ID`` (moto sets only the latter).
-* ``python aioknot_worker.py --serve`` (the local backend): reads one JSON chunk per line
+* forked by ``python aioknot_worker.py --zygote FD`` (the local backend; `zygote`, or the
+  same function in a process forked from the client): `serve` reads one JSON chunk per line
   on stdin (with the store's settings: endpoint, region, profile), and reports on the original
   stdout (``serve`` lists the lines); what the user's code writes to stdout or stderr is kept
   per input (`OutputCapture`) and passed on to the client's stderr, so it cannot corrupt the
@@ -49,8 +50,6 @@ import time
 import traceback
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
-
-import cloudpickle
 
 # A segment: magic, input count, (count + 1) absolute offsets, then the pickled inputs.
 # Absolute offsets let a worker read the two offsets around its own input with one ranged GET
@@ -182,6 +181,8 @@ def dumps(obj: object) -> bytes:
     try:
         return pickle.dumps(obj, protocol=5)
     except Exception:
+        import cloudpickle  # here, not with the module: the client imports this file too
+
         return cloudpickle.dumps(obj, protocol=5)  # type: ignore[no-any-return]
 
 
@@ -213,6 +214,8 @@ def encode_error_record(error: BaseException) -> bytes:
         "traceback": "".join(traceback.format_exception(type(error), error, error.__traceback__)),
     }
     try:
+        import cloudpickle
+
         pickled: bytes = cloudpickle.dumps(error, protocol=5)
         pickle.loads(pickled)  # an exception that pickles but cannot be rebuilt is no use
     except Exception:
@@ -1042,6 +1045,151 @@ def serve(progress_path: str | None = None, capture_path: str | None = None) -> 
     return 0
 
 
+# ---------------------------------------------------------------------------------------------
+# The zygote: where the local backend's worker processes come from. A fresh interpreter takes
+# tens of milliseconds to start and import cloudpickle; a fork of a process that has done so
+# is ready in about one. So the client keeps one clean process per client process (forked
+# from the client while it is small and has no threads, else this file run with --zygote),
+# and asks it for each worker: it forks, the child serves (`serve`), and the zygote reports
+# the child's pid and, once it has reaped it, how it ended.
+#
+# The client's requests arrive on a SOCK_SEQPACKET socket, one message each: JSON
+# {"progress", "capture", "cwd", "environment"} with three file descriptors: the worker's
+# channel (its stdin and stdout: chunks in, reports out), a status socket on which the
+# zygote writes "pid <pid>" and, later, "exit <returncode>" (negative: the signal that killed
+# it), then closes it, and the client's stderr as it is now (the worker's stderr, as a
+# subprocess started now would have it). The zygote ends when the client's end closes.
+
+ZYGOTE_NAME = "aioknot-zygote"  # what ps and top show (the process's comm)
+WORKER_NAME = "aioknot-worker"
+_REQUEST_BYTES = 1 << 20
+
+
+def _set_name(name: str) -> None:
+    try:
+        with open("/proc/self/comm", "w") as file:
+            file.write(name)
+    except OSError:
+        pass  # not Linux: the name is cosmetic
+
+
+def _fresh_stdio() -> None:
+    """Standard streams on file descriptors 0-2, as a fresh interpreter has them: a zygote
+    forked from the client inherits the client's stream objects (a notebook's, pytest's)."""
+    for name, fd, mode in (("stdin", 0, "r"), ("stdout", 1, "w"), ("stderr", 2, "w")):
+        stream = open(fd, mode, buffering=1 if mode == "w" else -1, closefd=False)  # noqa: SIM115
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
+
+
+def zygote(control_fd: int) -> int:
+    """Serve the client's requests for worker processes until it closes its end."""
+    import selectors
+    import socket
+
+    _set_name(ZYGOTE_NAME)
+    _fresh_stdio()
+    import cloudpickle  # noqa: F401  (once here, not in each worker: every worker needs it)
+
+    # No terminal signals: Ctrl-C interrupts the client, which stops the workers it owns.
+    if os.getpid() != os.getsid(0):
+        os.setsid()
+    control = socket.socket(fileno=control_fd)
+    wakeup_read, wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # wakes the select below
+    signal.set_wakeup_fd(wakeup_write, warn_on_full_buffer=False)
+    statuses: dict[int, socket.socket] = {}  # a live worker's pid -> its status socket
+    selector = selectors.DefaultSelector()
+    selector.register(control, selectors.EVENT_READ)
+    selector.register(wakeup_read, selectors.EVENT_READ)
+    while True:
+        for key, _ in selector.select():
+            if key.fileobj is control:
+                try:
+                    message, fds, _, _ = socket.recv_fds(control, _REQUEST_BYTES, 3)
+                except ConnectionError:
+                    message, fds = b"", []
+                if not message:
+                    # The client is gone. Its workers notice that their parent is gone
+                    # (`_watch_parent`), remove their files and stop their groups.
+                    return 0
+                _fork_worker(json.loads(message), fds, statuses)
+            else:
+                try:
+                    os.read(wakeup_read, 4096)
+                except BlockingIOError:
+                    pass
+                _reap(statuses)
+
+
+def _fork_worker(request: dict[str, Any], fds: list[int], statuses: dict[int, Any]) -> None:
+    import socket
+
+    channel, status_fd, stderr = fds
+    status = socket.socket(fileno=status_fd)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            os.setsid()  # its own group: stopping the worker stops what its function started
+            _set_name(WORKER_NAME)
+            os.dup2(channel, 0)
+            os.dup2(channel, 1)
+            os.dup2(stderr, 2)
+            # Nothing of the zygote's: its socket, the other workers' status sockets.
+            os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+            os.chdir(request["cwd"])
+            os.environ.clear()
+            os.environ.update(request["environment"])
+            code = serve(request["progress"], request["capture"])
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except BaseException:
+                    pass
+            os._exit(code)
+    os.close(channel)
+    os.close(stderr)
+    try:
+        status.sendall(f"pid {pid}\n".encode(), socket.MSG_NOSIGNAL)
+    except OSError:
+        pass  # the client gave up on it: it is stopped with its group when it ends
+    statuses[pid] = status
+
+
+def _reap(statuses: dict[int, Any]) -> None:
+    """Report each worker that ended, after stopping what its function left running: its
+    group (which it led) cannot be reused by another until the worker is reaped."""
+    import socket
+
+    while True:
+        try:
+            pid, wait_status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+        status = statuses.pop(pid, None)
+        if status is None:
+            continue
+        code = os.waitstatus_to_exitcode(wait_status)
+        try:
+            status.sendall(f"exit {code}\n".encode(), socket.MSG_NOSIGNAL)
+        except OSError:
+            pass  # the client stopped listening (its knot closed)
+        status.close()
+
+
 PARENT_POLL_SECONDS = 0.5
 
 
@@ -1074,6 +1222,7 @@ def _argument(name: str) -> str | None:
 
 
 if __name__ == "__main__":
-    if "--serve" in sys.argv[1:]:
-        sys.exit(serve(_argument("--progress-file"), _argument("--capture-file")))
+    zygote_fd = _argument("--zygote")
+    if zygote_fd is not None:
+        sys.exit(zygote(int(zygote_fd)))
     sys.exit(batch_main(os.environ))

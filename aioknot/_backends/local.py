@@ -1,7 +1,9 @@
 """The local backend: the worker module run as a pool of processes on this machine.
 
-Each process is ``python _worker.py --serve``: it takes one chunk (a contiguous range of one
-stored segment) per line on stdin and reports each written record. Chunks are sized from the
+Each process runs the worker file's loop (`aioknot._worker.serve`), forked by this client's
+zygote (`zygote`: a fork is ready in about a millisecond where a fresh interpreter takes tens):
+it takes one chunk (a contiguous range of one stored segment) per line on its channel and
+reports each written record. Chunks are sized from the
 measured time per input, so tiny tasks travel in large chunks and slow ones one at a time (a
 slow input never holds a queue of others behind it), and a run's last inputs are spread over
 all processes. A process that dies loses only the input it was running: that one becomes
@@ -42,26 +44,23 @@ import os
 import signal
 import socket
 import struct
-import sys
 import tempfile
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import anyio
-import anyio.abc
-from anyio.streams.buffered import BufferedByteReceiveStream
 
 from .. import _worker
 from .._exceptions import ConfigurationError, KnotError
 from .._manifest import Manifest
 from .._options import KnotOptions
 from .._tasks import task_group
+from . import zygote
 from .base import Backend, BackendKind, BackendRun, KnotSetup, RunSpec, Segment, TaskListener
+from .zygote import WorkerProcess
 
-WORKER_PATH = str(Path(_worker.__file__).resolve())
 # A chunk should take about this long: long enough that pipe round trips are noise, short
 # enough that the tail of a run is shared out evenly.
 TARGET_CHUNK_SECONDS = 0.05
@@ -153,21 +152,9 @@ def _read_output(path: str, passed_fd: int) -> tuple[bytes, int]:
     return output, max(0, min(len(output), _read_slot(passed_fd, _worker.PROGRESS_PASSED, 0)))
 
 
-def _kill_group(pid: int) -> None:
-    """SIGKILL the worker's process group: the worker and whatever the function started.
-
-    The worker leads its group (its own session), so the group's id is its pid, and that id
-    cannot be reused while any process of the group (or the unreaped worker) is left.
-    """
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass  # the group is gone already
-
-
 @dataclass
 class _WorkerProcess:
-    process: anyio.abc.Process
+    process: WorkerProcess
     progress: int  # the progress file's descriptor
     output_path: str  # the file its stdout and stderr point at (the running input's output)
     chunk: _Range | None = None
@@ -330,6 +317,10 @@ class LocalBackend(Backend):
             self.timeout = knot.options.timeout
         if self.retries is None:
             self.retries = knot.options.retries
+        if not knot.operating:
+            # Now, in the knot's constructor: a script has no threads yet, so the zygote can
+            # be forked from this process and is ready at once (see `zygote`).
+            zygote.prestart()
 
     @property
     def attempts(self) -> int:
@@ -338,8 +329,7 @@ class LocalBackend(Backend):
         return self.retries or 1
 
     async def prepare(self) -> None:
-        """Start the worker processes now, while the first inputs are still being packed:
-        an interpreter takes ~40 ms to start, which would otherwise delay the first result."""
+        """Start the worker processes now, while the first inputs are still being packed."""
         starting = self.workers - len(self._processes) - self._starting
         if starting > 0:
             self._tell(f"starting {starting} worker processes")
@@ -434,9 +424,8 @@ class LocalBackend(Backend):
             # Its first input starts after now: no input of it can overrun before this.
             worker.timeout_at = anyio.current_time() + self.timeout
             worker.wake.set()
-        assert worker.process.stdin is not None
         try:
-            await worker.process.stdin.send(line.encode() + b"\n")
+            await worker.process.send(line.encode() + b"\n")
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass  # the process died; its reader reports the chunk
 
@@ -453,16 +442,12 @@ class LocalBackend(Backend):
         except BaseException:
             _remove_files(progress_fd, progress_path, output_path)
             raise
-        command = [
-            *(sys.executable, WORKER_PATH, "--serve"),
-            *("--progress-file", progress_path, "--capture-file", output_path),
-        ]
         try:
-            # Shielded: a spawn cancelled half-way would leave a process with open pipes.
-            # A session of its own: the terminal's Ctrl-C (SIGINT to the foreground process
-            # group) interrupts the client's wait, not the workers' tasks.
+            # Shielded: a start cancelled half-way would leave a process nobody stops. The
+            # worker has a session of its own: the terminal's Ctrl-C (SIGINT to the
+            # foreground process group) interrupts the client's wait, not the workers' tasks.
             with anyio.CancelScope(shield=True):
-                process = await anyio.open_process(command, stderr=None, start_new_session=True)
+                process = await zygote.start_worker(progress_path, output_path)
         except BaseException:
             _remove_files(progress_fd, progress_path, output_path)
             raise
@@ -474,13 +459,16 @@ class LocalBackend(Backend):
         try:
             async with task_group() as group:
                 group.start_soon(self._watch_worker, worker)
-                assert process.stdout is not None
-                lines = BufferedByteReceiveStream(process.stdout)
                 while True:
                     try:
                         # A reason (a "failed" line) may be long; the rest are short.
-                        line = await lines.receive_until(b"\n", 65536)
-                    except (anyio.EndOfStream, anyio.IncompleteRead, anyio.ClosedResourceError):
+                        line = await process.lines.receive_until(b"\n", 65536)
+                    except (
+                        anyio.EndOfStream,
+                        anyio.IncompleteRead,
+                        anyio.ClosedResourceError,
+                        anyio.BrokenResourceError,
+                    ):
                         break
                     await self._handle_line(worker, line.decode())
                 returncode = await process.wait()
@@ -573,7 +561,7 @@ class LocalBackend(Backend):
             worker.timeout_at = now + left
             return
         worker.timed_out = index
-        _kill_group(worker.process.pid)
+        worker.process.kill()
 
     async def _take_back(self, worker: _WorkerProcess) -> None:
         """Hand the inputs queued behind the worker's running input to other processes.
@@ -704,7 +692,7 @@ class LocalBackend(Backend):
         for worker in list(self._processes):
             if worker.chunk is not None and worker.chunk.run is run:
                 worker.killed = True
-                _kill_group(worker.process.pid)
+                worker.process.kill()
         run.running = 0
 
     async def aclose(self) -> None:
@@ -732,10 +720,9 @@ def _pass_on(output: bytes) -> None:
             view = view[os.write(2, view) :]
 
 
-async def _stop_process(process: anyio.abc.Process) -> None:
+async def _stop_process(process: WorkerProcess) -> None:
     """Kill the process and its group if they still run (their work is over or abandoned),
-    and reap it. Processes the user's function started (in the worker's group) die too."""
-    _kill_group(process.pid)
+    and wait until it is reaped. Processes the user's function started die too."""
     await process.aclose()
 
 

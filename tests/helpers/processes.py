@@ -5,28 +5,44 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from aioknot._worker import WORKER_NAME
+
 from .waiting import poll, poll_async
 
 
+def _stat(pid: int) -> tuple[str, int] | None:
+    """A process's state and parent pid, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            fields = file.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[1])
+
+
 def worker_processes(parent: int | None = None) -> list[int]:
-    """Pids of live ``_worker.py --serve`` processes (children of ``parent`` if given)."""
+    """Pids of live local worker processes (``parent``'s, if given).
+
+    A worker is named ``aioknot-worker`` (its /proc comm) and is a child of its client's
+    zygote, itself a child of the client: ``parent`` is its parent's parent.
+    """
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/cmdline", "rb") as file:
-                argv = file.read().split(b"\0")
-            with open(f"/proc/{entry}/stat") as file:
-                fields = file.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/comm") as file:
+                name = file.read().strip()
         except OSError:
             continue
-        state, ppid = fields[0], int(fields[1])
-        if state == "Z":
+        if name != WORKER_NAME:
+            continue
+        stat = _stat(int(entry))
+        if stat is None or stat[0] == "Z":
             continue  # a zombie has exited; it only waits to be reaped
-        if any(arg.endswith(b"_worker.py") for arg in argv) and b"--serve" in argv:
-            if parent is None or ppid == parent:
-                found.append(int(entry))
+        zygote = _stat(stat[1])
+        if parent is None or stat[1] == parent or (zygote is not None and zygote[1] == parent):
+            found.append(int(entry))
     return found
 
 
