@@ -5,7 +5,9 @@ moto's WSGI app wrapped in a middleware that records every request it receives (
 path, query, Range header, User-Agent) before moto sees it. That counts everything honestly,
 the client's aiobotocore requests and the worker processes' boto3 requests alike; the
 User-Agent tells them apart. ``GET /__bench__/log`` returns the record as JSON and
-``POST /__bench__/reset`` empties it.
+``POST /__bench__/reset`` empties it. ``POST /__bench__/delay`` (body: seconds) holds every
+later request that long before moto sees it, as a slow or distant S3 would: the server is
+threaded, so held requests wait side by side and only their latency grows, not their cost.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from infra.moto import FAKE_CREDENTIALS, free_port  # noqa: E402  (one set, one 
 
 LOG_PATH = "/__bench__/log"
 RESET_PATH = "/__bench__/reset"
+DELAY_PATH = "/__bench__/delay"
 
 
 # -- the counting moto server ----------------------------------------------------------------
@@ -67,6 +70,7 @@ def _serve_moto(port: int) -> None:
     moto_app = DomainDispatcherApplication(create_backend_app)
     log: list[list[str]] = []
     lock = threading.Lock()
+    delay = [0.0]  # seconds each request is held (set through DELAY_PATH)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -80,6 +84,11 @@ def _serve_moto(port: int) -> None:
                 log.clear()
             start_response("200 OK", [("Content-Type", "text/plain")])
             return [b"reset"]
+        if path == DELAY_PATH:
+            size = int(environ.get("CONTENT_LENGTH") or 0)
+            delay[0] = float(environ["wsgi.input"].read(size) or 0)
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"delay"]
         entry = [
             environ.get("REQUEST_METHOD", ""),
             path,
@@ -89,6 +98,8 @@ def _serve_moto(port: int) -> None:
         ]
         with lock:
             log.append(entry)
+        if delay[0]:
+            time.sleep(delay[0])  # this request's thread only: the others go on meanwhile
         result: Iterable[bytes] = moto_app(environ, start_response)
         return result
 
@@ -120,6 +131,13 @@ class CountingMotoServer:
 
     def reset(self) -> None:
         request = urllib.request.Request(self.url + RESET_PATH, data=b"", method="POST")
+        urllib.request.urlopen(request, timeout=5).close()
+
+    def set_delay(self, seconds: float) -> None:
+        """Hold every request from now on ``seconds`` before answering it (0: none)."""
+        request = urllib.request.Request(
+            self.url + DELAY_PATH, data=str(seconds).encode(), method="POST"
+        )
         urllib.request.urlopen(request, timeout=5).close()
 
     def requests(self) -> list[Request]:
