@@ -1,10 +1,14 @@
 """Watching a run: learning from the store which inputs finished, and from the backend which died.
 
-The store is the truth for results. While few inputs are outstanding the watcher HEADs their
-record keys; while many are, it LISTs the results prefix from the lowest outstanding index on
-(one request per 1,000 keys); each finished record then costs one GET. Both back off
-exponentially while nothing new turns up. A backend that knows when a record was written
-(the local backend does) hints it, which skips discovery altogether.
+The store is the truth for results. A look LISTs the results prefix from the lowest
+outstanding index on (one request per 1,000 keys: every record written since, whatever its
+grouping) while more than a few inputs could have a record, and HEADs the record keys of the
+last few (`HEAD_POLL_MAX`); each finished record then costs one GET. Looks back off
+exponentially while nothing new turns up. A backend that knows when a record was written (the
+local backend does) hints it, which skips discovery altogether. A backend that knows its tasks'
+states (AWS Batch) says which inputs are queued (no look at all while every outstanding input
+is), which started, and when tasks ended (a look at once, whatever the backoff): its own looks
+are then only a slow net for records written before their task ends.
 
 The backend is the truth for deaths: a task it reports lost becomes ``TaskLost`` unless a
 record holding its input turns up after all (a grouped record ``results/<first>-<count>``
@@ -45,11 +49,20 @@ from ._worker import (
     results_prefix,
 )
 
-# HEAD each outstanding key while there are at most this many; LIST sweeps beyond.
-HEAD_POLL_MAX = 32
+# HEAD each key that could hold a record while there are at most this many; LIST beyond. A
+# look of n HEADs is n requests against a LIST's one, but S3 prices a LIST like a PUT, ~12x a
+# HEAD: at 4, a HEAD look costs at most a third of a LIST, and the last 4 results found one by
+# one cost at most 4 + 3 + 2 + 1 HEADs (once per run, not per result).
+HEAD_POLL_MAX = 4
 SWEEP_EVERY = 4  # in HEAD mode, every 4th empty poll is a LIST sweep instead
 HEAD_DELAYS = (0.05, 2.0)  # first and longest pause between polls, seconds
 LIST_DELAYS = (0.25, 5.0)
+# When the backend says when tasks end (`ended` wakes a look), the watcher's own looks are only
+# a net for records written before their task ended (a chunk of several inputs), and for a
+# backend that missed a state between two of its polls: slow ones.
+TRACKED_DELAYS = (2.0, 15.0)
+# Several jobs' ends are told in one poll of the backend: one look for them all.
+ENDED_GATHER_SECONDS = 0.05
 BACKOFF = 1.6
 FETCH_BATCH = 256  # records fetched per batch (one thread hop locally, parallel GETs on S3)
 # Hints of tiny tasks come in floods: gather them this long so a batch is one fetch.
@@ -170,6 +183,11 @@ class ResultWatcher:
         self._low = 0  # every input below this one is finished
         self._hinted: list[tuple[int, int]] = []  # (first, count) of objects written
         self._lost: dict[int, TaskLost] = {}
+        # (first, stop) of inputs whose tasks have not started (`queued`): not looked for.
+        self._waiting: list[tuple[int, int]] = []
+        # (first, stop) of inputs whose tasks ended since the last look (`ended`): look now.
+        self._ended: list[tuple[int, int]] = []
+        self._tracked = False  # the backend tells task states: its `ended` wakes the looks
         self._backend_over = False
         self._submission_over = False
         self._wake = anyio.Event()
@@ -196,6 +214,37 @@ class ResultWatcher:
 
     def done(self, first: int, count: int) -> None:
         self._hinted.append((first, count))
+        self._wake.set()
+
+    def queued(self, first: int, count: int) -> None:
+        """The tasks of these inputs have not started: no record of theirs can exist yet."""
+        self._tracked = True
+        if self._waiting and self._waiting[-1][1] == first:  # the next segment: one stretch
+            self._waiting[-1] = (self._waiting[-1][0], first + count)
+        else:
+            self._waiting.append((first, first + count))
+
+    def started(self, first: int, count: int) -> None:
+        """Tasks of these inputs may have started: their records may turn up from now on."""
+        self._tracked = True
+        stop = first + count
+        waiting = []
+        for low, high in self._waiting:
+            if high <= first or stop <= low:
+                waiting.append((low, high))
+                continue
+            if low < first:
+                waiting.append((low, first))
+            if stop < high:
+                waiting.append((stop, high))
+        if waiting != self._waiting:
+            self._waiting = waiting
+            self._wake.set()
+
+    def ended(self, first: int, count: int) -> None:
+        """Tasks of these inputs ended: their records should be there now, so look at once."""
+        self.started(first, count)
+        self._ended.append((first, first + count))
         self._wake.set()
 
     def lost(
@@ -299,11 +348,38 @@ class ResultWatcher:
     def _unfinished(self) -> list[int]:
         return [i for i in range(self._low, self._submitted) if not self._finished[i]]
 
+    def _lookable(self) -> list[tuple[int, int]]:
+        """``(first, stop)`` stretches of the outstanding inputs whose tasks may have started
+        (all of them unless the backend said some are queued)."""
+        stretches = [(self._low, self._submitted)]
+        for low, high in sorted(self._waiting):
+            last_low, last_high = stretches[-1]
+            if high <= last_low or last_high <= low:
+                continue
+            stretches[-1:] = [(last_low, low), (high, last_high)]
+        return [(low, high) for low, high in stretches if low < high]
+
+    def _lookable_count(self) -> int:
+        """How many unfinished inputs may have a record by now (C-speed counts, no loop per
+        input: this is asked at every turn of the loop)."""
+        finished = self._finished
+        return sum(high - low - finished.count(1, low, high) for low, high in self._lookable())
+
+    def _unfinished_lookable(self) -> list[int]:
+        finished = self._finished
+        return [i for low, high in self._lookable() for i in range(low, high) if not finished[i]]
+
+    def _delays(self, lookable: int) -> tuple[float, float]:
+        if self._tracked:
+            return TRACKED_DELAYS
+        return HEAD_DELAYS if lookable <= HEAD_POLL_MAX else LIST_DELAYS
+
     async def _discover(self, *, sweep: bool = False) -> list[tuple[int, int]]:
-        """Result objects that exist now, found by HEADs or by a LIST sweep."""
-        if self._outstanding <= HEAD_POLL_MAX and not sweep:
+        """Result objects that exist now, found by HEADs (of the last few inputs that could
+        have a record) or by a LIST sweep."""
+        if not sweep and self._lookable_count() <= HEAD_POLL_MAX:
             # HEAD finds single records only; grouped ones turn up in the periodic sweeps.
-            candidates = self._unfinished()
+            candidates = self._unfinished_lookable()
             exists = await self._store.exists_many([result_key(self._run, i) for i in candidates])
             return [(i, 1) for i, there in zip(candidates, exists, strict=True) if there]
         start_after = result_key(self._run, self._low - 1) if self._low else None
@@ -367,8 +443,10 @@ class ResultWatcher:
         empty_polls = 0
         # The store is polled on its own clock: a hint, a loss or a submission wakes the loop
         # to handle that event only, never to poll early (hints would otherwise trigger a
-        # LIST or HEADs each, and cost more requests than the results themselves).
+        # LIST or HEADs each, and cost more requests than the results themselves). The one
+        # exception is the backend saying that tasks ended: their records are there to fetch.
         next_poll = anyio.current_time()
+        resting = False  # nothing could be found: every outstanding input's task is queued
         while not self.complete:
             self._wake = anyio.Event()
             if self._hinted:
@@ -385,15 +463,35 @@ class ResultWatcher:
             if self._backend_over and self._submission_over:
                 await self._last_look()
                 return
-            if self._outstanding and anyio.current_time() >= next_poll:
-                first_look = self.sweep_first and not self.looked.is_set()
+            first_look = self.sweep_first and not self.looked.is_set()
+            lookable = self._lookable_count() if self._outstanding else 0
+            if self._outstanding and not lookable and not first_look:
+                # No task of an outstanding input has started: nothing to look for until the
+                # backend says one did (`started`, `ended`), which wakes the loop.
+                resting = True
+                self._ended.clear()
+                self.looked.set()  # a look would find nothing
+                await self._wake.wait()
+                continue
+            if resting:
+                # A task just started: its record takes a while, and `ended` says when.
+                resting = False
+                delay = self._delays(lookable)[0]
+                next_poll = anyio.current_time() + delay
+            finished = self._finished
+            self._ended = [(a, b) for a, b in self._ended if finished.find(0, a, b) != -1]
+            if self._outstanding and (
+                first_look or self._ended or anyio.current_time() >= next_poll
+            ):
+                if self._ended and not first_look:
+                    await anyio.sleep(ENDED_GATHER_SECONDS)
+                self._ended.clear()
                 sweep = first_look or empty_polls % SWEEP_EVERY == SWEEP_EVERY - 1
                 found = await self._discover(sweep=sweep)
                 empty_polls = 0 if found else empty_polls + 1
                 await self._fetch(found)
                 self.looked.set()
-                head = self._outstanding <= HEAD_POLL_MAX
-                first, longest = HEAD_DELAYS if head else LIST_DELAYS
+                first, longest = self._delays(self._lookable_count())
                 delay = first if found else min(max(delay, first) * BACKOFF, longest)
                 next_poll = anyio.current_time() + delay
                 continue

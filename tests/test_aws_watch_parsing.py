@@ -241,6 +241,15 @@ class Listener:
     def done(self, first: int, count: int) -> None:
         pass
 
+    def queued(self, first: int, count: int) -> None:
+        pass
+
+    def started(self, first: int, count: int) -> None:
+        pass
+
+    def ended(self, first: int, count: int) -> None:
+        pass
+
     def lost(self, index: int, reason: str, **details: Any) -> None:
         self.losses[index] = {"reason": reason, **details}
         self.batch.reported = len(self.losses)

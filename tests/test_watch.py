@@ -13,12 +13,14 @@ from typing import Any
 
 import anyio
 import pytest
+from helpers.waiting import wait_until_async
 from infra.fault_proxy import Fault, FaultProxy
 from infra.moto import MotoServer
 
 from aioknot import ConfigurationError, StoreError
+from aioknot import _watch as watch_module
 from aioknot._stores.s3 import S3Store
-from aioknot._watch import Outcome, ResultWatcher
+from aioknot._watch import HEAD_POLL_MAX, Outcome, ResultWatcher
 from aioknot._worker import encode_group, encode_value_record, result_key
 
 
@@ -69,15 +71,29 @@ async def test_few_outstanding_are_found_by_head_polling(
     counted_store: tuple[S3Store, collections.Counter[str]],
 ) -> None:
     store, calls = counted_store
-    watcher, got = submitted(store, 5)
-    for i in range(5):
+    watcher, got = submitted(store, HEAD_POLL_MAX)
+    for i in range(HEAD_POLL_MAX):
         await store.put(result_key("run", i), encode_value_record(i * 10))
     calls.clear()
     with anyio.fail_after(10):
         await watcher.run(NeverOver())  # type: ignore[arg-type]
-    assert sorted((o.index, o.value) for o in got) == [(i, i * 10) for i in range(5)]
-    assert calls["HeadObject"] == 5 and calls["GetObject"] == 5
+    assert sorted((o.index, o.value) for o in got) == [(i, i * 10) for i in range(HEAD_POLL_MAX)]
+    assert calls["HeadObject"] == HEAD_POLL_MAX and calls["GetObject"] == HEAD_POLL_MAX
     assert calls["ListObjectsV2"] == 0
+
+
+async def test_more_than_a_few_outstanding_are_found_by_one_list(
+    counted_store: tuple[S3Store, collections.Counter[str]],
+) -> None:
+    store, calls = counted_store
+    watcher, got = submitted(store, HEAD_POLL_MAX + 1)
+    for i in range(HEAD_POLL_MAX + 1):
+        await store.put(result_key("run", i), encode_value_record(i))
+    calls.clear()
+    with anyio.fail_after(10):
+        await watcher.run(NeverOver())  # type: ignore[arg-type]
+    assert sorted(o.value for o in got) == list(range(HEAD_POLL_MAX + 1))
+    assert calls == {"ListObjectsV2": 1, "GetObject": HEAD_POLL_MAX + 1}
 
 
 async def test_many_outstanding_are_found_by_list_sweeps_including_groups(
@@ -151,3 +167,58 @@ async def test_a_failing_store_ends_the_watch_with_its_own_error(
     finally:
         fault_proxy.clear()
         await store.aclose()
+
+
+# --- what a backend that knows its tasks' states tells the watcher ----------------------------
+
+
+async def test_queued_inputs_are_never_looked_for_and_ended_tasks_are_looked_for_at_once(
+    counted_store: tuple[S3Store, collections.Counter[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The watcher's own looks come only after 60 s: what finds the records below is `ended`.
+    monkeypatch.setattr(watch_module, "TRACKED_DELAYS", (60.0, 60.0))
+    store, calls = counted_store
+    watcher, got = submitted(store, 50)
+    watcher.queued(0, 20)
+    watcher.queued(20, 30)  # the next segment: one stretch with the first
+    calls.clear()
+    async with anyio.create_task_group() as group:
+        group.start_soon(watcher.run, NeverOver())
+        # Every task is queued: the watcher says it looked (nothing can be there), and a
+        # second of its HEAD/LIST backoff (a dozen looks, untracked) makes no request.
+        with anyio.fail_after(5):
+            await watcher.looked.wait()
+        with anyio.move_on_after(1.0):
+            await anyio.sleep_forever()
+        assert sum(calls.values()) == 0
+        for i in range(50):
+            await store.put(result_key("run", i), encode_value_record(i))
+        calls.clear()
+        watcher.ended(0, 50)  # Batch: the job's SUCCEEDED count rose
+        await wait_until_async(lambda: len(got) == 50, timeout=10, what="the ended tasks' records")
+        group.cancel_scope.cancel()
+    assert sorted(o.value for o in got) == list(range(50))
+    assert calls == {"ListObjectsV2": 1, "GetObject": 50}
+
+
+async def test_started_tasks_are_looked_for_and_the_last_few_by_head(
+    counted_store: tuple[S3Store, collections.Counter[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(watch_module, "TRACKED_DELAYS", (0.05, 0.2))
+    store, calls = counted_store
+    watcher, got = submitted(store, 20)
+    watcher.queued(0, 20)
+    calls.clear()
+    async with anyio.create_task_group() as group:
+        group.start_soon(watcher.run, NeverOver())
+        with anyio.fail_after(5):
+            await watcher.looked.wait()
+        for i in (16, 17):
+            await store.put(result_key("run", i), encode_value_record(i))
+        # Inputs 16..19 are the only ones whose tasks may run: 4, so HEADs of those 4 only.
+        watcher.started(16, 4)
+        await wait_until_async(lambda: len(got) == 2, timeout=10, what="two records")
+        assert calls["ListObjectsV2"] == 0 and calls["GetObject"] == 2
+        heads = calls["HeadObject"]
+        assert heads >= 4 and heads % 4 == 0  # every look HEADs the 4 started inputs only
+        group.cancel_scope.cancel()

@@ -91,9 +91,36 @@ def not_supported(backend: str, what: str, instead: str) -> ConfigurationError:
 
 
 class TaskListener(Protocol):
+    """What a backend tells a run's watcher about its tasks. Every call is a hint that saves
+    looking at the store (or says when looking is pointless); the store stays the truth for
+    results, and a backend that says nothing gets a watcher that finds every record anyway.
+
+    Task states (``queued``, ``started``, ``ended``) go together: a backend that says some
+    inputs are queued must say when their tasks start and when tasks end, for the watcher
+    does not look for a queued input's record until then.
+    """
+
     def done(self, first: int, count: int) -> None:
         """A hint: the records of ``first .. first + count - 1`` are in the store now, as one
         object (saves discovering them)."""
+        ...
+
+    def queued(self, first: int, count: int) -> None:
+        """The tasks of inputs ``first .. first + count - 1`` have not started (Batch: their
+        job waits to be submitted, or its children are SUBMITTED, PENDING, RUNNABLE or
+        STARTING), so none of them can have written a record: the watcher does not look for
+        their records until `started` or `ended` names them."""
+        ...
+
+    def started(self, first: int, count: int) -> None:
+        """Tasks of inputs in ``first .. first + count - 1`` may have started (some run or
+        ran): their records may turn up from now on."""
+        ...
+
+    def ended(self, first: int, count: int) -> None:
+        """Tasks of inputs in ``first .. first + count - 1`` ended since the last call (Batch:
+        the job's SUCCEEDED count rose): their records should be in the store now, so the
+        watcher looks at once. Implies `started`."""
         ...
 
     def lost(

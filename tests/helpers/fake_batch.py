@@ -63,9 +63,19 @@ class Losses:
 
     def __init__(self) -> None:
         self.losses: dict[int, dict[str, Any]] = {}
+        self.states: list[tuple[str, int, int]] = []  # ("queued"/"started"/"ended", first, count)
 
     def done(self, first: int, count: int) -> None:
         pass
+
+    def queued(self, first: int, count: int) -> None:
+        self.states.append(("queued", first, count))
+
+    def started(self, first: int, count: int) -> None:
+        self.states.append(("started", first, count))
+
+    def ended(self, first: int, count: int) -> None:
+        self.states.append(("ended", first, count))
 
     def lost(self, index: int, reason: str, **details: Any) -> None:
         self.losses[index] = {"reason": reason, **details}

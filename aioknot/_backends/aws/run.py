@@ -82,6 +82,8 @@ MAX_PENDING_SECONDS = 30.0
 TERMINAL = frozenset({"SUCCEEDED", "FAILED"})
 QUEUED = ("SUBMITTED", "PENDING", "RUNNABLE")
 RUNNING = ("STARTING", "RUNNING")
+# A child in one of these may have written records (its container ran); before them, none can.
+STARTED = frozenset({"RUNNING", "SUCCEEDED", "FAILED"})
 CANCEL_REASON = "cancelled by aioknot (run.cancel)"
 
 
@@ -114,6 +116,8 @@ class _Job:
     next_succeeded_listing: float = 0.0
     described: dict[str, int] = field(default_factory=dict)  # children described, by state
     over: bool = False
+    started: bool = False  # told the watcher that its tasks started
+    succeeded: int = 0  # SUCCEEDED children (or 1: a plain job) told to the watcher as ended
 
 
 # What the code reads of Batch's answers is typed by the published stubs (types-aiobotocore):
@@ -363,6 +367,10 @@ class AwsRun(BackendRun):
     async def submit(self, segments: Sequence[Segment], *, last: bool) -> None:
         if self._error is not None:
             raise self._error
+        for segment in segments:
+            # No job runs these yet, so no record of theirs can exist: the watcher need not
+            # look for them until a poll sees their children start (`_tell_watcher`).
+            self._listener.queued(segment.first, segment.count)
         self._activity = anyio.current_time()
         try:
             async with self._lock:
@@ -526,6 +534,7 @@ class AwsRun(BackendRun):
         if shape is None:
             job.over = status in TERMINAL
             return changed
+        self._tell_watcher(job, shape, status, summary)
         if not shape.size:
             job.over = status in TERMINAL
             if job.over:  # a plain job: its own description says it all
@@ -544,6 +553,27 @@ class AwsRun(BackendRun):
             # The array failed as a whole (before it had children): every input is lost.
             self._report(shape.first, shape.stop, job.job_id, description, None, status)
         return changed
+
+    def _tell_watcher(
+        self, job: _Job, shape: JobShape, status: str, summary: Mapping[str, int]
+    ) -> None:
+        """Say what this poll learned of the job's tasks: that they started (records may turn
+        up), and that more of them SUCCEEDED (records to fetch now). From the counts that
+        DescribeJobs gives anyway: no call of its own. Which children is not known without a
+        ListJobs, so it names the job's inputs; a job once started stays so (a retried child
+        back in RUNNABLE may have written records before it failed)."""
+        if shape.size:
+            started = status in STARTED or any(summary.get(state, 0) for state in STARTED)
+            succeeded = summary.get("SUCCEEDED", 0) or (shape.size if status == "SUCCEEDED" else 0)
+        else:
+            started = status in STARTED
+            succeeded = 1 if status == "SUCCEEDED" else 0
+        if succeeded > job.succeeded:
+            job.succeeded, job.started = succeeded, True
+            self._listener.ended(shape.first, shape.count)
+        elif started and not job.started:
+            job.started = True
+            self._listener.started(shape.first, shape.count)
 
     def _report(
         self,
