@@ -3,7 +3,8 @@
 The package, module by module:
 
 - ``options``: the Batch options (`AwsOptions`), checked without I/O.
-- ``image``: the image options (`ImageSettings`) and which image a knot runs.
+- ``image_options``: the image options (`ImageSettings`), checked without I/O.
+- ``image``: which image a knot runs: planned, built and pushed.
 - ``template``: the two CloudFormation templates (the shared environment, the knot's role).
 - ``stack``: creating, updating, waiting for and deleting those stacks.
 - ``jobs``: job definitions and the shape of array jobs.
@@ -11,8 +12,9 @@ The package, module by module:
 - ``backend``: `AwsBackend`, which ties them together for a knot, and cleans up.
 - ``errors``: botocore's errors told apart.
 
-This module is what the registry names; it imports only the option checks, so that a local
-knot checks its AWS options without importing the AWS SDK.
+This module is what the registry names; it imports only the option checks (``options``,
+``image_options``), so that a local knot checks its AWS options without importing the AWS
+SDK, aiohttp, aiodocker or the image builder (`tests/test_lazy_imports.py` checks it).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 from ..base import BackendKind
-from .image import ImageSettings, image_settings
+from .image_options import ImageSettings, image_settings
 from .options import OPTION_NAMES, AwsOptions, aws_options
 
 if TYPE_CHECKING:

@@ -1,117 +1,43 @@
 """The AWS backend's image step: which worker image a knot runs, and whether it must be built.
 
-`image_settings` validates the image options without any I/O. `check_buildable` runs before
-the knot creates anything (its bucket first): an image that must be built needs a Docker
-engine that answers. `plan_image` decides, with one registry or ECR request, whether the
-content-tagged image exists (and checks the engine again when it must be built).
-`produce_image` then builds and pushes (or does nothing) and returns the URI a job definition
-names.
+The image options (`ImageSettings`, `image_settings`) are checked without any I/O in
+`image_options`, which every knot imports (this module's imports are an AWS knot's cost).
+`check_buildable` runs before the knot creates anything (its bucket first): an image that
+must be built needs a Docker engine that answers. `plan_image` decides, with one registry or
+ECR request, whether the content-tagged image exists (and checks the engine again when it
+must be built). `produce_image` then builds and pushes (or does nothing) and returns the URI
+a job definition names.
 """
 
 from __future__ import annotations
 
-import os
-import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..._exceptions import ConfigurationError, ImageBuildError
+from ..._exceptions import ImageBuildError
 from ..._image.builder import (
-    DEFAULT_REPOSITORY,
-    Registry,
     build_and_push,
     check_engine,
     ecr_registry_login,
     image_digest,
     pinned_uri,
-    registry_from_option,
     untag_ecr_image,
 )
 from ..._image.dockerfile import ImageSpec, make_image_spec
+from ..._image.registry import DEFAULT_REPOSITORY, Registry
 from ..._image.requirements import image_requirements
 from ..._pickling import PickledFunction
+
+# Re-exported: callers (the backend, tests) take the options and the image step from here.
+from .image_options import ImageSettings as ImageSettings
+from .image_options import image_settings as image_settings
 
 if TYPE_CHECKING:  # the published stubs (types-aiobotocore): no import at run time
     from types_aiobotocore_ecr.client import ECRClient
 
     # Opens (or returns) the backend's ECR client: only asked when ECR is the registry.
     OpenEcr = Callable[[], Awaitable[ECRClient]]
-
-_IMAGE_REFERENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
-
-
-@dataclass(frozen=True)
-class ImageSettings:
-    image: str | None = None  # a prebuilt image: nothing is built
-    base_image: str | None = None
-    requirements: tuple[str, ...] | None = None
-    extra_requirements: tuple[str, ...] = ()
-    apt_packages: tuple[str, ...] = ()
-    dockerfile_lines: tuple[str, ...] = ()
-    rebuild: bool = False
-    registry: Registry | None = None  # None: the account's ECR
-    docker_host: str | None = None
-
-
-def _strings(raw: Mapping[str, Any], name: str) -> tuple[str, ...] | None:
-    value = raw.get(name)
-    if value is None:
-        return None
-    if isinstance(value, (str, bytes)) or not all(isinstance(v, str) for v in value):
-        raise ConfigurationError(f"{name} must be a list of strings, e.g. {name}=['...']")
-    return tuple(value)
-
-
-def image_settings(raw: Mapping[str, Any]) -> ImageSettings:
-    """The image options among a knot's options, checked (no I/O)."""
-    image = raw.get("image")
-    if image is not None and (not isinstance(image, str) or not _IMAGE_REFERENCE.match(image)):
-        raise ConfigurationError(
-            f"image must be an image URI such as '123456789012.dkr.ecr.us-east-1.amazonaws.com/"
-            f"aioknot:tag', got {image!r}"
-        )
-    rebuild = raw.get("rebuild", False)
-    if not isinstance(rebuild, bool):
-        raise ConfigurationError(f"rebuild must be True or False, got {rebuild!r}")
-    registry = raw.get("registry")
-    if registry is not None and not isinstance(registry, str):
-        raise ConfigurationError(
-            f"registry must be a string such as 'host:5000/repo', got {registry!r}"
-        )
-    docker_host = raw.get("docker_host")
-    if docker_host is not None and not isinstance(docker_host, (str, os.PathLike)):
-        raise ConfigurationError(f"docker_host must be a Docker URL string, got {docker_host!r}")
-    building = {
-        name
-        for name in (
-            "base_image",
-            "requirements",
-            "extra_requirements",
-            "apt_packages",
-            "dockerfile_lines",
-        )
-        if raw.get(name)
-    }
-    if image is not None and (building or rebuild):
-        raise ConfigurationError(
-            f"image= names a prebuilt image, so {', '.join(sorted(building) or ['rebuild'])} "
-            "would have no effect: drop them, or drop image= to let aioknot build the image"
-        )
-    base_image = raw.get("base_image")
-    if base_image is not None and not isinstance(base_image, str):
-        raise ConfigurationError(f"base_image must be an image reference, got {base_image!r}")
-    return ImageSettings(
-        image=image,
-        base_image=base_image,
-        requirements=_strings(raw, "requirements"),
-        extra_requirements=_strings(raw, "extra_requirements") or (),
-        apt_packages=_strings(raw, "apt_packages") or (),
-        dockerfile_lines=_strings(raw, "dockerfile_lines") or (),
-        rebuild=rebuild,
-        registry=registry_from_option(registry),
-        docker_host=os.fspath(docker_host) if docker_host is not None else None,
-    )
 
 
 def image_spec(
