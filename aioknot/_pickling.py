@@ -184,23 +184,28 @@ def _dumps_input(value: object) -> bytes:
         return buffer.getvalue()
 
 
+def starmap_arguments(value: object, index: int) -> tuple[Any, ...]:
+    """Input ``index`` of a starmap as the tuple of arguments it must be."""
+    if isinstance(value, Mapping):
+        raise SerializationError(
+            f"input {index} is a {type(value).__name__}: with starmap=True every input is a "
+            "tuple of positional arguments (a dict would be spread as its keys). Pass "
+            "tuples, or keyword arguments shared by every call with kwargs=",
+            index=index,
+        )
+    try:
+        return tuple(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise SerializationError(
+            f"input {index} is a {type(value).__name__}, not a tuple of arguments: with "
+            "starmap=True every input must be an iterable of the function's arguments",
+            index=index,
+        ) from None
+
+
 def pickle_input(value: object, index: int, *, starmap: bool) -> bytes:
     if starmap:
-        if isinstance(value, Mapping):
-            raise SerializationError(
-                f"input {index} is a {type(value).__name__}: with starmap=True every input is a "
-                "tuple of positional arguments (a dict would be spread as its keys). Pass "
-                "tuples, or keyword arguments shared by every call with kwargs=",
-                index=index,
-            )
-        try:
-            value = tuple(value)  # type: ignore[arg-type]
-        except TypeError:
-            raise SerializationError(
-                f"input {index} is a {type(value).__name__}, not a tuple of arguments: with "
-                "starmap=True every input must be an iterable of the function's arguments",
-                index=index,
-            ) from None
+        value = starmap_arguments(value, index)
     what = live_object(value)
     if what is not None:
         raise SerializationError(
@@ -218,3 +223,12 @@ def pickle_input(value: object, index: int, *, starmap: bool) -> bytes:
             "open files, locks, generators or clients",
             index=index,
         ) from error
+
+
+def pickle_block(values: list[object], first: int) -> bytes:
+    """Inputs ``first..`` as one pickle (a segment's block), for a block the standard pickler
+    refused: each is checked as `pickle_input` does (the first that cannot be sent raises,
+    naming its index), then the block is pickled as those are (cloudpickle, no live objects)."""
+    for offset, value in enumerate(values):
+        pickle_input(value, first + offset, starmap=False)
+    return _dumps_input(values)

@@ -1,8 +1,8 @@
 """Packing inputs into segments (aioknot/_inputs.py), read back as a worker reads them.
 
 `pack_inputs` is driven with a ``store`` of the test's own that keeps each packed segment;
-each segment is then read the worker's way (aioknot/_worker.py): the two offsets around a
-range of positions with one ranged read, then those inputs with a second.
+each segment is then read the worker's way (aioknot/_worker.py `read_inputs`): the header
+and offsets with one ranged read, then the blocks holding a range of inputs with a second.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 
 from aioknot import SerializationError, _inputs
 from aioknot._inputs import PackedSegment, pack_inputs
-from aioknot._worker import offset_table_range
+from aioknot._worker import read_inputs
 
 
 class Stored:
@@ -41,15 +41,8 @@ class Stored:
 
 
 def read(packed: PackedSegment, start: int, stop: int) -> list[Any]:
-    """Positions ``start..stop`` of a segment, the worker's way: its offsets, then its bytes."""
-    lo, hi = offset_table_range(start, stop)
-    table = packed.data[lo:hi]
-    offsets = [int.from_bytes(table[i : i + 8], "little") for i in range(0, len(table), 8)]
-    data = packed.data[offsets[0] : offsets[-1]]
-    base = offsets[0]
-    return [
-        pickle.loads(data[offsets[k] - base : offsets[k + 1] - base]) for k in range(stop - start)
-    ]
+    """Positions ``start..stop`` of a segment, the worker's way (its own reader)."""
+    return read_inputs(lambda lo, hi: packed.data[lo:hi], start, stop)
 
 
 def read_all(packed: PackedSegment) -> list[Any]:
@@ -120,6 +113,8 @@ async def test_a_segment_is_closed_early_once_its_bytes_reach_the_limit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(_inputs, "MAX_SEGMENT_BYTES", 10_000)  # the rule, at a smaller size
+    # Checked as each block is pickled: one input per block here, as for inputs this large.
+    monkeypatch.setattr(_inputs, "BLOCK_BYTES", 3_000)
     inputs = [bytes([i]) * 3_000 for i in range(20)]
     stored = await packed(inputs)
     assert stored.inputs() == inputs
@@ -128,6 +123,34 @@ async def test_a_segment_is_closed_early_once_its_bytes_reach_the_limit(
         # Closed by the input that reached the limit, not before and not after.
         assert sum(sizes) >= 10_000 > sum(sizes[:-1])
     assert max(stored.counts) < _inputs.FIRST_SEGMENT_INPUTS
+
+
+def _block_sizes(stored: Stored) -> list[int]:
+    """Inputs per block of each segment, from its header (magic, count, block size)."""
+    return [int.from_bytes(packed.data[16:24], "little") for packed in stored.segments]
+
+
+async def test_inputs_are_pickled_in_blocks_that_hold_about_the_same_bytes() -> None:
+    """The first segment has one input per block (nothing is known yet); then small inputs
+    share blocks of `BLOCK_INPUTS`, large ones fewer, so that a block stays near
+    `BLOCK_BYTES` and a worker given one input does not unpickle many large ones."""
+    small = await packed(range(2_000))
+    assert small.inputs() == list(range(2_000))
+    assert _block_sizes(small)[0] == 1
+    assert set(_block_sizes(small)[1:]) == {_inputs.BLOCK_INPUTS}
+    large_input = 20_000
+    large = await packed([bytes([i]) * large_input for i in range(100)])
+    assert large.inputs() == [bytes([i]) * large_input for i in range(100)]
+    expected = _inputs.BLOCK_BYTES // (large_input + 40)  # a pickle adds a few bytes
+    assert set(_block_sizes(large)[1:]) == {expected} and 1 < expected < _inputs.BLOCK_INPUTS
+
+
+async def test_an_input_that_cannot_be_pickled_is_named_in_a_block_of_good_ones() -> None:
+    inputs: list[Any] = list(range(200))
+    inputs[150] = threading.Lock()
+    with pytest.raises(SerializationError, match="input 150 ") as raised:
+        await packed(inputs)
+    assert raised.value.index == 150
 
 
 async def test_starmap_inputs_are_stored_as_tuples_of_arguments() -> None:

@@ -10,12 +10,14 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from aioknot import _worker
 from aioknot._pickling import pickle_function
 from aioknot._worker import (
+    Unreadable,
     WorkerDirectory,
     array_index_from_environment,
     decode_group,
@@ -25,10 +27,11 @@ from aioknot._worker import (
     encode_group,
     encode_value_record,
     format_segments,
-    offset_table_range,
     pack_segment,
     parse_result_key,
     parse_segments,
+    read_blocks,
+    read_inputs,
     result_key,
     segment_key,
 )
@@ -47,19 +50,55 @@ def test_the_worker_imports_only_stdlib_cloudpickle_and_boto3() -> None:
     assert imported <= allowed, imported - allowed
 
 
-def test_a_segment_gives_each_input_back_with_two_ranged_reads() -> None:
-    inputs = [pickle.dumps(x) for x in ["a", 1, None, list(range(100)), {"k": b"v"}]]
-    segment = pack_segment(inputs)
-    for start, stop in [(0, 1), (2, 4), (0, 5), (4, 5)]:
-        lo, hi = offset_table_range(start, stop)
-        offsets = [int.from_bytes(segment[i : i + 8], "little") for i in range(lo, hi, 8)]
-        data = segment[offsets[0] : offsets[-1]]
-        base = offsets[0]
-        values = [
-            pickle.loads(data[offsets[k] - base : offsets[k + 1] - base])
-            for k in range(stop - start)
-        ]
-        assert values == [pickle.loads(x) for x in inputs[start:stop]]
+def _segment(inputs: list[Any], block_size: int = 3) -> bytes:
+    """A segment of ``inputs`` in blocks of ``block_size``, as the client packs them."""
+    blocks = [pickle.dumps(inputs[i : i + block_size]) for i in range(0, len(inputs), block_size)]
+    return pack_segment(blocks, len(inputs), block_size)
+
+
+class _Reads:
+    """A segment read as a store reads it (fewer bytes at its end), counting the reads."""
+
+    def __init__(self, segment: bytes) -> None:
+        self.segment = segment
+        self.count = 0
+
+    def __call__(self, lo: int, hi: int) -> bytes:
+        self.count += 1
+        return self.segment[lo:hi]
+
+
+@pytest.mark.parametrize("block_size", [1, 2, 3, 64])
+def test_a_segment_gives_any_range_of_inputs_back_with_two_ranged_reads(block_size: int) -> None:
+    inputs = ["a", 1, None, list(range(100)), {"k": b"v"}, 2.5, ("t",)]
+    segment = _segment(inputs, block_size)
+    for start, stop in [(0, 1), (2, 4), (0, 7), (4, 5), (6, 7), (1, 6)]:
+        reads = _Reads(segment)
+        assert read_inputs(reads, start, stop) == inputs[start:stop]
+        assert reads.count == 2
+
+
+def test_a_segment_of_the_first_format_one_pickle_per_input_is_still_read() -> None:
+    inputs = ["a", 1, None, [1, 2]]
+    pickled = [pickle.dumps(x) for x in inputs]
+    offsets = [16 + 8 * (len(inputs) + 1)]
+    for data in pickled:
+        offsets.append(offsets[-1] + len(data))
+    segment = b"".join(
+        [b"AKSEG001", len(inputs).to_bytes(8, "little")]
+        + [offset.to_bytes(8, "little") for offset in offsets]
+        + pickled
+    )
+    assert read_inputs(_Reads(segment), 1, 4) == inputs[1:4]
+
+
+def test_a_block_that_cannot_be_unpickled_fails_its_own_inputs_only() -> None:
+    good = pickle.dumps([0, 1])
+    bad = pickle.dumps([2, 3])[:-3] + b"xx."  # truncated: not a pickle any more
+    segment = pack_segment([good, bad, pickle.dumps([4])], 5, 2)
+    inputs = read_blocks(_Reads(segment), 0, 5).unpickle()
+    assert inputs[:2] == [0, 1] and inputs[4] == 4
+    assert all(isinstance(value, Unreadable) for value in inputs[2:4])
 
 
 def test_records_round_trip_values_none_and_exceptions() -> None:
@@ -124,8 +163,8 @@ def test_batch_mode_runs_its_chunk_of_a_run_in_a_real_process(tmp_path: Path) ->
     store = WorkerDirectory(str(tmp_path))
     run = "knots/k/runs/r1"
     store.write("knots/k/functions/f.pkl", pickle_function(_double).data)  # by value
-    store.write(segment_key(run, 0), pack_segment([pickle.dumps(i) for i in range(4)]))
-    store.write(segment_key(run, 4), pack_segment([pickle.dumps(i) for i in range(4, 10)]))
+    store.write(segment_key(run, 0), _segment([i for i in range(4)]))
+    store.write(segment_key(run, 4), _segment([i for i in range(4, 10)]))
     environment = {
         **os.environ,
         "AIOKNOT_STORE": f"file://{tmp_path}",
@@ -150,7 +189,7 @@ def test_a_function_that_cannot_be_loaded_gives_every_input_the_reason(tmp_path:
     store = WorkerDirectory(str(tmp_path))
     run = "knots/k/runs/r2"
     store.write("knots/k/functions/f.pkl", b"not a pickle")
-    store.write(segment_key(run, 0), pack_segment([pickle.dumps(i) for i in range(2)]))
+    store.write(segment_key(run, 0), _segment([i for i in range(2)]))
     _worker.Worker().run_chunk(
         store_url=f"file://{tmp_path}",
         run=run,
@@ -281,7 +320,7 @@ def test_a_finished_record_is_written_while_the_next_input_hangs_and_the_rest_ca
     store = WorkerDirectory(str(tmp_path))
     run, release = "knots/k/runs/r3", str(tmp_path / "release")
     store.write("knots/k/functions/f.pkl", pickle_function(_hangs_on_three).data)
-    store.write(segment_key(run, 0), pack_segment([pickle.dumps((i, release)) for i in range(8)]))
+    store.write(segment_key(run, 0), _segment([(i, release) for i in range(8)]))
     done: list[tuple[int, int]] = []
     started: list[int] = []
     limit = [8]
@@ -337,7 +376,7 @@ def test_a_record_that_cannot_be_written_is_reported_and_the_chunk_goes_on(
     store = WorkerDirectory(str(tmp_path))
     run = "knots/k/runs/r4"
     store.write("knots/k/functions/f.pkl", pickle_function(_double).data)
-    store.write(segment_key(run, 0), pack_segment([pickle.dumps(i) for i in range(5)]))
+    store.write(segment_key(run, 0), _segment([i for i in range(5)]))
     (tmp_path / run / "results").write_text("a file where the results directory should be")
     failed: list[tuple[int, int, str]] = []
     end = _worker.Worker().run_chunk(
@@ -375,7 +414,7 @@ def test_batch_mode_reports_a_record_it_cannot_write_and_exits_1(tmp_path: Path)
     store = WorkerDirectory(str(tmp_path))
     run = "knots/k/runs/r5"
     store.write("knots/k/functions/f.pkl", pickle_function(_double).data)
-    store.write(segment_key(run, 0), pack_segment([pickle.dumps(i) for i in range(2)]))
+    store.write(segment_key(run, 0), _segment([i for i in range(2)]))
     (tmp_path / run / "results").write_text("not a directory")
     environment = {
         **os.environ,
