@@ -96,6 +96,8 @@ class _Packer:
         self.index += 1
         if len(block) >= self.block_size:
             self._close_block()
+        elif self.index - self.first < self.limit:
+            return False  # the common case, at once: the rest is checked once per block
         return (
             self.index - self.first >= self.limit
             or self.size >= MAX_SEGMENT_BYTES

@@ -296,6 +296,9 @@ async def start_worker(progress_path: str, capture_path: str) -> WorkerProcess:
             worker_channel.close()
             worker_status.close()
         zygote = _zygote
+        # Non-blocking, as anyio's streams expect (they wrap the socket as it is).
+        channel.setblocking(False)
+        status.setblocking(False)
         channel_stream = await anyio.abc.UNIXSocketStream.from_socket(channel)
         status_stream = await anyio.abc.UNIXSocketStream.from_socket(status)
         status_lines = BufferedByteReceiveStream(status_stream)
