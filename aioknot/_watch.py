@@ -7,8 +7,10 @@ last few (`HEAD_POLL_MAX`); each finished record then costs one GET. Looks back 
 exponentially while nothing new turns up. A backend that knows when a record was written (the
 local backend does) hints it, which skips discovery altogether. A backend that knows its tasks'
 states (AWS Batch) says which inputs are queued (no look at all while every outstanding input
-is), which started, and when tasks ended (a look at once, whatever the backoff): its own looks
-are then only a slow net for records written before their task ends.
+is), which started, and when tasks ended (a look at once, whatever the backoff). Once a task
+has started, looks keep their own pace until the first result (a record is stored before its
+task is over, so a look finds it before the backend can say so); after it, the watcher's own
+looks are only a slow net for records written before their task ends.
 
 The backend is the truth for deaths: a task it reports lost becomes ``TaskLost`` unless a
 record holding its input turns up after all (a grouped record ``results/<first>-<count>``
@@ -57,9 +59,9 @@ HEAD_POLL_MAX = 4
 SWEEP_EVERY = 4  # in HEAD mode, every 4th empty poll is a LIST sweep instead
 HEAD_DELAYS = (0.05, 2.0)  # first and longest pause between polls, seconds
 LIST_DELAYS = (0.25, 5.0)
-# When the backend says when tasks end (`ended` wakes a look), the watcher's own looks are only
-# a net for records written before their task ended (a chunk of several inputs), and for a
-# backend that missed a state between two of its polls: slow ones.
+# When the backend says when tasks end (`ended` wakes a look), the watcher's own looks after
+# the first result are only a net for records written before their task ended (a chunk of
+# several inputs), and for a backend that missed a state between two of its polls: slow ones.
 TRACKED_DELAYS = (2.0, 15.0)
 # Several jobs' ends are told in one poll of the backend: one look for them all.
 ENDED_GATHER_SECONDS = 0.05
@@ -370,7 +372,10 @@ class ResultWatcher:
         return [i for low, high in self._lookable() for i in range(low, high) if not finished[i]]
 
     def _delays(self, lookable: int) -> tuple[float, float]:
-        if self._tracked:
+        # Until the first result, looks keep their own pace even when the backend tracks its
+        # tasks: a record is in the store before its task is over, and the backend sees that
+        # only at its next poll; after it, `ended` is prompt enough.
+        if self._tracked and self._outstanding < self._submitted:
             return TRACKED_DELAYS
         return HEAD_DELAYS if lookable <= HEAD_POLL_MAX else LIST_DELAYS
 

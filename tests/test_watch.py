@@ -175,7 +175,7 @@ async def test_a_failing_store_ends_the_watch_with_its_own_error(
 async def test_queued_inputs_are_never_looked_for_and_ended_tasks_are_looked_for_at_once(
     counted_store: tuple[S3Store, collections.Counter[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The watcher's own looks come only after 60 s: what finds the records below is `ended`.
+    # Slow own looks once results flow: what finds the records below is the look `ended` wakes.
     monkeypatch.setattr(watch_module, "TRACKED_DELAYS", (60.0, 60.0))
     store, calls = counted_store
     watcher, got = submitted(store, 50)
