@@ -30,6 +30,11 @@ from ._worker import pack_segment
 _fast_dumps = pickle.dumps
 FIRST_SEGMENT_INPUTS = 16
 MAX_SEGMENT_INPUTS = 1_000
+# When the number of inputs is known (a list, a range), segments may grow to a sixteenth of
+# them, up to this: 100,000 inputs take 25 segments rather than 106 (fewer PUTs, GETs and
+# hand-overs), while the first ones still start as small as ever.
+MAX_KNOWN_SEGMENT_INPUTS = 16_000
+KNOWN_SEGMENT_SHARE = 16
 MAX_SEGMENT_BYTES = 16 * 1024 * 1024
 # Inputs are pickled in blocks of up to this many, of about this many bytes (see _Packer).
 BLOCK_INPUTS = 64
@@ -67,9 +72,13 @@ class _Packer:
     segment, before anything is known, has one input per block.
     """
 
-    def __init__(self, starmap: bool) -> None:
+    def __init__(self, starmap: bool, length: int | None = None) -> None:
         self.starmap = starmap
         self.limit = FIRST_SEGMENT_INPUTS  # inputs in the segment being filled
+        self.max_inputs = MAX_SEGMENT_INPUTS
+        if length is not None:
+            share = length // KNOWN_SEGMENT_SHARE
+            self.max_inputs = min(MAX_KNOWN_SEGMENT_INPUTS, max(MAX_SEGMENT_INPUTS, share))
         self.first = 0  # the index of its first input
         self.index = 0  # inputs added so far
         self.block_size = 1  # inputs per block in the segment being filled
@@ -129,7 +138,7 @@ class _Packer:
         data = pack_segment(self.blocks, count, self.block_size)
         packed = PackedSegment(Segment(self.first, count), data)
         self.first, self.blocks, self.size = self.index, [], 0
-        self.limit = min(self.limit * 2, MAX_SEGMENT_INPUTS)
+        self.limit = min(self.limit * 2, self.max_inputs)
         per_input = self._pickled_bytes / max(1, self._pickled_inputs)
         self.block_size = max(1, min(BLOCK_INPUTS, int(BLOCK_BYTES / max(per_input, 1.0))))
         return packed
@@ -146,10 +155,11 @@ async def pack_inputs(
     Raises ``SerializationError`` naming an input that cannot be pickled, and whatever the
     inputs' own iteration raises, as itself.
     """
-    packer = _Packer(starmap)
     if isinstance(inputs, (list, tuple, range)):
+        packer = _Packer(starmap, len(inputs))
         await _pack_in_memory(inputs, packer, store)
     else:
+        packer = _Packer(starmap)
         await _pack_stream(inputs, packer, store)
     if packer.pending:
         await store(packer.take())

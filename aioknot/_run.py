@@ -80,6 +80,11 @@ class Run(Generic[R]):
         self._failure: BaseException | None = None  # submission or watching failed
         self._cancelled = False
         self._counts = {"succeeded": 0, "failed": 0, "lost": 0}
+        # Every input below this one has an outcome (and those above it that have one, while
+        # it waits): gather() raises the lowest failure as soon as nothing before it is left.
+        self._prefix = 0
+        self._ahead: set[int] = set()
+        self._lowest_failure: int | None = None
         self.watcher = ResultWatcher(store, spec.run_prefix, spec.run_id, self._collect)
         self._backend_run: BackendRun | None = None
         self.created = created if created is not None else time.time()
@@ -184,15 +189,28 @@ class Run(Generic[R]):
         self._changed = anyio.Event()
 
     def _collect(self, outcomes: list[Outcome]) -> None:
+        kept, completed, counts, ahead = self._outcomes, self._completed, self._counts, self._ahead
+        prefix, failures = self._prefix, 0
         for outcome in outcomes:
-            self._outcomes[outcome.index] = outcome
-            self._completed.append(outcome.index)
-            if outcome.error is None:
-                self._counts["succeeded"] += 1
-            elif isinstance(outcome.error, TaskLost):
-                self._counts["lost"] += 1
+            index = outcome.index
+            kept[index] = outcome
+            completed.append(index)
+            if index == prefix:
+                prefix += 1
             else:
-                self._counts["failed"] += 1
+                ahead.add(index)
+            error = outcome.error
+            if error is None:
+                continue
+            failures += 1
+            counts["lost" if isinstance(error, TaskLost) else "failed"] += 1
+            if self._lowest_failure is None or index < self._lowest_failure:
+                self._lowest_failure = index
+        counts["succeeded"] += len(outcomes) - failures
+        while prefix in ahead:
+            ahead.discard(prefix)
+            prefix += 1
+        self._prefix = prefix
         if self.finished_at is None and self._all_finished:
             self.finished_at = time.time()
         self._notify()
@@ -307,6 +325,11 @@ class Run(Generic[R]):
         if self._failure is not None:
             raise self._failure
 
+    def _raise_lowest_failure(self, index: int) -> None:
+        error = self._outcomes[index].error
+        assert error is not None
+        raise error
+
     async def _next_completed(self, position: int) -> int | None:
         """The index completed at ``position``, waiting for it; None once the run is over."""
         while True:
@@ -375,6 +398,11 @@ class Run(Generic[R]):
         keep_going = self._return_exceptions if return_exceptions is None else return_exceptions
         while not (self._total is not None and self.finished >= self._total):
             self._raise_failure()
+            lowest = self._lowest_failure
+            if not keep_going and lowest is not None and self._prefix > lowest:
+                # Every input before it is done: no lower failure can come. The rest of the
+                # run goes on, as with asyncio.gather; its results stay in the run.
+                self._raise_lowest_failure(lowest)
             await self._changed.wait()
         self._raise_failure()
         # Once gathered, the run's books are closed too: its manifest says it finished.

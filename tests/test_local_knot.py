@@ -434,3 +434,30 @@ async def test_tiny_tasks_on_an_s3_store_travel_in_large_chunks(
         assert await run.gather() == [x * x for x in range(count)]
     requests = sum(fault_proxy.counts.values())
     assert requests < count / 10, fault_proxy.counts
+
+
+def fails_on_two_waits_from_five(x: int, gate: str) -> int:
+    if x == 2:
+        raise ValueError("two is not allowed")
+    while x >= 5 and not os.path.exists(gate):
+        time.sleep(0.01)  # the input's own work: it runs until the test opens the gate
+    return x
+
+
+async def test_gather_raises_the_first_failure_once_every_input_before_it_is_done(
+    tmp_path: Path,
+) -> None:
+    """As soon as inputs 0..2 are in and 2 failed, no lower failure can come: gather raises
+    it while the inputs after it still run (they finish later, and stay in the run)."""
+    gate = tmp_path / "gate"
+    async with AsyncKnot(fails_on_two_waits_from_five, backend="local", workers=2) as knot:
+        run = await knot.map(range(10), kwargs={"gate": str(gate)})
+        with pytest.raises(TaskError, match="two is not allowed") as raised:
+            await run.gather()
+        assert raised.value.index == 2
+        status = await run.status()
+        assert status["pending"] > 0  # inputs 5.. were still running when it raised
+        gate.touch()
+        values = await run.gather(return_exceptions=True)
+        assert [v for i, v in enumerate(values) if i != 2] == [0, 1, 3, 4, 5, 6, 7, 8, 9]
+        assert isinstance(values[2], TaskError)

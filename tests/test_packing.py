@@ -81,6 +81,19 @@ async def test_segments_start_small_then_double_and_tile_the_inputs() -> None:
     assert stored.inputs() == list(range(10_000))
 
 
+@pytest.mark.usefixtures("no_flush_timer")
+async def test_when_the_number_of_inputs_is_known_segments_grow_to_a_share_of_them() -> None:
+    count = 200_000
+    stored = await packed(range(count))
+    counts = stored.counts
+    assert counts[0] == _inputs.FIRST_SEGMENT_INPUTS  # the first still start at once
+    assert max(counts) == count // _inputs.KNOWN_SEGMENT_SHARE > _inputs.MAX_SEGMENT_INPUTS
+    assert len(counts) < 30  # it was 206 with segments of at most 1,000
+    assert stored.inputs() == list(range(count))
+    unknown = await packed(iter(range(20_000)))  # a generator: no length to go by
+    assert max(unknown.counts) == _inputs.MAX_SEGMENT_INPUTS
+
+
 async def test_a_worker_reads_any_range_of_a_segment_with_two_reads() -> None:
     inputs = ["a", None, 1.5, list(range(300)), {"k": b"v"}, ("t", 2)] * 2  # one segment
     stored = await packed(inputs)
