@@ -11,7 +11,6 @@ whichever backend the knot uses, so that switching ``AIOKNOT_BACKEND`` between `
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -140,6 +139,8 @@ def parse_options(backend: str | Backend | None, options: Mapping[str, Any]) -> 
     known = set(CORE_OPTIONS).union(*(kind.option_names for kind in kinds))
     for name in rest:
         if name not in known:
+            import difflib  # only for the hint: a knot that checks its options pays nothing
+
             close = difflib.get_close_matches(name, sorted(known), n=1)
             hint = f" Did you mean {close[0]}=?" if close else ""
             raise ConfigurationError(f"{name}= is not an option of a knot.{hint}")

@@ -11,7 +11,6 @@ or SSM parameter ARNs, which Batch resolves when the container starts.
 
 from __future__ import annotations
 
-import difflib
 import re
 import types
 from collections.abc import Iterable, Mapping
@@ -285,6 +284,8 @@ def aws_options(**options: object) -> AwsOptions:
 def _check_known(options: Mapping[str, object]) -> None:
     for name in options:
         if name not in OPTION_NAMES:
+            import difflib  # only for the hint: a knot that checks its options pays nothing
+
             close = difflib.get_close_matches(name, OPTION_NAMES, n=1)
             hint = (
                 f"did you mean {close[0]!r}?"
