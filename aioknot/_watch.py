@@ -63,6 +63,10 @@ LIST_DELAYS = (0.25, 5.0)
 # the first result are only a net for records written before their task ended (a chunk of
 # several inputs), and for a backend that missed a state between two of its polls: slow ones.
 TRACKED_DELAYS = (2.0, 15.0)
+# The longest pause between looks for the first result of started tasks (HEAD_DELAYS'): a
+# LIST every 2 s costs a run of 50 one-minute tasks 30 requests, and keeps its first result
+# as prompt as the HEADs of a few did before issue 11.
+FIRST_RESULT_LONGEST = 2.0
 # Several jobs' ends are told in one poll of the backend: one look for them all.
 ENDED_GATHER_SECONDS = 0.05
 BACKOFF = 1.6
@@ -372,12 +376,15 @@ class ResultWatcher:
         return [i for low, high in self._lookable() for i in range(low, high) if not finished[i]]
 
     def _delays(self, lookable: int) -> tuple[float, float]:
-        # Until the first result, looks keep their own pace even when the backend tracks its
-        # tasks: a record is in the store before its task is over, and the backend sees that
-        # only at its next poll; after it, `ended` is prompt enough.
-        if self._tracked and self._outstanding < self._submitted:
+        first, longest = HEAD_DELAYS if lookable <= HEAD_POLL_MAX else LIST_DELAYS
+        if not self._tracked:
+            return first, longest
+        if self._outstanding < self._submitted:
             return TRACKED_DELAYS
-        return HEAD_DELAYS if lookable <= HEAD_POLL_MAX else LIST_DELAYS
+        # Until the first result, started tasks are looked for at a pace of their own: a
+        # record is in the store before its task is over, and the backend sees that only at
+        # its next poll (moto's Batch: 10 s or more later).
+        return first, FIRST_RESULT_LONGEST
 
     async def _discover(self, *, sweep: bool = False) -> list[tuple[int, int]]:
         """Result objects that exist now, found by HEADs (of the last few inputs that could
@@ -488,7 +495,8 @@ class ResultWatcher:
             if self._outstanding and (
                 first_look or self._ended or anyio.current_time() >= next_poll
             ):
-                if self._ended and not first_look:
+                ended = bool(self._ended)
+                if ended and not first_look:
                     await anyio.sleep(ENDED_GATHER_SECONDS)
                 self._ended.clear()
                 sweep = first_look or empty_polls % SWEEP_EVERY == SWEEP_EVERY - 1
@@ -497,7 +505,9 @@ class ResultWatcher:
                 await self._fetch(found)
                 self.looked.set()
                 first, longest = self._delays(self._lookable_count())
-                delay = first if found else min(max(delay, first) * BACKOFF, longest)
+                # Tasks ending say that more records are coming: look again at the first pace.
+                busy = found or ended
+                delay = first if busy else min(max(delay, first) * BACKOFF, longest)
                 next_poll = anyio.current_time() + delay
                 continue
             # Nothing outstanding: nothing to look for until more is submitted.
