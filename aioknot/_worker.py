@@ -38,6 +38,7 @@ goes on, so one bad disk costs one clear ``TaskLost`` per input, not a crash per
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import os
 import pickle
@@ -1141,9 +1142,15 @@ def _set_name(name: str) -> None:
         pass  # not Linux: the name is cosmetic
 
 
+_KEPT: list[object] = []
+
+
 def _fresh_stdio() -> None:
     """Standard streams on file descriptors 0-2, as a fresh interpreter has them: a zygote
     forked from the client inherits the client's stream objects (a notebook's, pytest's)."""
+    # The old ones are kept, never finalized: one that owned its descriptor would close it,
+    # and that number may be another file's by then.
+    _KEPT.extend([sys.stdin, sys.stdout, sys.stderr, sys.__stdin__, sys.__stdout__, sys.__stderr__])
     for name, fd, mode in (("stdin", 0, "r"), ("stdout", 1, "w"), ("stderr", 2, "w")):
         stream = open(fd, mode, buffering=1 if mode == "w" else -1, closefd=False)  # noqa: SIM115
         setattr(sys, name, stream)
@@ -1156,6 +1163,10 @@ def zygote(control_fd: int) -> int:
     import socket
 
     _set_name(ZYGOTE_NAME)
+    # A zygote forked from the client has a copy of its objects, and its descriptors closed:
+    # the garbage collector must never finalize one of them (a socket would close a number
+    # that may be another file's by then). Nothing of the client's is collected here.
+    gc.freeze()
     _fresh_stdio()
     import cloudpickle  # noqa: F401  (once here, not in each worker: every worker needs it)
 

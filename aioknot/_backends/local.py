@@ -44,7 +44,6 @@ import os
 import signal
 import socket
 import struct
-import tempfile
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -430,6 +429,8 @@ class LocalBackend(Backend):
             pass  # the process died; its reader reports the chunk
 
     async def _run_process(self) -> None:
+        import tempfile  # here: it imports shutil and the compressors, which a knot needs not
+
         progress_fd, progress_path = tempfile.mkstemp(prefix="aioknot-worker-")
         output_path = ""
         try:

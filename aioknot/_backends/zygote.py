@@ -29,7 +29,6 @@ import signal
 import socket
 import sys
 import threading
-from pathlib import Path
 
 import anyio
 import anyio.abc
@@ -37,7 +36,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from .. import _worker
 
-WORKER_PATH = str(Path(_worker.__file__).resolve())
+WORKER_PATH = os.path.realpath(_worker.__file__)
 FORK_MAX_RSS = 512 << 20
 # How the zygote starts: "auto" (fork when safe, else exec), "fork" or "exec" (for tests and
 # for users who want a fresh interpreter whatever the cost).
