@@ -8,9 +8,11 @@ A ``Run`` is handed out once every input is stored and submitted (``knot.map``),
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
 import weakref
+from array import array
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -26,7 +28,7 @@ from typing import Any, Generic, TypeVar
 import anyio
 
 from ._backends.base import Backend, BackendRun, EndedRun, RunSpec, Segment
-from ._exceptions import KnotError, TaskLost
+from ._exceptions import KnotError, TaskFailure, TaskLost
 from ._inputs import PackedSegment, pack_inputs
 from ._manifest import Manifest
 from ._names import manifest_key
@@ -36,6 +38,9 @@ from ._watch import Outcome, ResultWatcher
 from ._worker import segment_key
 
 R = TypeVar("R")  # what the knot's function returns
+_PENDING: Any = object()
+_FAILED: Any = object()
+_TAKEN: Any = object()
 Inputs = Iterable[Any] | AsyncIterable[Any]
 
 CANCELLED_REASON = "the run was cancelled"
@@ -71,8 +76,12 @@ class Run(Generic[R]):
         self._backend_name = backend_name
         self._retain = retain
         self._return_exceptions = return_exceptions
-        self._outcomes: dict[int, Outcome] = {}
-        self._completed: list[int] = []  # completion order; trimmed when not retained
+        # Outcomes by input index, kept as plain lists rather than an object per result (a
+        # million results would cost ~150 MB more): each input's value, or _FAILED (its
+        # failure is in _failures), _PENDING, or _TAKEN (a private run's reader has it).
+        self._values: list[Any] = []
+        self._failures: dict[int, TaskFailure] = {}
+        self._completed = array("q")  # indices in completion order; trimmed when not retained
         self._consumed = 0  # entries of _completed dropped from its front (not retained)
         self._changed = anyio.Event()
         self._segments: list[Segment] = []
@@ -80,10 +89,9 @@ class Run(Generic[R]):
         self._failure: BaseException | None = None  # submission or watching failed
         self._cancelled = False
         self._counts = {"succeeded": 0, "failed": 0, "lost": 0}
-        # Every input below this one has an outcome (and those above it that have one, while
-        # it waits): gather() raises the lowest failure as soon as nothing before it is left.
+        # Every input below this one has an outcome: gather() raises the lowest failure as
+        # soon as nothing before it is left.
         self._prefix = 0
-        self._ahead: set[int] = set()
         self._lowest_failure: int | None = None
         self.watcher = ResultWatcher(store, spec.run_prefix, spec.run_id, self._collect)
         self._backend_run: BackendRun | None = None
@@ -189,26 +197,27 @@ class Run(Generic[R]):
         self._changed = anyio.Event()
 
     def _collect(self, outcomes: list[Outcome]) -> None:
-        kept, completed, counts, ahead = self._outcomes, self._completed, self._counts, self._ahead
-        prefix, failures = self._prefix, 0
+        values, completed, counts = self._values, self._completed, self._counts
+        highest = max(outcome.index for outcome in outcomes) if outcomes else -1
+        if highest >= len(values):
+            values.extend(itertools.repeat(_PENDING, highest + 1 - len(values)))
+        failures = 0
         for outcome in outcomes:
             index = outcome.index
-            kept[index] = outcome
-            completed.append(index)
-            if index == prefix:
-                prefix += 1
-            else:
-                ahead.add(index)
             error = outcome.error
             if error is None:
+                values[index] = outcome.value
                 continue
+            values[index] = _FAILED
+            self._failures[index] = error
             failures += 1
             counts["lost" if isinstance(error, TaskLost) else "failed"] += 1
             if self._lowest_failure is None or index < self._lowest_failure:
                 self._lowest_failure = index
+        completed.extend([outcome.index for outcome in outcomes])
         counts["succeeded"] += len(outcomes) - failures
-        while prefix in ahead:
-            ahead.discard(prefix)
+        prefix = self._prefix
+        while prefix < len(values) and values[prefix] is not _PENDING:
             prefix += 1
         self._prefix = prefix
         if self.finished_at is None and self._all_finished:
@@ -326,9 +335,7 @@ class Run(Generic[R]):
             raise self._failure
 
     def _raise_lowest_failure(self, index: int) -> None:
-        error = self._outcomes[index].error
-        assert error is not None
-        raise error
+        raise self._failures[index]
 
     async def _next_completed(self, position: int) -> int | None:
         """The index completed at ``position``, waiting for it; None once the run is over."""
@@ -340,15 +347,21 @@ class Run(Generic[R]):
                 return None
             await self._changed.wait()
 
-    def _take(self, index: int) -> Outcome:
-        if self._retain:
-            return self._outcomes[index]
-        return self._outcomes.pop(index)
+    def _has(self, index: int) -> bool:
+        return index < len(self._values) and self._values[index] is not _PENDING
 
-    def _deliver(self, outcome: Outcome, return_exceptions: bool) -> Any:
-        if outcome.error is not None and not return_exceptions:
-            raise outcome.error
-        return outcome.error if outcome.error is not None else outcome.value
+    def _take(self, index: int, return_exceptions: bool) -> Any:
+        """Input ``index``'s value, or its failure (raised unless ``return_exceptions``); a
+        private run lets go of it, as its one reader has it now."""
+        value = self._values[index]
+        if not self._retain:
+            self._values[index] = _TAKEN
+        if value is not _FAILED:
+            return value
+        error = self._failures[index] if self._retain else self._failures.pop(index)
+        if not return_exceptions:
+            raise error
+        return error
 
     async def items(
         self, *, return_exceptions: bool | None = None, ordered: bool = False
@@ -366,8 +379,8 @@ class Run(Generic[R]):
                 # The run's failure first: a generator that raised, say, cancels the run, and
                 # the inputs that cancel turns into TaskLost must not hide it.
                 self._raise_failure()
-                if index in self._outcomes:
-                    yield index, self._deliver(self._take(index), keep_going)
+                if self._has(index):
+                    yield index, self._take(index, keep_going)
                     index += 1
                     continue
                 if self._total is not None and index >= self._total:
@@ -379,12 +392,11 @@ class Run(Generic[R]):
             if completed is None:
                 return
             position += 1
-            outcome = self._take(completed)
             if not self._retain and position - self._consumed >= 1024:
                 # A private run (amap) has one reader: drop what it has seen.
                 del self._completed[: position - self._consumed]
                 self._consumed = position
-            yield completed, self._deliver(outcome, keep_going)
+            yield completed, self._take(completed, keep_going)
 
     async def __aiter__(self) -> AsyncIterator[R]:
         async for _, value in self.items():
@@ -407,8 +419,12 @@ class Run(Generic[R]):
         self._raise_failure()
         # Once gathered, the run's books are closed too: its manifest says it finished.
         await self._watched.wait()
-        outcomes = [self._outcomes[i] for i in range(self._total)]
-        return [self._deliver(outcome, keep_going) for outcome in outcomes]
+        values = self._values[: self._total]
+        for index in sorted(self._failures):
+            if not keep_going:
+                raise self._failures[index]
+            values[index] = self._failures[index]
+        return values
 
     # -- status, cancel, logs ------------------------------------------------------------
 
