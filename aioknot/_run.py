@@ -197,10 +197,8 @@ class Run(Generic[R]):
         self._changed = anyio.Event()
 
     def _collect(self, outcomes: list[Outcome]) -> None:
+        # Outcomes come only for stored inputs, which have their places (`_stored`).
         values, completed, counts = self._values, self._completed, self._counts
-        highest = max(outcome.index for outcome in outcomes) if outcomes else -1
-        if highest >= len(values):
-            values.extend(itertools.repeat(_PENDING, highest + 1 - len(values)))
         failures = 0
         for outcome in outcomes:
             index = outcome.index
@@ -226,6 +224,8 @@ class Run(Generic[R]):
 
     def _stored(self, segment: Segment) -> None:
         self._segments.append(segment)
+        if segment.stop > len(self._values):
+            self._values.extend(itertools.repeat(_PENDING, segment.stop - len(self._values)))
         self.watcher.submitted(segment.stop)
 
     def _submission_finished(self) -> None:
