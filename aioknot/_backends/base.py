@@ -109,7 +109,8 @@ class TaskListener(Protocol):
         """The tasks of inputs ``first .. first + count - 1`` have not started (Batch: their
         job waits to be submitted, or its children are SUBMITTED, PENDING, RUNNABLE or
         STARTING), so none of them can have written a record: the watcher does not look for
-        their records until `started` or `ended` names them."""
+        their records until `started` or `ended` names them. ``count`` may run past the run's
+        inputs: a backend that has started nothing says ``queued(0, sys.maxsize)``."""
         ...
 
     def started(self, first: int, count: int) -> None:

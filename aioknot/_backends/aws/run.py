@@ -23,6 +23,7 @@ terminates a job on its own (only `cancel`, the user's intent, does).
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
@@ -281,6 +282,11 @@ class AwsRun(BackendRun):
         self._timer = False
         # When the current outage began (the first transient failure since the last success).
         self._failing_since: float | None = None
+        if not job_ids:
+            # A new run: no job yet, so none of its inputs can have a record until a poll sees
+            # a job's children start (`_tell_watcher`); the watcher need not look till then,
+            # however long the image build or the wait for more inputs takes.
+            listener.queued(0, sys.maxsize)
 
     @property
     def job_ids(self) -> list[str]:
@@ -367,10 +373,6 @@ class AwsRun(BackendRun):
     async def submit(self, segments: Sequence[Segment], *, last: bool) -> None:
         if self._error is not None:
             raise self._error
-        for segment in segments:
-            # No job runs these yet, so no record of theirs can exist: the watcher need not
-            # look for them until a poll sees their children start (`_tell_watcher`).
-            self._listener.queued(segment.first, segment.count)
         self._activity = anyio.current_time()
         try:
             async with self._lock:
