@@ -1,0 +1,172 @@
+"""Where local workers come from: the zygote (aioknot/_backends/zygote.py), both ways it starts.
+
+Each test runs a real client script in a fresh interpreter (``AIOKNOT_ZYGOTE`` picks how its
+zygote starts: forked from the client, or the worker file run with ``--zygote``), with real
+worker processes, and real SIGKILLs of the client and of the zygote.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from helpers.processes import wait_until_gone
+from helpers.waiting import wait_until
+
+from aioknot._worker import WORKER_NAME, ZYGOTE_NAME
+
+pytestmark = pytest.mark.usefixtures("aioknot_home")
+
+CLIENT = textwrap.dedent(
+    """
+    import asyncio, os, sys, threading, time
+    import aioknot
+
+    def work(x):
+        if x == -1:
+            time.sleep(600)  # the input the test kills the client or the zygote under
+        return (x * x, os.getpid(), os.getcwd(), os.environ.get("AIOKNOT_TEST_MARK"))
+
+    async def main():
+        async with aioknot.AsyncKnot(work, backend="local", workers=2) as knot:
+            results = await (await knot.map(range(200))).gather()
+            print("squares", sum(r[0] for r in results), flush=True)
+            print("pids", *sorted({r[1] for r in results}), flush=True)
+            print("cwd", results[0][2], "mark", results[0][3], flush=True)
+            if "--hang" in sys.argv:
+                run = await knot.map([-1, -1])
+                print("hanging", flush=True)
+                await run.gather()
+
+    if "--thread" in sys.argv:  # a thread before the knot: forking the client is not safe
+        threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
+    asyncio.run(main())
+    """
+)
+
+
+def _name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _children(pid: int, name: str) -> list[int]:
+    return [
+        int(entry)
+        for entry in os.listdir("/proc")
+        if entry.isdigit() and _parent(int(entry)) == pid and _name(int(entry)) == name
+    ]
+
+
+def _start(tmp_path: Path, mode: str, *arguments: str) -> subprocess.Popen[str]:
+    script = tmp_path / "client.py"
+    script.write_text(CLIENT)
+    workdir = tmp_path / "workdir"
+    workdir.mkdir(exist_ok=True)
+    environment = {**os.environ, "AIOKNOT_ZYGOTE": mode, "AIOKNOT_TEST_MARK": "marked"}
+    return subprocess.Popen(
+        [sys.executable, str(script), *arguments],
+        cwd=workdir,
+        env=environment,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _lines_until(client: subprocess.Popen[str], last: str) -> dict[str, list[str]]:
+    seen: dict[str, list[str]] = {}
+    assert client.stdout is not None
+    for line in client.stdout:
+        word, *rest = line.split()
+        seen[word] = rest
+        if word == last:
+            break
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("mode", "arguments"), [("fork", ()), ("exec", ()), ("auto", ("--thread",))]
+)
+def test_workers_come_from_one_zygote_and_run_in_the_clients_directory_and_environment(
+    tmp_path: Path, mode: str, arguments: tuple[str, ...]
+) -> None:
+    client = _start(tmp_path, mode, *arguments, "--hang")
+    try:
+        seen = _lines_until(client, "hanging")
+        assert seen["squares"] == [str(sum(x * x for x in range(200)))]
+        assert seen["cwd"] == [str(tmp_path / "workdir"), "mark", "marked"]
+        zygotes = _children(client.pid, ZYGOTE_NAME)
+        assert len(zygotes) == 1  # one per client process, whichever way it started
+        workers = wait_until(
+            lambda: _children(zygotes[0], WORKER_NAME) or None, timeout=30, what="workers"
+        )
+        # The processes that ran the inputs are the zygote's children named as workers.
+        assert {int(pid) for pid in seen["pids"]} <= set(workers)
+        if mode == "exec" or arguments:
+            # A fresh interpreter: the worker file with --zygote, not a copy of the client.
+            assert "--zygote" in Path(f"/proc/{zygotes[0]}/cmdline").read_text()
+        else:
+            assert "--zygote" not in Path(f"/proc/{zygotes[0]}/cmdline").read_text()
+        # A client that dies the hard way leaves nothing running: the zygote sees its
+        # control socket close, the workers their parent go.
+        client.send_signal(signal.SIGKILL)
+        client.wait(timeout=30)
+        assert wait_until_gone([*zygotes, *workers], timeout=30) == []
+    finally:
+        client.kill()
+        client.wait(timeout=30)
+        if client.stdout is not None:
+            client.stdout.close()
+
+
+KILL_ZYGOTE = textwrap.dedent(
+    """
+    import asyncio, os, signal, sys
+    import aioknot
+    from aioknot._backends import zygote
+
+    def square(x):
+        return x * x
+
+    async def main():
+        async with aioknot.AsyncKnot(square, backend="local", workers=2) as knot:
+            assert await (await knot.map(range(50))).gather() == [x * x for x in range(50)]
+        os.kill(zygote._zygote.pid, signal.SIGKILL)  # the zygote dies between knots
+        async with aioknot.AsyncKnot(square, backend="local", workers=2) as knot:
+            assert await (await knot.map(range(50))).gather() == [x * x for x in range(50)]
+        print("ok", flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.parametrize("mode", ["fork", "exec"])
+def test_a_killed_zygote_is_replaced_by_the_next_worker_that_is_needed(
+    tmp_path: Path, mode: str
+) -> None:
+    script = tmp_path / "client.py"
+    script.write_text(KILL_ZYGOTE)
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        env={**os.environ, "AIOKNOT_ZYGOTE": mode},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["ok"]
