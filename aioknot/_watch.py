@@ -366,14 +366,24 @@ class ResultWatcher:
         return [(low, high) for low, high in stretches if low < high]
 
     def _lookable_count(self) -> int:
-        """How many unfinished inputs may have a record by now (C-speed counts, no loop per
-        input: this is asked at every turn of the loop)."""
+        """How many unfinished inputs may have a record by now (asked at every turn of the
+        loop: no count at all unless the backend said some are queued, and C-speed then)."""
+        if not self._waiting:
+            return self._outstanding
         finished = self._finished
         return sum(high - low - finished.count(1, low, high) for low, high in self._lookable())
 
     def _unfinished_lookable(self) -> list[int]:
+        """The unfinished inputs that may have a record (few: for HEADs), found without a
+        Python loop over the finished ones around them."""
         finished = self._finished
-        return [i for low, high in self._lookable() for i in range(low, high) if not finished[i]]
+        found = []
+        for low, high in self._lookable():
+            index = finished.find(0, low, high)
+            while index != -1:
+                found.append(index)
+                index = finished.find(0, index + 1, high)
+        return found
 
     def _delays(self, lookable: int) -> tuple[float, float]:
         first, longest = HEAD_DELAYS if lookable <= HEAD_POLL_MAX else LIST_DELAYS
