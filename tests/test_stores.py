@@ -150,3 +150,37 @@ async def test_a_missing_profile_is_a_configuration_error(
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
     with pytest.raises(ConfigurationError, match="'nobody' is not configured"):
         await S3Store("s3://b-1", profile="nobody").open()
+
+
+async def test_a_local_store_runs_small_operations_inline_until_the_disk_proves_slow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small operations run on the event loop (no thread hop); large ones in a thread; and
+    once an inline one takes longer than INLINE_SECONDS, every one goes to a thread."""
+    import threading
+
+    from aioknot._stores import local
+
+    store = LocalStore(str(tmp_path / "store"))
+    threads: list[str] = []
+    real_write = store._files.write
+
+    def write(key: str, data: bytes) -> None:
+        threads.append(threading.current_thread().name)
+        real_write(key, data)
+
+    monkeypatch.setattr(store._files, "write", write)  # records where each write ran
+    await store.put("small", b"x" * 10)
+    await store.put("large", b"x" * (local.INLINE_BYTES + 1))
+    assert threads[0] == threading.current_thread().name  # on the event loop
+    assert threads[1] != threading.current_thread().name  # a worker thread
+    assert store.inline and await store.get_many(["small", "large"]) == [
+        b"x" * 10,
+        b"x" * (local.INLINE_BYTES + 1),
+    ]
+    monkeypatch.setattr(local, "INLINE_SECONDS", 0.0)  # as if the disk took too long
+    await store.put("slow", b"x")
+    assert not store.inline
+    await store.put("after", b"y")
+    assert threads[-1] != threading.current_thread().name
+    assert await store.get("after") == b"y"
