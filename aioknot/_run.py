@@ -34,7 +34,7 @@ from ._manifest import Manifest
 from ._names import manifest_key
 from ._stores.base import Store
 from ._tasks import task_group
-from ._watch import Outcome, ResultWatcher
+from ._watch import Outcome, ResultWatcher, Values
 from ._worker import segment_key
 
 R = TypeVar("R")  # what the knot's function returns
@@ -196,28 +196,28 @@ class Run(Generic[R]):
         self._changed.set()
         self._changed = anyio.Event()
 
-    def _collect(self, outcomes: list[Outcome]) -> None:
+    def _collect(self, outcomes: list[Outcome | Values]) -> None:
         # Outcomes come only for stored inputs, which have their places (`_stored`).
         values, completed, counts = self._values, self._completed, self._counts
-        failures = 0
         for outcome in outcomes:
-            index = outcome.index
-            error = outcome.error
+            if isinstance(outcome, Values):  # inputs that all returned: one slice each
+                first, stop = outcome.first, outcome.first + len(outcome.values)
+                values[first:stop] = outcome.values
+                completed.extend(range(first, stop))
+                counts["succeeded"] += stop - first
+                continue
+            index, error = outcome.index, outcome.error
+            completed.append(index)
             if error is None:
                 values[index] = outcome.value
+                counts["succeeded"] += 1
                 continue
             values[index] = _FAILED
             self._failures[index] = error
-            failures += 1
             counts["lost" if isinstance(error, TaskLost) else "failed"] += 1
             if self._lowest_failure is None or index < self._lowest_failure:
                 self._lowest_failure = index
-        completed.extend([outcome.index for outcome in outcomes])
-        counts["succeeded"] += len(outcomes) - failures
-        prefix = self._prefix
-        while prefix < len(values) and values[prefix] is not _PENDING:
-            prefix += 1
-        self._prefix = prefix
+        self._prefix = self.watcher.low
         if self.finished_at is None and self._all_finished:
             self.finished_at = time.time()
         self._notify()

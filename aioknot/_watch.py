@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import pickle
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,6 +92,27 @@ class Outcome:
     index: int
     value: Any = None
     error: TaskFailure | None = None
+
+
+@dataclass(slots=True)
+class Values:
+    """The outcomes of consecutive inputs ``first..`` that all returned: their values in one
+    list, as their result object held them. Handed over as one object, not one per input:
+    per result, an object costs more than the value it carries (tens of thousands a run)."""
+
+    first: int
+    values: list[Any]
+
+    def outcomes(self) -> list[Outcome]:
+        return [Outcome(self.first + k, value) for k, value in enumerate(self.values)]
+
+
+Outcomes = list[Outcome | Values]
+
+
+def as_outcomes(items: Outcomes) -> list[Outcome]:
+    """Every outcome of ``items``, one object each (for readers that want them so)."""
+    return [o for item in items for o in (item.outcomes() if isinstance(item, Values) else [item])]
 
 
 def unreadable(index: int, error: Exception, run_id: str, where: str = "") -> Outcome:
@@ -173,10 +194,11 @@ def _parse(key: str) -> tuple[int, int] | None:
 
 
 class ResultWatcher:
-    """Finds the records of one run's submitted inputs and hands each outcome to ``emit``."""
+    """Finds the records of one run's submitted inputs and hands their outcomes to ``emit``
+    (an `Outcome` each, or `Values` for a stretch of inputs that all returned)."""
 
     def __init__(
-        self, store: Store, run_prefix: str, run_id: str, emit: Callable[[list[Outcome]], None]
+        self, store: Store, run_prefix: str, run_id: str, emit: Callable[[Outcomes], None]
     ) -> None:
         self._store = store
         self._run = run_prefix
@@ -288,17 +310,41 @@ class ResultWatcher:
     # -- the loop ------------------------------------------------------------------------
 
     @property
+    def low(self) -> int:
+        """Every input below this one has had its outcome emitted."""
+        return self._low
+
+    @property
     def complete(self) -> bool:
         return self._submission_over and self._outstanding == 0
 
-    def _finish(self, outcomes: list[Outcome]) -> None:
-        fresh = [o for o in outcomes if not self._finished[o.index]]
-        for outcome in fresh:
-            self._finished[outcome.index] = 1
-            self._lost.pop(outcome.index, None)
-        self._outstanding -= len(fresh)
-        while self._low < self._submitted and self._finished[self._low]:
-            self._low += 1
+    def _finish(self, outcomes: Sequence[Outcome | Values]) -> None:
+        finished, lost = self._finished, self._lost
+        fresh: Outcomes = []
+        count = 0
+        for item in outcomes:
+            if isinstance(item, Values):
+                first, stop = item.first, item.first + len(item.values)
+                if finished.find(1, first, stop) == -1:  # the common case: all of them new
+                    finished[first:stop] = b"\x01" * (stop - first)
+                    if lost:
+                        for index in range(first, stop):
+                            lost.pop(index, None)
+                    fresh.append(item)
+                    count += stop - first
+                    continue
+                items: list[Outcome] = item.outcomes()  # some finished meanwhile: one by one
+            else:
+                items = [item]
+            for outcome in items:
+                if not finished[outcome.index]:
+                    finished[outcome.index] = 1
+                    lost.pop(outcome.index, None)
+                    fresh.append(outcome)
+                    count += 1
+        self._outstanding -= count
+        low = finished.find(0, self._low, self._submitted)
+        self._low = self._submitted if low == -1 else low
         if fresh:
             self._emit(fresh)
 
@@ -319,7 +365,7 @@ class ResultWatcher:
             except KeyError:
                 # Listed a moment ago, gone now (deleted under the run): fetch what remains.
                 datas = [await self._get_or_none(key) for key in keys]
-            outcomes = []
+            outcomes: Outcomes = []
             for (first, count), key, data in zip(batch, keys, datas, strict=True):
                 if data is not None:
                     outcomes.extend(self._outcomes_of(first, count, data, key))
@@ -331,13 +377,18 @@ class ResultWatcher:
         except KeyError:
             return None
 
-    def _outcomes_of(self, first: int, count: int, data: bytes, key: str) -> list[Outcome]:
+    def _outcomes_of(self, first: int, count: int, data: bytes, key: str) -> Outcomes:
         """The outcomes of the unfinished inputs held by one result object. Whatever is wrong
         with the object fails its own inputs only, never the run."""
         finished = self._finished
         # Bounded by what was submitted: a stray key must not index past the run.
         stop = min(first + count, len(finished))
-        unfinished = [i for i in range(first, stop) if not finished[i]]
+        if stop <= first:
+            return []
+        all_new = finished.find(1, first, stop) == -1  # the common case: none seen yet
+        unfinished = (
+            range(first, stop) if all_new else [i for i in range(first, stop) if not finished[i]]
+        )
         where = f"{self._store.url}/{key}"
         try:
             values = decode_values(data)
@@ -347,6 +398,8 @@ class ResultWatcher:
         except Exception as error:  # damaged bytes, or a class not importable here
             return [unreadable(i, error, self._run_id, where) for i in unfinished]
         if values is not None:
+            if all_new:
+                return [Values(first, values[: stop - first])]
             return [Outcome(i, values[i - first]) for i in unfinished]
         assert records is not None
         return [outcome_from_record(i, records[i - first], self._run_id, where) for i in unfinished]

@@ -26,7 +26,7 @@ from aioknot import AsyncKnot, ConfigurationError, StoreError, TaskError, TaskLo
 from aioknot._stores import s3 as store_s3
 from aioknot._stores.local import LocalStore
 from aioknot._stores.s3 import S3Store
-from aioknot._watch import Outcome, ResultWatcher
+from aioknot._watch import Outcome, ResultWatcher, as_outcomes
 from aioknot._worker import (
     RECORD_MAGIC,
     RECORD_VALUE,
@@ -185,7 +185,7 @@ async def test_thousands_of_lost_inputs_are_settled_with_a_handful_of_lists(
     for i in range(2000, 2010):
         await store.put(result_key(RUN, i), encode_value_record(i * 10))
     got: list[Outcome] = []
-    watcher = ResultWatcher(store, RUN, "r", got.extend)
+    watcher = ResultWatcher(store, RUN, "r", lambda items: got.extend(as_outcomes(items)))
     watcher.submitted(total)
     watcher.submission_over()
     for i in range(total):
@@ -220,7 +220,7 @@ async def test_a_lost_input_in_a_group_written_before_the_child_failed_is_a_valu
         result_key(RUN, 5, 3), encode_results(5, [(True, "a"), (True, "b"), (True, "c")])
     )
     got: list[Outcome] = []
-    watcher = ResultWatcher(store, RUN, "r", got.extend)
+    watcher = ResultWatcher(store, RUN, "r", lambda items: got.extend(as_outcomes(items)))
     watcher.submitted(10)
     watcher.submission_over()
     for i in range(10):
@@ -254,7 +254,7 @@ async def test_a_corrupt_record_fails_only_its_own_inputs(tmp_path: Path) -> Non
     # An error record whose header is valid JSON but not what a worker writes.
     await store.put(result_key(RUN, 30), RECORD_MAGIC + b"E" + struct.pack("<I", 2) + b"[]")
     got: list[Outcome] = []
-    watcher = ResultWatcher(store, RUN, "r", got.extend)
+    watcher = ResultWatcher(store, RUN, "r", lambda items: got.extend(as_outcomes(items)))
     watcher.submitted(31)
     watcher.submission_over()
     with anyio.fail_after(30):

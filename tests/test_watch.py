@@ -20,7 +20,7 @@ from infra.moto import MotoServer
 from aioknot import ConfigurationError, StoreError
 from aioknot import _watch as watch_module
 from aioknot._stores.s3 import S3Store
-from aioknot._watch import HEAD_POLL_MAX, Outcome, ResultWatcher
+from aioknot._watch import HEAD_POLL_MAX, Outcome, ResultWatcher, as_outcomes
 from aioknot._worker import encode_group, encode_value_record, result_key
 
 
@@ -46,7 +46,7 @@ def submitted(store: S3Store, count: int) -> tuple[ResultWatcher, list[Outcome]]
     """A watcher of run "run" whose ``count`` inputs are all submitted, and the outcomes it
     hands out."""
     got: list[Outcome] = []
-    watcher = ResultWatcher(store, "run", "r", got.extend)
+    watcher = ResultWatcher(store, "run", "r", lambda items: got.extend(as_outcomes(items)))
     watcher.submitted(count)
     watcher.submission_over()
     return watcher, got
