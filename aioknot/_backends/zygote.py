@@ -32,6 +32,7 @@ import threading
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from .. import _worker
@@ -47,6 +48,57 @@ class WorkerStartError(OSError):
     """The zygote could not start a worker (it died, or could not fork)."""
 
 
+class _SocketStream(anyio.abc.ByteStream):
+    """A connected non-blocking socket as an anyio byte stream.
+
+    Not anyio's own socket stream: on asyncio, a read of it cancelled just as the socket
+    becomes readable (a knot closing while a worker ends) makes asyncio log an
+    InvalidStateError; ``anyio.wait_readable`` has no such race.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self._socket = sock
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        while True:
+            try:
+                data = self._socket.recv(max_bytes)
+            except BlockingIOError:
+                await anyio.wait_readable(self._socket)
+                continue
+            except OSError as error:
+                if self._socket.fileno() < 0:
+                    raise anyio.ClosedResourceError from None
+                raise anyio.BrokenResourceError from error
+            if not data:
+                raise anyio.EndOfStream
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            return data
+
+    async def send(self, item: bytes) -> None:
+        view = memoryview(item)
+        while view:
+            try:
+                view = view[self._socket.send(view) :]
+            except BlockingIOError:
+                await anyio.wait_writable(self._socket)
+            except OSError as error:
+                if self._socket.fileno() < 0:
+                    raise anyio.ClosedResourceError from None
+                raise anyio.BrokenResourceError from error
+        await anyio.lowlevel.checkpoint()
+
+    async def send_eof(self) -> None:
+        self._socket.shutdown(socket.SHUT_WR)
+
+    async def aclose(self) -> None:
+        if self._socket.fileno() >= 0:
+            anyio.notify_closing(self._socket)  # wakes a reader or writer waiting on it
+            self._socket.close()
+        await anyio.lowlevel.checkpoint()
+
+
 class WorkerProcess:
     """One worker process: its pid (which leads its process group), its channel (chunks in,
     reports out) and how it ended, as the zygote that forked and reaped it tells."""
@@ -54,9 +106,9 @@ class WorkerProcess:
     def __init__(
         self,
         pid: int,
-        channel: anyio.abc.SocketStream,
+        channel: anyio.abc.ByteStream,
         status: BufferedByteReceiveStream,
-        status_stream: anyio.abc.SocketStream,
+        status_stream: anyio.abc.ByteStream,
     ) -> None:
         self.pid = pid
         self.channel = channel
@@ -295,11 +347,8 @@ async def start_worker(progress_path: str, capture_path: str) -> WorkerProcess:
             worker_channel.close()
             worker_status.close()
         zygote = _zygote
-        # Non-blocking, as anyio's streams expect (they wrap the socket as it is).
-        channel.setblocking(False)
-        status.setblocking(False)
-        channel_stream = await anyio.abc.UNIXSocketStream.from_socket(channel)
-        status_stream = await anyio.abc.UNIXSocketStream.from_socket(status)
+        channel_stream = _SocketStream(channel)
+        status_stream = _SocketStream(status)
         status_lines = BufferedByteReceiveStream(status_stream)
         try:
             line = await status_lines.receive_until(b"\n", 64)
