@@ -126,21 +126,33 @@ def encode_group(records: list[bytes]) -> bytes:
     return b"".join([GROUP_MAGIC, _U32.pack(len(records)), sizes, *records])
 
 
-def encode_results(first: int, results: list[tuple[bool, Any]]) -> bytes:
-    """One object for consecutive inputs' results: ``(True, value)`` or ``(False, record)``.
+class Failed:
+    """In a list of results: an input whose function raised, as its error record."""
+
+    __slots__ = ("record",)
+
+    def __init__(self, record: bytes) -> None:
+        self.record = record
+
+
+def encode_results(first: int, results: list[Any], failures: int = -1) -> bytes:
+    """One object for consecutive inputs' results: each a value, or `Failed` with its
+    record. ``failures`` counts the `Failed` ones, if known (-1: look).
 
     When every input returned, the values are pickled as one list (one C call instead of a
     record each, which is most of the cost of a tiny task); otherwise one record each.
     """
-    if all(ok for ok, _ in results):
+    if failures < 0:
+        failures = sum(type(result) is Failed for result in results)
+    if not failures:
         try:
-            return VALUES_MAGIC + dumps([value for _, value in results])
+            return VALUES_MAGIC + dumps(results)
         except Exception:
             pass  # some value cannot be pickled: find which, below
     records = []
-    for offset, (ok, payload) in enumerate(results):
-        if not ok:
-            records.append(payload)
+    for offset, payload in enumerate(results):
+        if type(payload) is Failed:
+            records.append(payload.record)
             continue
         try:
             records.append(encode_value_record(payload))
@@ -822,19 +834,25 @@ class Worker:
         store = self.storage(store_url, environment)
         lock = self._lock
         self.computing_seconds = 0.0
-        # Results of inputs first..first+len-1 not yet written. Values are pickled when they
-        # are written (within ~40 ms), as a process pool pickles a chunk's results at its end.
-        pending: list[tuple[bool, Any]] = []
-        first = start
-        opened = 0.0
+        # The results of the chunk's inputs so far, in order: a value, or Failed. Only the
+        # main thread appends (no lock per input: an append is atomic); results[written:] are
+        # not written yet, and `flush` writes them, with the lock held, from either thread
+        # (the flusher's, while an input runs long). Values are pickled when they are written
+        # (within ~40 ms), as a process pool pickles a chunk's results at its end.
+        results: list[Any] = []
+        written = 0
+        last_failed = -1  # the position of the last Failed appended
 
         def flush() -> None:  # called with the lock held
-            nonlocal pending, first
-            if not pending:
+            nonlocal written
+            count = len(results) - written
+            if count <= 0:
                 return
-            count = len(pending)
+            first = start + written
             try:
-                store.write(result_key(run, first, count), encode_results(first, pending))
+                failures = -1 if last_failed >= written else 0  # -1: encode_results looks
+                data = encode_results(first, results[written : written + count], failures)
+                store.write(result_key(run, first, count), data)
             except Exception as error:
                 if on_failed is None:
                     raise
@@ -842,7 +860,7 @@ class Worker:
             else:
                 if on_done is not None:
                     on_done(first, count)
-            first, pending = first + count, []
+            written += count
 
         pickled: bytes | None = None
         try:
@@ -861,7 +879,8 @@ class Worker:
             # Every input gets the reason (a module missing on the worker, say), not a crash.
             failure = RuntimeError(f"the function could not be loaded on the worker: {error!r}")
             failure.__cause__ = error
-            pending = [(False, encode_error_record(failure))] * (stop - start)
+            results.extend([Failed(encode_error_record(failure))] * (stop - start))
+            last_failed = len(results) - 1
             with lock:
                 flush()
             return stop
@@ -887,8 +906,14 @@ class Worker:
             flusher.tick = capture.pass_through if capture is not None else None
             flusher.begin(flush)
         end = stop
+        clock = time.perf_counter
+        append = results.append
+        # One clock reading per input: an input starts when the one before it ended (the
+        # bookkeeping between them is a fraction of a microsecond), or when a write before
+        # it ended: the store's time is not the function's (it sizes the chunks).
+        began = opened = clock()
         try:
-            for position, index in enumerate(range(start, stop)):
+            for index, argument in zip(range(start, stop), arguments, strict=True):
                 if on_start is not None:
                     on_start(index)
                 # Read after announcing the input (the backend writes the limit, then reads
@@ -902,33 +927,33 @@ class Worker:
                     flusher.started += 1
                 if capture is not None:
                     capture.index = index
-                began = time.perf_counter()
-                argument = arguments[position]
                 try:
                     if type(argument) is Unreadable:
                         raise argument.error
-                    result: tuple[bool, Any] = (
-                        True,
-                        function(*argument) if starmap else function(argument),
-                    )
+                    result = function(*argument) if starmap else function(argument)
                 except BaseException as error:  # KeyboardInterrupt too: the user's code raised
-                    result = (False, encode_error_record(error))
-                finished = time.perf_counter()
-                self.computing_seconds += finished - began
+                    result = Failed(encode_error_record(error))
+                    last_failed = index - start  # before the append: flush reads it after
+                finished = clock()
+                took = finished - began
+                self.computing_seconds += took
                 if capture is not None:
                     output = capture.take()
                     if output:  # before the record: once the result is known, so is the log
                         capture.keep(index, output)
-                with lock:
-                    if not pending:
-                        opened = began
-                    pending.append(result)
-                    if (
-                        finished - began >= SLOW_INPUT_SECONDS
-                        or finished - opened >= GROUP_SECONDS
-                        or len(pending) >= GROUP_MAX_INPUTS
-                    ):
+                        finished = clock()
+                if len(results) == written:
+                    opened = began  # the first unwritten result's start
+                append(result)
+                if (
+                    took >= SLOW_INPUT_SECONDS
+                    or finished - opened >= GROUP_SECONDS
+                    or len(results) - written >= GROUP_MAX_INPUTS
+                ):
+                    with lock:
                         flush()
+                    finished = clock()
+                began = finished
             with lock:
                 flush()
         finally:

@@ -208,19 +208,20 @@ def test_a_function_that_cannot_be_loaded_gives_every_input_the_reason(tmp_path:
 
 
 def test_results_of_a_group_with_an_error_or_an_unpicklable_value_are_records() -> None:
-    from aioknot._worker import encode_results
+    from aioknot._worker import Failed, encode_results
 
     try:
         raise OSError("disk")
     except OSError as error:
         failed = encode_error_record(error)
-    mixed = encode_results(10, [(True, 1), (False, failed), (True, threading.Lock())])
+    mixed = encode_results(10, [1, Failed(failed), threading.Lock()])
     assert decode_values(mixed) is None
     records = [decode_record(r) for r in decode_group(mixed)]
     assert records[0] == (True, 1)
     assert records[1][1][0]["type"] == "OSError"
     assert "input 12 cannot be pickled" in records[2][1][0]["message"]
-    assert decode_values(encode_results(0, [(True, None), (True, "x")])) == [None, "x"]
+    assert decode_values(encode_results(0, [None, "x"])) == [None, "x"]
+    assert decode_values(encode_results(0, [None, "x"], failures=0)) == [None, "x"]
 
 
 # -- the store as the client uses it; transient faults; hung inputs; failed writes -----------
