@@ -290,8 +290,8 @@ def _submitted(calls: Calls) -> list[tuple[int, int, int]]:
         (1, [(0, 1, 1)]),
         (3, [(3, 1, 3)]),
         (10_000, [(16, 1, 16), (9_984, 1, 9_984)]),
-        # Segments of up to 25,000 / 16 inputs (the count is known), grouped whole into jobs.
-        (25_000, [(16, 1, 16), (9_599, 2, 19_198), (5_786, 1, 5_786)]),
+        # Segments of 25,000 / 4 inputs after the first (the count is known), grouped whole.
+        (25_000, [(16, 1, 16), (9_375, 2, 18_750), (6_234, 1, 6_234)]),
     ],
 )
 @pytest.mark.timeout(300)

@@ -62,8 +62,9 @@ def no_flush_timer(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_inputs, "MAX_SEGMENT_WAIT_SECONDS", 600.0)
 
 
+@pytest.mark.usefixtures("no_flush_timer")
 async def test_segments_start_small_then_double_and_tile_the_inputs() -> None:
-    stored = await packed(range(10_000))
+    stored = await packed(iter(range(10_000)))  # a stream: how many inputs is unknown
     counts = stored.counts
     # The first inputs are stored (and can start) almost at once ...
     assert counts[0] == _inputs.FIRST_SEGMENT_INPUTS < 100
@@ -82,14 +83,17 @@ async def test_segments_start_small_then_double_and_tile_the_inputs() -> None:
 
 
 @pytest.mark.usefixtures("no_flush_timer")
-async def test_when_the_number_of_inputs_is_known_segments_grow_to_a_share_of_them() -> None:
-    count = 200_000
-    stored = await packed(range(count))
-    counts = stored.counts
-    assert counts[0] == _inputs.FIRST_SEGMENT_INPUTS  # the first still start at once
-    assert max(counts) == count // _inputs.KNOWN_SEGMENT_SHARE > _inputs.MAX_SEGMENT_INPUTS
-    assert len(counts) < 30  # it was 206 with segments of at most 1,000
-    assert stored.inputs() == list(range(count))
+async def test_when_the_number_of_inputs_is_known_segments_are_a_share_of_them() -> None:
+    """The first segment is as small as ever (work starts at once); the rest need no slow
+    start: segments of a quarter of the inputs (at least 1,000, at most 16,000)."""
+    for count, share in [(10_000, 2_500), (200_000, _inputs.MAX_KNOWN_SEGMENT_INPUTS)]:
+        stored = await packed(range(count))
+        counts = stored.counts
+        assert counts[0] == _inputs.FIRST_SEGMENT_INPUTS
+        assert counts[1:-1] == [share] * (len(counts) - 2) and counts[-1] <= share
+        assert stored.inputs() == list(range(count))
+    small = await packed(range(3_000))
+    assert small.counts == [16, 1_000, 1_000, 984]
     unknown = await packed(iter(range(20_000)))  # a generator: no length to go by
     assert max(unknown.counts) == _inputs.MAX_SEGMENT_INPUTS
 
@@ -104,7 +108,7 @@ async def test_a_worker_reads_any_range_of_a_segment_with_two_reads() -> None:
 
 
 @pytest.mark.usefixtures("no_flush_timer")
-async def test_lists_generators_and_async_generators_pack_alike() -> None:
+async def test_generators_and_async_generators_pack_alike_and_lists_hold_the_same() -> None:
     values = [f"input {i}" for i in range(3_000)]
 
     def generated() -> Iterator[str]:
@@ -117,9 +121,10 @@ async def test_lists_generators_and_async_generators_pack_alike() -> None:
     from_list = await packed(values)
     from_generator = await packed(generated())
     from_async = await packed(streamed())
-    assert from_list.counts == from_generator.counts == from_async.counts
-    assert [s.data for s in from_list.segments] == [s.data for s in from_generator.segments]
-    assert [s.data for s in from_list.segments] == [s.data for s in from_async.segments]
+    assert from_generator.counts == from_async.counts
+    assert [s.data for s in from_generator.segments] == [s.data for s in from_async.segments]
+    # A list's length is known: its segments are cut differently, around the same inputs.
+    assert from_list.inputs() == from_generator.inputs() == values
 
 
 async def test_a_segment_is_closed_early_once_its_bytes_reach_the_limit(
