@@ -180,7 +180,7 @@ async def test_thousands_of_lost_inputs_are_settled_with_a_handful_of_lists(
     total = 3000
     # Children that wrote groups of 100 (inputs 0-999), then failed; a few single records.
     for first in range(0, 1000, 100):
-        records = [(True, i * 10) for i in range(first, first + 100)]
+        records = [i * 10 for i in range(first, first + 100)]
         await store.put(result_key(RUN, first, 100), encode_results(first, records))
     for i in range(2000, 2010):
         await store.put(result_key(RUN, i), encode_value_record(i * 10))
@@ -216,9 +216,7 @@ async def test_a_lost_input_in_a_group_written_before_the_child_failed_is_a_valu
     """The backend reports a loss after the child's grouped record was written: the record
     wins, on the local store as on S3."""
     store = LocalStore(str(tmp_path / "store"))
-    await store.put(
-        result_key(RUN, 5, 3), encode_results(5, [(True, "a"), (True, "b"), (True, "c")])
-    )
+    await store.put(result_key(RUN, 5, 3), encode_results(5, ["a", "b", "c"]))
     got: list[Outcome] = []
     watcher = ResultWatcher(store, RUN, "r", lambda items: got.extend(as_outcomes(items)))
     watcher.submitted(10)
@@ -239,9 +237,9 @@ async def test_a_corrupt_record_fails_only_its_own_inputs(tmp_path: Path) -> Non
     store = LocalStore(str(tmp_path / "store"))
     group = encode_group([encode_value_record(i) for i in range(10)])
     await store.put(result_key(RUN, 0, 10), group[: len(group) - 7])  # truncated
-    await store.put(result_key(RUN, 10, 10), encode_results(10, [(True, i) for i in range(10, 20)]))
+    await store.put(result_key(RUN, 10, 10), encode_results(10, list(range(10, 20))))
     await store.put(result_key(RUN, 20), b"not a record at all")
-    values = encode_results(21, [(True, i) for i in range(21, 25)])
+    values = encode_results(21, list(range(21, 25)))
     await store.put(result_key(RUN, 21, 4), values[:-3])  # a truncated values object
     await store.put(result_key(RUN, 25), encode_value_record(25))
     # A group whose header claims more records than the key says.

@@ -62,7 +62,7 @@ class PlayedWorker:
             self.children.append(inputs)
             if number in self.skip:
                 continue
-            data = encode_results(inputs.start, [(True, square(i)) for i in inputs])
+            data = encode_results(inputs.start, [square(i) for i in inputs])
             records.append((result_key(run_prefix, inputs.start, len(inputs)), data))
         if self.hold:
             self.held.extend(records)
