@@ -71,8 +71,10 @@ FIRST_RESULT_LONGEST = 2.0
 ENDED_GATHER_SECONDS = 0.05
 BACKOFF = 1.6
 FETCH_BATCH = 256  # records fetched per batch (one thread hop locally, parallel GETs on S3)
-# Hints of tiny tasks come in floods: gather them this long so a batch is one fetch.
-HINT_GATHER_SECONDS = 0.005
+# Hints of tiny tasks come in floods: those already told are fetched together (the loop
+# yields once first). No longer: a result object is one GET either way, a local one is read
+# on the event loop (no thread hop to share), and waiting delayed every first result.
+HINT_GATHER_SECONDS = 0.0
 # Losses come in floods too (a page of failed Batch children): settle them together, with one
 # LIST sweep, rather than one sweep each.
 LOSS_GATHER_SECONDS = 0.05

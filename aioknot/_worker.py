@@ -1193,7 +1193,9 @@ def zygote(control_fd: int) -> int:
     # that may be another file's by then). Nothing of the client's is collected here.
     gc.freeze()
     _fresh_stdio()
-    import cloudpickle  # noqa: F401  (once here, not in each worker: every worker needs it)
+    # Once here, not in each worker: every worker needs them (~2 ms each).
+    import cloudpickle  # noqa: F401
+    import mmap  # noqa: F401
 
     # No terminal signals: Ctrl-C interrupts the client, which stops the workers it owns.
     if os.getpid() != os.getsid(0):

@@ -700,7 +700,10 @@ class LocalBackend(Backend):
         self._closed = True
         self._queue.clear()
         with anyio.CancelScope(shield=True):
-            for worker in list(self._processes):
+            workers = list(self._processes)
+            for worker in workers:
+                worker.process.kill()  # all at once: their ends are then awaited together
+            for worker in workers:
                 await _stop_process(worker.process)
 
 

@@ -132,7 +132,12 @@ class LocalStore:
     async def list_keys(
         self, prefix: str, *, start_after: str | None = None, before: str | None = None
     ) -> list[str]:
-        return await self._run(f"listing {prefix}", lambda: self._list(prefix, start_after, before))
+        # A listing runs on the event loop too: a run's directory holds a few files per chunk
+        # (grouped records), and one that has grown so large that listing it takes over
+        # INLINE_SECONDS turns inline operations off like a slow disk does.
+        return await self._run(
+            f"listing {prefix}", lambda: self._list(prefix, start_after, before), small=True
+        )
 
     def _children(self, prefix: str) -> list[str]:
         try:
