@@ -820,6 +820,8 @@ class Worker:
         stop_at: Callable[[], int] | None = None,
         capture: OutputCapture | None = None,
         attempt: int = 1,
+        progress: Any = None,
+        timed: bool = False,
     ) -> int:
         """Run inputs ``start..stop`` (global indices, one segment) and record each result.
 
@@ -830,6 +832,10 @@ class Worker:
         was taken back by the backend and is not run. With ``capture``, what each input
         wrote is stored as its log (``log_key``, under ``attempt``) before its record, when
         it wrote anything. Returns the index the chunk stopped at.
+
+        ``progress`` (the local backend's mapped progress file, `PROGRESS_*`) does what
+        ``on_start`` and ``stop_at`` do, without a Python call per input: the running index
+        (and when it started, if ``timed``) is stored before each input, and the limit read.
         """
         store = self.storage(store_url, environment)
         lock = self._lock
@@ -913,12 +919,21 @@ class Worker:
         # it ended: the store's time is not the function's (it sizes the chunks).
         began = opened = clock()
         try:
+            pack, unpack, monotonic_ns = _I64.pack_into, _I64.unpack_from, time.monotonic_ns
             for index, argument in zip(range(start, stop), arguments, strict=True):
+                if progress is not None:
+                    if timed:  # the start first: the backend reads index, start, index
+                        pack(progress, PROGRESS_STARTED, monotonic_ns())
+                    pack(progress, PROGRESS_RUNNING, index)
+                    # Read after announcing the input (the backend writes the limit, then
+                    # reads the running index): one of the two sees the other's write.
+                    if index >= unpack(progress, PROGRESS_STOP_AT)[0]:
+                        pack(progress, PROGRESS_RUNNING, -1)
+                        end = index
+                        break
                 if on_start is not None:
                     on_start(index)
-                # Read after announcing the input (the backend writes the limit, then reads
-                # the running index): one of the two sees the other's write.
-                if stop_at is not None and index >= stop_at():
+                if stop_at is not None and index >= stop_at():  # as above
                     if on_start is not None:
                         on_start(-1)
                     end = index
@@ -1089,16 +1104,6 @@ def serve(progress_path: str | None = None, capture_path: str | None = None) -> 
         if progress is not None:
             _I64.pack_into(progress, PROGRESS_RUNNING, index)
 
-    def report_timed_start(index: int) -> None:  # when the backend enforces timeout=
-        if progress is not None:
-            # The start first: the backend reads the index, the start, then the index again.
-            _I64.pack_into(progress, PROGRESS_STARTED, time.monotonic_ns())
-            _I64.pack_into(progress, PROGRESS_RUNNING, index)
-
-    def stop_at() -> int:
-        assert progress is not None
-        return int(_I64.unpack_from(progress, PROGRESS_STOP_AT)[0])
-
     # Both are called with the worker's lock held: the flusher thread reports too.
     def report_done(first: int, count: int) -> None:
         channel.write(f"done {first} {count}\n")
@@ -1122,9 +1127,9 @@ def serve(progress_path: str | None = None, capture_path: str | None = None) -> 
                 starmap=chunk["starmap"],
                 environment=chunk.get("env"),
                 on_done=report_done,
-                on_start=report_timed_start if chunk.get("timed") else report_start,
                 on_failed=report_failed,
-                stop_at=stop_at if progress is not None else None,
+                progress=progress,
+                timed=bool(chunk.get("timed")),
                 capture=capture,
                 attempt=chunk.get("attempt", 1),
             )
@@ -1194,8 +1199,9 @@ def zygote(control_fd: int) -> int:
     gc.freeze()
     _fresh_stdio()
     # Once here, not in each worker: every worker needs them (~2 ms each).
-    import cloudpickle  # noqa: F401
     import mmap  # noqa: F401
+
+    import cloudpickle  # noqa: F401
 
     # No terminal signals: Ctrl-C interrupts the client, which stops the workers it owns.
     if os.getpid() != os.getsid(0):
