@@ -82,6 +82,9 @@ class Run(Generic[R]):
         self._values: list[Any] = []
         self._failures: dict[int, TaskFailure] = {}
         self._completed = array("q")  # indices in completion order; trimmed when not retained
+        # Stretches (first, stop) completed since, in order: spelled out into _completed only
+        # when a reader wants the completion order (gather never does: ~130 ns an input).
+        self._completed_spans: list[tuple[int, int]] = []
         self._consumed = 0  # entries of _completed dropped from its front (not retained)
         self._changed = anyio.Event()
         self._segments: list[Segment] = []
@@ -198,16 +201,16 @@ class Run(Generic[R]):
 
     def _collect(self, outcomes: list[Outcome | Values]) -> None:
         # Outcomes come only for stored inputs, which have their places (`_stored`).
-        values, completed, counts = self._values, self._completed, self._counts
+        values, spans, counts = self._values, self._completed_spans, self._counts
         for outcome in outcomes:
             if isinstance(outcome, Values):  # inputs that all returned: one slice each
                 first, stop = outcome.first, outcome.first + len(outcome.values)
                 values[first:stop] = outcome.values
-                completed.extend(range(first, stop))
+                spans.append((first, stop))
                 counts["succeeded"] += stop - first
                 continue
             index, error = outcome.index, outcome.error
-            completed.append(index)
+            spans.append((index, index + 1))
             if error is None:
                 values[index] = outcome.value
                 counts["succeeded"] += 1
@@ -341,6 +344,10 @@ class Run(Generic[R]):
         """The index completed at ``position``, waiting for it; None once the run is over."""
         while True:
             self._raise_failure()  # a failed run (its inputs raised, say) ends every reader
+            if self._completed_spans:
+                for first, stop in self._completed_spans:
+                    self._completed.extend(range(first, stop))
+                self._completed_spans.clear()
             if position - self._consumed < len(self._completed):
                 return self._completed[position - self._consumed]
             if self._total is not None and self.finished >= self._total:

@@ -66,7 +66,9 @@ TARGET_CHUNK_SECONDS = 0.05
 # ... and the tail of a run is not split into chunks of less than this much work: below it
 # the round trip costs more than the balance gains.
 MIN_CHUNK_SECONDS = 0.005
-MAX_CHUNK = 2_000
+# A chunk holds at most this many inputs (a round trip costs ~0.4 ms: 10,000 tiny inputs, ~10 ms
+# of work, make it noise; records are still written every GROUP_SECONDS within a chunk).
+MAX_CHUNK = 10_000
 # The rest of a chunk is taken back when its current input has kept the chunk this many times
 # its expected time (and at least this long): the expected time is a guess from the run's
 # measured inputs, so a little over it is noise, several times over is a stuck input.
