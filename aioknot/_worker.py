@@ -1152,8 +1152,9 @@ def serve(progress_path: str | None = None, capture_path: str | None = None) -> 
 # and asks it for each worker: it forks, the child serves (`serve`), and the zygote reports
 # the child's pid and, once it has reaped it, how it ended.
 #
-# The client's requests arrive on a SOCK_SEQPACKET socket, one message each: JSON
-# {"progress", "capture", "cwd", "environment"} with three file descriptors: the worker's
+# The client's requests arrive on a Unix stream socket (SOCK_SEQPACKET would keep messages
+# apart, but macOS has none), each a 4-byte length and that much JSON, sent in one sendmsg:
+# {"progress", "capture", "cwd", "environment"}, with three file descriptors: the worker's
 # channel (its stdin and stdout: chunks in, reports out), a status socket on which the
 # zygote writes "pid <pid>" and, later, "exit <returncode>" (negative: the signal that killed
 # it), then closes it, and the client's stderr as it is now (the worker's stderr, as a
@@ -1161,7 +1162,40 @@ def serve(progress_path: str | None = None, capture_path: str | None = None) -> 
 
 ZYGOTE_NAME = "aioknot-zygote"  # what ps and top show (the process's comm)
 WORKER_NAME = "aioknot-worker"
-_REQUEST_BYTES = 1 << 20
+_LENGTH = struct.Struct("<I")  # a request's length, before it
+
+
+def _receive_request(control: Any) -> tuple[bytes, list[int]]:
+    """The next request and its file descriptors; b"" once the client's end is closed.
+
+    The descriptors come with the length (the first bytes of the sendmsg they were sent
+    with); the rest of the request is read after it.
+    """
+    import socket
+
+    head, fds, _, _ = socket.recv_fds(control, _LENGTH.size, 3)
+    while head and len(head) < _LENGTH.size:
+        more = control.recv(_LENGTH.size - len(head))
+        if not more:
+            return b"", fds
+        head += more
+    if not head:
+        return b"", fds
+    (size,) = _LENGTH.unpack(head)
+    parts, left = [], size
+    while left:
+        part = control.recv(min(left, 1 << 20))
+        if not part:
+            return b"", fds
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts), fds
+
+
+def request_bytes(request: dict[str, Any]) -> bytes:
+    """A request as the zygote reads it (`_receive_request`)."""
+    message = json.dumps(request).encode()
+    return _LENGTH.pack(len(message)) + message
 
 
 def _set_name(name: str) -> None:
@@ -1207,7 +1241,9 @@ def zygote(control_fd: int) -> int:
     if os.getpid() != os.getsid(0):
         os.setsid()
     control = socket.socket(fileno=control_fd)
-    wakeup_read, wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    wakeup_read, wakeup_write = os.pipe()  # not inheritable (Python's default)
+    os.set_blocking(wakeup_read, False)
+    os.set_blocking(wakeup_write, False)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # wakes the select below
     signal.set_wakeup_fd(wakeup_write, warn_on_full_buffer=False)
     statuses: dict[int, socket.socket] = {}  # a live worker's pid -> its status socket
@@ -1218,10 +1254,12 @@ def zygote(control_fd: int) -> int:
         for key, _ in selector.select():
             if key.fileobj is control:
                 try:
-                    message, fds, _, _ = socket.recv_fds(control, _REQUEST_BYTES, 3)
+                    message, fds = _receive_request(control)
                 except ConnectionError:
                     message, fds = b"", []
                 if not message:
+                    for fd in fds:
+                        os.close(fd)
                     # The client is gone. Its workers notice that their parent is gone
                     # (`_watch_parent`), remove their files and stop their groups.
                     return 0

@@ -170,3 +170,41 @@ def test_a_killed_zygote_is_replaced_by_the_next_worker_that_is_needed(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["ok"]
+
+
+BIG_ENVIRONMENT = textwrap.dedent(
+    """
+    import asyncio, os
+    import aioknot
+
+    def mark_length(x):
+        return sum(len(os.environ[f"AIOKNOT_TEST_BIG_{i}"]) for i in range(10))
+
+    async def main():
+        async with aioknot.AsyncKnot(mark_length, backend="local", workers=2) as knot:
+            print(*set(await (await knot.map(range(20))).gather()), flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.parametrize("mode", ["fork", "exec"])
+def test_a_request_larger_than_the_sockets_buffer_reaches_the_zygote_whole(
+    tmp_path: Path, mode: str
+) -> None:
+    """Each worker request carries the client's environment: one of 1 MB (ten variables of
+    100 KB: the kernel's limit for one) is sent in parts (the descriptors with the first)
+    and read back whole."""
+    script = tmp_path / "client.py"
+    script.write_text(BIG_ENVIRONMENT)
+    big = {f"AIOKNOT_TEST_BIG_{i}": "x" * 100_000 for i in range(10)}
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        env={**os.environ, "AIOKNOT_ZYGOTE": mode, **big},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [str(sum(len(value) for value in big.values()))]

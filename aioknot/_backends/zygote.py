@@ -14,16 +14,16 @@ script runs before any thread exists. Otherwise (a notebook's kernel has threads
 ``AIOKNOT_ZYGOTE=exec`` environment) the zygote is the worker file run as a fresh interpreter
 with ``--zygote``, once per client process.
 
-The client speaks to the zygote on a ``SOCK_SEQPACKET`` socket (one message per request, file
-descriptors attached): see the wire format in `aioknot._worker`. The zygote ends when the
-client's end closes, which the kernel does when the client exits, however it exits; its
-workers then notice that their parent is gone and stop (`aioknot._worker._watch_parent`).
+The client speaks to the zygote on a Unix stream socket (a length-prefixed request per
+worker, file descriptors attached): see the wire format in `aioknot._worker`. The zygote
+ends when the client's end closes, which the kernel does when the client exits, however it
+exits; its workers then notice that their parent is gone and stop
+(`aioknot._worker._watch_parent`).
 """
 
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import signal
 import socket
@@ -166,7 +166,9 @@ class _Zygote:
         self.pid = pid  # a child of this process: reaped when it is replaced
 
     def request(self, message: bytes, fds: list[int]) -> None:
-        socket.send_fds(self.control, [message], fds)
+        sent = socket.send_fds(self.control, [message], fds)
+        if sent < len(message):  # the descriptors went with the first part
+            self.control.sendall(message[sent:])
 
     def close(self) -> None:
         self.control.close()
@@ -272,7 +274,7 @@ def _exec_zygote(theirs: socket.socket) -> int:
 
 
 def _start() -> _Zygote:
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         pid = _fork_zygote(theirs) if can_fork() else _exec_zygote(theirs)
     except BaseException:
@@ -326,14 +328,14 @@ async def start_worker(progress_path: str, capture_path: str) -> WorkerProcess:
     It runs in this process's current directory and environment, and writes to its stderr,
     as a subprocess started now would.
     """
-    request = json.dumps(
+    request = _worker.request_bytes(
         {
             "progress": progress_path,
             "capture": capture_path,
             "cwd": os.getcwd(),
             "environment": dict(os.environ),
         }
-    ).encode()
+    )
     for attempt in range(2):
         channel, worker_channel = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         status, worker_status = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
