@@ -38,6 +38,8 @@ from ._watch import Outcome, ResultWatcher, Values
 from ._worker import segment_key
 
 R = TypeVar("R")  # what the knot's function returns
+# Completed stretches kept as (first, stop) before they are spelled out (`_collect`).
+SPANS_KEPT = 1_024
 _PENDING: Any = object()
 _FAILED: Any = object()
 _TAKEN: Any = object()
@@ -210,7 +212,10 @@ class Run(Generic[R]):
                 counts["succeeded"] += stop - first
                 continue
             index, error = outcome.index, outcome.error
-            spans.append((index, index + 1))
+            if spans and spans[-1][1] == index:
+                spans[-1] = (spans[-1][0], index + 1)
+            else:
+                spans.append((index, index + 1))
             if error is None:
                 values[index] = outcome.value
                 counts["succeeded"] += 1
@@ -220,6 +225,8 @@ class Run(Generic[R]):
             counts["lost" if isinstance(error, TaskLost) else "failed"] += 1
             if self._lowest_failure is None or index < self._lowest_failure:
                 self._lowest_failure = index
+        if len(spans) > SPANS_KEPT:  # outcomes one by one, out of order: spell them out
+            self._spell_out_completed()
         self._prefix = self.watcher.low
         if self.finished_at is None and self._all_finished:
             self.finished_at = time.time()
@@ -340,14 +347,16 @@ class Run(Generic[R]):
     def _raise_lowest_failure(self, index: int) -> None:
         raise self._failures[index]
 
+    def _spell_out_completed(self) -> None:
+        for first, stop in self._completed_spans:
+            self._completed.extend(range(first, stop))
+        self._completed_spans.clear()
+
     async def _next_completed(self, position: int) -> int | None:
         """The index completed at ``position``, waiting for it; None once the run is over."""
         while True:
             self._raise_failure()  # a failed run (its inputs raised, say) ends every reader
-            if self._completed_spans:
-                for first, stop in self._completed_spans:
-                    self._completed.extend(range(first, stop))
-                self._completed_spans.clear()
+            self._spell_out_completed()
             if position - self._consumed < len(self._completed):
                 return self._completed[position - self._consumed]
             if self._total is not None and self.finished >= self._total:

@@ -1056,7 +1056,9 @@ PROGRESS_PASSED = 3 * _I64.size
 PROGRESS_SIZE = 4 * _I64.size
 
 
-def serve(progress_path: str | None = None, capture_path: str | None = None) -> int:
+def serve(
+    progress_path: str | None = None, capture_path: str | None = None, client: int | None = None
+) -> int:
     """The local backend's worker loop: one JSON chunk per stdin line, until stdin closes.
 
     Reports on the original stdout, one line each: ``ready``; ``done <first> <count>`` per
@@ -1111,7 +1113,8 @@ def serve(progress_path: str | None = None, capture_path: str | None = None) -> 
     def report_failed(first: int, count: int, reason: str) -> None:
         channel.write(f"failed {first} {count} {reason}\n")
 
-    _watch_parent(os.getppid(), [p for p in (progress_path, capture_path) if p is not None])
+    paths = [p for p in (progress_path, capture_path) if p is not None]
+    _watch_parent(client if client is not None else os.getppid(), paths, chunks.fileno())
     worker = Worker()
     try:
         channel.write("ready\n")
@@ -1260,10 +1263,17 @@ def zygote(control_fd: int) -> int:
                 if not message:
                     for fd in fds:
                         os.close(fd)
-                    # The client is gone. Its workers notice that their parent is gone
-                    # (`_watch_parent`), remove their files and stop their groups.
+                    # The client is gone. Its workers notice it too (their channels hang
+                    # up: `_watch_parent`), remove their files and stop their groups.
                     return 0
-                _fork_worker(json.loads(message), fds, statuses)
+                try:
+                    _fork_worker(json.loads(message), fds, statuses)
+                except Exception:  # a request it cannot read: the client retries, or says why
+                    for fd in fds:
+                        try:
+                            os.close(fd)
+                        except OSError:
+                            pass
             else:
                 try:
                     os.read(wakeup_read, 4096)
@@ -1277,7 +1287,18 @@ def _fork_worker(request: dict[str, Any], fds: list[int], statuses: dict[int, An
 
     channel, status_fd, stderr = fds
     status = socket.socket(fileno=status_fd)
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError as error:
+        # Out of processes or memory: this worker cannot be, the zygote and the others go on.
+        try:
+            status.sendall(f"error {error}\n".encode())
+        except OSError:
+            pass
+        status.close()
+        os.close(channel)
+        os.close(stderr)
+        return
     if pid == 0:
         code = 1
         try:
@@ -1294,7 +1315,7 @@ def _fork_worker(request: dict[str, Any], fds: list[int], statuses: dict[int, An
             os.chdir(request["cwd"])
             os.environ.clear()
             os.environ.update(request["environment"])
-            code = serve(request["progress"], request["capture"])
+            code = serve(request["progress"], request["capture"], request.get("client"))
         except BaseException:
             traceback.print_exc()
         finally:
@@ -1307,7 +1328,7 @@ def _fork_worker(request: dict[str, Any], fds: list[int], statuses: dict[int, An
     os.close(channel)
     os.close(stderr)
     try:
-        status.sendall(f"pid {pid}\n".encode(), socket.MSG_NOSIGNAL)
+        status.sendall(f"pid {pid}\n".encode())  # SIGPIPE is ignored, as Python sets it
     except OSError:
         pass  # the client gave up on it: it is stopped with its group when it ends
     statuses[pid] = status
@@ -1343,17 +1364,44 @@ def _reap(statuses: dict[int, Any]) -> None:
 PARENT_POLL_SECONDS = 0.5
 
 
-def _watch_parent(parent: int, paths: list[str]) -> None:
+def _client_gone(client: int, channel: int, wait: float) -> bool:
+    """Whether the client is gone, waiting up to ``wait`` seconds for it to go: its end of
+    the channel hangs up when it dies, however it dies (a dead process that is not yet
+    reaped has its files closed all the same); its pid is looked at too, where a hang-up is
+    not reported."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(channel, select.POLLHUP)
+        if poller.poll(wait * 1000):
+            return True
+    except (OSError, ValueError):
+        time.sleep(wait)
+    if client == os.getppid():
+        return False
+    try:
+        os.kill(client, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # there, and not ours to signal
+    return False
+
+
+def _watch_parent(client: int, paths: list[str], channel: int) -> None:
     """End this worker, its function's processes and its files when its client dies.
 
     The client removes the progress and output files and stops the worker's process group
     when it closes; a client that was killed (SIGKILL, a crashed notebook) can do neither,
-    and a worker busy in a long input would not notice its closed stdin until that input ends.
+    and a worker busy in a long input would not notice its closed channel until that input
+    ends. The client is watched, not the zygote that forked the worker: should the zygote
+    die (the out-of-memory killer may pick it), the workers go on serving the client.
     """
 
     def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(PARENT_POLL_SECONDS)
+        while not _client_gone(client, channel, PARENT_POLL_SECONDS):
+            pass
         for path in paths:
             try:
                 os.unlink(path)
@@ -1364,7 +1412,7 @@ def _watch_parent(parent: int, paths: list[str]) -> None:
         except OSError:
             os._exit(0)
 
-    threading.Thread(target=watch, name="aioknot parent watch", daemon=True).start()
+    threading.Thread(target=watch, name="aioknot client watch", daemon=True).start()
 
 
 def _argument(name: str) -> str | None:

@@ -208,3 +208,90 @@ def test_a_request_larger_than_the_sockets_buffer_reaches_the_zygote_whole(
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == [str(sum(len(value) for value in big.values()))]
+
+
+FORK_FAILS_ONCE = textwrap.dedent(
+    """
+    import asyncio, errno, os, time
+    os.environ["AIOKNOT_ZYGOTE"] = "fork"
+    CLIENT = os.getpid()
+    real_fork, forks = os.fork, [0]
+
+    # Mocked: the zygote's third fork fails with EAGAIN, as under a process limit. A real one
+    # cannot be had here: root ignores RLIMIT_NPROC, and a cgroup's pids.max would hold the
+    # test runner's own processes too. The zygote, forked from this process, inherits it.
+    def fork():
+        if os.getpid() != CLIENT:
+            forks[0] += 1
+            if forks[0] == 3:
+                raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+        return real_fork()
+
+    os.fork = fork
+    import aioknot
+
+    def work(x):
+        if x == 1:
+            time.sleep(0.3)
+            os._exit(3)  # this worker dies: its replacement is the fork that fails
+        time.sleep(1.5)
+        return x
+
+    async def main():
+        async with aioknot.AsyncKnot(work, backend="local", workers=2) as knot:
+            run = await knot.map([0, 1, 2])
+            values = await run.gather(return_exceptions=True)
+            print(values[0], type(values[1]).__name__, values[2], flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_a_worker_that_cannot_be_forked_is_tried_again_and_loses_nothing(tmp_path: Path) -> None:
+    script = tmp_path / "client.py"
+    script.write_text(FORK_FAILS_ONCE)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["0", "TaskLost", "2"]  # input 1 died of its own exit only
+
+
+KILLED_ZYGOTE_MID_RUN = textwrap.dedent(
+    """
+    import asyncio, os, signal, time
+    import aioknot
+    from aioknot._backends import zygote
+
+    def work(x):
+        time.sleep(1.5)
+        return x
+
+    async def main():
+        async with aioknot.AsyncKnot(work, backend="local", workers=2) as knot:
+            run = await knot.map([1, 2, 3])
+            await asyncio.sleep(0.5)
+            os.kill(zygote._zygote.pid, signal.SIGKILL)  # as the out-of-memory killer might
+            print(*await run.gather(), flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.parametrize("mode", ["fork", "exec"])
+def test_workers_outlive_a_killed_zygote_and_finish_their_inputs(tmp_path: Path, mode: str) -> None:
+    """Workers watch the client, not the zygote: a SIGKILLed zygote loses no input (the
+    workers it forked go on serving the client; it used to take them down with it)."""
+    script = tmp_path / "client.py"
+    script.write_text(KILLED_ZYGOTE_MID_RUN)
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        env={**os.environ, "AIOKNOT_ZYGOTE": mode},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["1", "2", "3"]

@@ -75,6 +75,8 @@ MAX_CHUNK = 10_000
 STUCK_FACTOR = 4.0
 STUCK_FLOOR_SECONDS = 0.5
 OWNER_POLL_SECONDS = 1.0
+# A worker that could not be started (no processes or memory to spare) is tried again after.
+RESTART_SECONDS = 1.0
 # Keeping a killed input's output is worth this long at most: its loss is reported either way.
 SAVE_OUTPUT_SECONDS = 10.0
 # Runs this process is running now: a run re-attached in its own process is over when it is
@@ -83,6 +85,11 @@ _LIVE_RUN_IDS: set[str] = set()
 
 
 def death_reason(returncode: int | None) -> str:
+    if returncode is None:
+        return (
+            "the worker process ended while running it, and how is unknown: the zygote that "
+            "forked it (and reports how workers end) was gone"
+        )
     if returncode is not None and returncode < 0:
         try:
             name = signal.Signals(-returncode).name
@@ -451,11 +458,21 @@ class LocalBackend(Backend):
             # foreground process group) interrupts the client's wait, not the workers' tasks.
             with anyio.CancelScope(shield=True):
                 process = await zygote.start_worker(progress_path, output_path)
+        except zygote.WorkerStartError as error:
+            # Out of processes or memory for now (a process limit, a cgroup's pids.max): the
+            # work stays queued, for the workers there are and for another try in a while.
+            self._starting -= 1
+            _remove_files(progress_fd, progress_path, output_path)
+            self._tell(f"{error}; trying again in {RESTART_SECONDS:g} s")
+            await anyio.sleep(RESTART_SECONDS)
+            if not self._closed:
+                await self.dispatch()
+            return
         except BaseException:
+            self._starting -= 1
             _remove_files(progress_fd, progress_path, output_path)
             raise
-        finally:
-            self._starting -= 1
+        self._starting -= 1
         worker = _WorkerProcess(process, progress_fd, output_path)
         self._processes.append(worker)
         output, passed = b"", 0

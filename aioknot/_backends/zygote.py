@@ -24,6 +24,7 @@ exits; its workers then notice that their parent is gone and stop
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import signal
 import socket
@@ -238,8 +239,16 @@ def can_fork() -> bool:
 
 
 def _fork_zygote(theirs: socket.socket) -> int:
-    pid = os.fork()
+    # Frozen before the fork: the child's garbage collector must never finalize the client's
+    # objects (a file would close a descriptor number that may be another's by then).
+    gc.freeze()
+    try:
+        pid = os.fork()
+    except BaseException:
+        gc.unfreeze()
+        raise
     if pid != 0:
+        gc.unfreeze()  # the client collects as ever
         return pid
     # The zygote: nothing of the client's but the control socket and the standard streams.
     code = 1
@@ -334,6 +343,7 @@ async def start_worker(progress_path: str, capture_path: str) -> WorkerProcess:
             "capture": capture_path,
             "cwd": os.getcwd(),
             "environment": dict(os.environ),
+            "client": os.getpid(),  # what the worker watches: it ends when this process does
         }
     )
     for attempt in range(2):
@@ -367,6 +377,10 @@ async def start_worker(progress_path: str, capture_path: str) -> WorkerProcess:
             await channel_stream.aclose()
             await status_stream.aclose()
             raise
-        _, _, pid = line.decode().partition(" ")  # "pid <pid>"
-        return WorkerProcess(int(pid), channel_stream, status_lines, status_stream)
+        kind, _, value = line.decode().rstrip("\n").partition(" ")  # "pid <pid>" or "error ..."
+        if kind != "pid":
+            await channel_stream.aclose()
+            await status_stream.aclose()
+            raise WorkerStartError(f"a worker process could not be started: {value}")
+        return WorkerProcess(int(value), channel_stream, status_lines, status_stream)
     raise AssertionError("unreachable")
