@@ -94,9 +94,8 @@ class Run(Generic[R]):
         self._failure: BaseException | None = None  # submission or watching failed
         self._cancelled = False
         self._counts = {"succeeded": 0, "failed": 0, "lost": 0}
-        # Every input below this one has an outcome: gather() raises the lowest failure as
-        # soon as nothing before it is left.
-        self._prefix = 0
+        # gather() raises the lowest failure as soon as every input before it has an outcome
+        # (the watcher's `low`).
         self._lowest_failure: int | None = None
         self.watcher = ResultWatcher(store, spec.run_prefix, spec.run_id, self._collect)
         self._backend_run: BackendRun | None = None
@@ -227,7 +226,6 @@ class Run(Generic[R]):
                 self._lowest_failure = index
         if len(spans) > SPANS_KEPT:  # outcomes one by one, out of order: spell them out
             self._spell_out_completed()
-        self._prefix = self.watcher.low
         if self.finished_at is None and self._all_finished:
             self.finished_at = time.time()
         self._notify()
@@ -427,7 +425,7 @@ class Run(Generic[R]):
         while not (self._total is not None and self.finished >= self._total):
             self._raise_failure()
             lowest = self._lowest_failure
-            if not keep_going and lowest is not None and self._prefix > lowest:
+            if not keep_going and lowest is not None and self.watcher.low > lowest:
                 # Every input before it is done: no lower failure can come. The rest of the
                 # run goes on, as with asyncio.gather; its results stay in the run.
                 self._raise_lowest_failure(lowest)

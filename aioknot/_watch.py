@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 from ._backends.base import BackendRun
 from ._exceptions import TaskError, TaskFailure, TaskLost
@@ -70,11 +71,7 @@ FIRST_RESULT_LONGEST = 2.0
 # Several jobs' ends are told in one poll of the backend: one look for them all.
 ENDED_GATHER_SECONDS = 0.05
 BACKOFF = 1.6
-FETCH_BATCH = 256  # records fetched per batch (one thread hop locally, parallel GETs on S3)
-# Hints of tiny tasks come in floods: those already told are fetched together (the loop
-# yields once first). No longer: a result object is one GET either way, a local one is read
-# on the event loop (no thread hop to share), and waiting delayed every first result.
-HINT_GATHER_SECONDS = 0.0
+FETCH_BATCH = 256  # records fetched per store call (parallel GETs on S3)
 # Losses come in floods too (a page of failed Batch children): settle them together, with one
 # LIST sweep, rather than one sweep each.
 LOSS_GATHER_SECONDS = 0.05
@@ -527,8 +524,10 @@ class ResultWatcher:
         while not self.complete:
             self._wake = anyio.Event()
             if self._hinted:
-                if len(self._hinted) < FETCH_BATCH:
-                    await anyio.sleep(HINT_GATHER_SECONDS)
+                # Hints come in floods: yield once, so that those already told are fetched
+                # together; no longer (a wait delayed every first result, and saved nothing:
+                # a result object is one GET either way, and a local one no thread hop).
+                await anyio.lowlevel.checkpoint()
                 hinted, self._hinted = self._hinted, []
                 await self._fetch(hinted)
                 continue

@@ -1150,7 +1150,7 @@ def serve(
 # ---------------------------------------------------------------------------------------------
 # The zygote: where the local backend's worker processes come from. A fresh interpreter takes
 # tens of milliseconds to start and import cloudpickle; a fork of a process that has done so
-# is ready in about one. So the client keeps one clean process per client process (forked
+# serves in ~5 ms. So the client keeps one clean process per client process (forked
 # from the client while it is small and has no threads, else this file run with --zygote),
 # and asks it for each worker: it forks, the child serves (`serve`), and the zygote reports
 # the child's pid and, once it has reaped it, how it ended.

@@ -153,6 +153,15 @@ class CountingMotoServer:
                 self.process.kill()
                 self.process.wait()
 
+    def use_for_s3(self, bucket: str) -> None:
+        """Point this process and the workers it starts at this server, with ``bucket`` made."""
+        os.environ.update(FAKE_CREDENTIALS)
+        os.environ["AWS_ENDPOINT_URL"] = self.url  # the client and the workers alike
+        os.environ.pop("AWS_PROFILE", None)
+        import boto3
+
+        boto3.client("s3", endpoint_url=self.url).create_bucket(Bucket=bucket)
+
     def __enter__(self) -> CountingMotoServer:
         return self
 

@@ -38,14 +38,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import http.server
-import json
 import math
 import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -56,7 +53,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _batch_task import task  # noqa: E402
 from _common import FAKE_CREDENTIALS, Checks  # noqa: E402  (puts tests/ on the path)
-from infra.containers import ContainerStack, ensure_container_stack  # noqa: E402
+from infra.containers import (  # noqa: E402
+    ensure_container_stack,
+    job_role_endpoint,
+    knot_options,
+)
 from infra.moto import start_moto_server, stop_moto_server  # noqa: E402
 
 MAX_REQUESTS_PER_RESULT = 2.0
@@ -157,52 +158,6 @@ def watcher_before_issue_11() -> Iterator[None]:
         _watch.HEAD_POLL_MAX = head_poll_max
         for name, method in originals.items():
             setattr(_watch.ResultWatcher, name, method)
-
-
-# -- the stand-in for the ECS agent's credentials endpoint (as in the end-to-end test) --------
-
-
-class _Credentials(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (the handler's API)
-        body = json.dumps(
-            {
-                "AccessKeyId": FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                "SecretAccessKey": FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-                "Token": FAKE_CREDENTIALS["AWS_SESSION_TOKEN"],
-                "Expiration": "2099-01-01T00:00:00Z",
-            }
-        ).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def credentials_endpoint() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Credentials)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v2/credentials/job-role"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-
-def knot_options(stack: ContainerStack, credentials: str) -> dict[str, Any]:
-    user, password = stack.registry_user, stack.registry_password
-    return {
-        "backend": "aws",
-        "registry": f"{user}:{password}@{stack.registry}/{REPOSITORY}",
-        "docker_host": stack.docker_host,
-        "env": {"AWS_CONTAINER_CREDENTIALS_FULL_URI": credentials},
-    }
 
 
 # -- one map --------------------------------------------------------------------------------
@@ -343,8 +298,8 @@ async def main(inputs: int, rounds: int, modes: list[str]) -> int:
     }
     measured: list[Measured] = []
     try:
-        with credentials_endpoint() as credentials:
-            options = knot_options(stack, credentials)
+        with job_role_endpoint() as credentials:
+            options = knot_options(stack, REPOSITORY, credentials)
             async with aioknot.AsyncKnot(task, name=KNOT, **options) as knot:
                 print(f"{inputs} inputs of 1-3 s on moto's Batch with real containers", flush=True)
                 # A first map builds and pushes the image and starts the stack: not measured.

@@ -44,7 +44,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import FAKE_CREDENTIALS, Checks, CountingMotoServer, Request  # noqa: E402
+from _common import Checks, CountingMotoServer, Request  # noqa: E402
 
 BUCKET = "aioknot-bench"
 PREFIX = "bench"
@@ -299,12 +299,7 @@ def main() -> int:
     arguments = parser.parse_args()
 
     with CountingMotoServer() as server:
-        os.environ.update(FAKE_CREDENTIALS)
-        os.environ["AWS_ENDPOINT_URL"] = server.url  # the client and the workers alike
-        os.environ.pop("AWS_PROFILE", None)
-        import boto3
-
-        boto3.client("s3", endpoint_url=server.url).create_bucket(Bucket=BUCKET)
+        server.use_for_s3(BUCKET)
         return asyncio.run(bench(arguments, server))
 
 

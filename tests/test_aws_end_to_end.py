@@ -17,9 +17,6 @@ in for the agent that sets it on AWS (`agent_variable_allowed`).
 
 from __future__ import annotations
 
-import http.server
-import json
-import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -28,8 +25,9 @@ import pytest
 from aws_e2e_functions import exit_on_three, hypotenuse, refuse_three
 from helpers.aws import point_at
 from helpers.waiting import wait_until_async
-from infra.containers import ContainerStack
-from infra.moto import FAKE_CREDENTIALS, MotoServer, start_moto_server, stop_moto_server
+from infra.containers import ContainerStack, knot_options
+from infra.containers import job_role_endpoint as infra_job_role_endpoint
+from infra.moto import MotoServer, start_moto_server, stop_moto_server
 
 import aioknot
 from aioknot._backends.aws import options as aws_options_module
@@ -41,38 +39,11 @@ from aioknot._pickling import pickle_function
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(900)]
 
 
-class _Credentials(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (the handler's API)
-        body = json.dumps(
-            {
-                "AccessKeyId": FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                "SecretAccessKey": FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-                "Token": FAKE_CREDENTIALS["AWS_SESSION_TOKEN"],
-                "Expiration": "2099-01-01T00:00:00Z",
-            }
-        ).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def job_role_endpoint() -> Iterator[str]:
     """A stand-in for the ECS agent's credentials endpoint (the job role, on AWS)."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Credentials)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v2/credentials/job-role"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with infra_job_role_endpoint() as url:
+        yield url
 
 
 @pytest.fixture
@@ -105,16 +76,6 @@ def batch_moto(
         yield server
     finally:
         stop_moto_server(server)
-
-
-def knot_options(stack: ContainerStack, repository: str, credentials: str) -> dict[str, Any]:
-    user, password = stack.registry_user, stack.registry_password
-    return {
-        "backend": "aws",
-        "registry": f"{user}:{password}@{stack.registry}/{repository}",
-        "docker_host": stack.docker_host,
-        "env": {"AWS_CONTAINER_CREDENTIALS_FULL_URI": credentials},
-    }
 
 
 async def test_real_containers_end_to_end(

@@ -98,6 +98,22 @@ def _lines_until(client: subprocess.Popen[str], last: str) -> dict[str, list[str
     return seen
 
 
+def _run_client(tmp_path: Path, source: str, **environment: str) -> list[str]:
+    """Run ``source`` as a client script in a fresh interpreter (with ``environment`` added);
+    the words it printed, once it exited 0."""
+    script = tmp_path / "client.py"
+    script.write_text(source)
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        env={**os.environ, **environment},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.split()
+
+
 @pytest.mark.parametrize(
     ("mode", "arguments"), [("fork", ()), ("exec", ()), ("auto", ("--thread",))]
 )
@@ -159,17 +175,7 @@ KILL_ZYGOTE = textwrap.dedent(
 def test_a_killed_zygote_is_replaced_by_the_next_worker_that_is_needed(
     tmp_path: Path, mode: str
 ) -> None:
-    script = tmp_path / "client.py"
-    script.write_text(KILL_ZYGOTE)
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        env={**os.environ, "AIOKNOT_ZYGOTE": mode},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["ok"]
+    assert _run_client(tmp_path, KILL_ZYGOTE, AIOKNOT_ZYGOTE=mode) == ["ok"]
 
 
 BIG_ENVIRONMENT = textwrap.dedent(
@@ -196,18 +202,9 @@ def test_a_request_larger_than_the_sockets_buffer_reaches_the_zygote_whole(
     """Each worker request carries the client's environment: one of 1 MB (ten variables of
     100 KB: the kernel's limit for one) is sent in parts (the descriptors with the first)
     and read back whole."""
-    script = tmp_path / "client.py"
-    script.write_text(BIG_ENVIRONMENT)
     big = {f"AIOKNOT_TEST_BIG_{i}": "x" * 100_000 for i in range(10)}
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        env={**os.environ, "AIOKNOT_ZYGOTE": mode, **big},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == [str(sum(len(value) for value in big.values()))]
+    printed = _run_client(tmp_path, BIG_ENVIRONMENT, AIOKNOT_ZYGOTE=mode, **big)
+    assert printed == [str(sum(len(value) for value in big.values()))]
 
 
 FORK_FAILS_ONCE = textwrap.dedent(
@@ -249,13 +246,8 @@ FORK_FAILS_ONCE = textwrap.dedent(
 
 
 def test_a_worker_that_cannot_be_forked_is_tried_again_and_loses_nothing(tmp_path: Path) -> None:
-    script = tmp_path / "client.py"
-    script.write_text(FORK_FAILS_ONCE)
-    done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["0", "TaskLost", "2"]  # input 1 died of its own exit only
+    # Input 1 died of its own exit only; inputs 0 and 2 returned.
+    assert _run_client(tmp_path, FORK_FAILS_ONCE) == ["0", "TaskLost", "2"]
 
 
 KILLED_ZYGOTE_MID_RUN = textwrap.dedent(
@@ -284,14 +276,4 @@ KILLED_ZYGOTE_MID_RUN = textwrap.dedent(
 def test_workers_outlive_a_killed_zygote_and_finish_their_inputs(tmp_path: Path, mode: str) -> None:
     """Workers watch the client, not the zygote: a SIGKILLed zygote loses no input (the
     workers it forked go on serving the client; it used to take them down with it)."""
-    script = tmp_path / "client.py"
-    script.write_text(KILLED_ZYGOTE_MID_RUN)
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        env={**os.environ, "AIOKNOT_ZYGOTE": mode},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["1", "2", "3"]
+    assert _run_client(tmp_path, KILLED_ZYGOTE_MID_RUN, AIOKNOT_ZYGOTE=mode) == ["1", "2", "3"]

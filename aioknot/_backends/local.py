@@ -1,13 +1,13 @@
 """The local backend: the worker module run as a pool of processes on this machine.
 
 Each process runs the worker file's loop (`aioknot._worker.serve`), forked by this client's
-zygote (`zygote`: a fork is ready in about a millisecond where a fresh interpreter takes tens):
-it takes one chunk (a contiguous range of one stored segment) per line on its channel and
-reports each written record. Chunks are sized from the
-measured time per input, so tiny tasks travel in large chunks and slow ones one at a time (a
-slow input never holds a queue of others behind it), and a run's last inputs are spread over
-all processes. A process that dies loses only the input it was running: that one becomes
-``TaskLost`` with the signal or exit code, the rest of its chunk goes back to the queue.
+zygote (`zygote`: a fork serves in ~5 ms where a fresh interpreter took ~76): it takes one
+chunk (a contiguous range of one stored segment) per line on its channel and reports each
+written record. Chunks are sized from the measured time per input, so tiny tasks travel in
+large chunks and slow ones one at a time (a slow input never holds a queue of others behind
+it), and a run's last inputs are spread over all processes. A process that dies loses only
+the input it was running: that one becomes ``TaskLost`` with the signal or exit code, the
+rest of its chunk goes back to the queue.
 
 Nothing one input does holds back another: a finished record is written while the next input
 runs (the worker's flusher); the inputs queued behind an input that runs far longer than its

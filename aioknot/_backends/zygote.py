@@ -1,10 +1,10 @@
 """Where the local backend's worker processes come from: a zygote that forks them.
 
 A fresh interpreter takes tens of milliseconds to start and import what the worker needs; a
-fork of a process that has done so is ready in about one. So each client process keeps one
-zygote, a small process that runs `aioknot._worker.zygote` and forks a worker whenever asked
-(the forkserver idea of ``multiprocessing``). The worker is the same file as in the Batch
-container, and serves the same way (`aioknot._worker.serve`).
+fork of a process that has done so serves in ~5 ms (~2 ms of it the fork). So each client
+process keeps one zygote, a small process that runs `aioknot._worker.zygote` and forks a
+worker whenever asked (the forkserver idea of ``multiprocessing``). The worker is the same
+file as in the Batch container, and serves the same way (`aioknot._worker.serve`).
 
 The zygote is forked from the client itself when that is safe: on Linux, from a process with
 one thread (a fork copies only the calling thread: a lock another thread held would stay held

@@ -7,14 +7,22 @@ runs it once per process and parses the ``export NAME=value`` lines it prints.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import http.server
+import json
 import os
 import shlex
 import shutil
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from .moto import FAKE_CREDENTIALS
 
 SCRIPT = Path(__file__).with_name("containers.sh")
 
@@ -109,3 +117,53 @@ def ensure_container_stack() -> ContainerStack:
         raise ContainerStackError(
             f"{SCRIPT} did not print {err.args[0]}; stdout was:\n{result.stdout}"
         ) from None
+
+
+# -- what a knot on moto's Batch with real containers needs -----------------------------------
+
+
+class _JobRoleCredentials(http.server.BaseHTTPRequestHandler):
+    """The ECS agent's credentials endpoint, as a container's job role reaches it on AWS."""
+
+    def do_GET(self) -> None:  # noqa: N802 (the handler's API)
+        body = json.dumps(
+            {
+                "AccessKeyId": FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                "SecretAccessKey": FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                "Token": FAKE_CREDENTIALS["AWS_SESSION_TOKEN"],
+                "Expiration": "2099-01-01T00:00:00Z",
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def job_role_endpoint() -> Iterator[str]:
+    """A stand-in for the ECS agent's credentials endpoint: its URL while it serves."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _JobRoleCredentials)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v2/credentials/job-role"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def knot_options(stack: ContainerStack, repository: str, credentials: str) -> dict[str, Any]:
+    """An AWS knot's options for this stack: its registry and engine, the job role's endpoint."""
+    user, password = stack.registry_user, stack.registry_password
+    return {
+        "backend": "aws",
+        "registry": f"{user}:{password}@{stack.registry}/{repository}",
+        "docker_host": stack.docker_host,
+        "env": {"AWS_CONTAINER_CREDENTIALS_FULL_URI": credentials},
+    }
