@@ -16,6 +16,7 @@ def hypotenuse(pair: tuple[float, float]) -> float:
 
 
 def refuse_three(x: int) -> int:
+    """Squares, but raises on 3 (the pipeline test's upstream step too)."""
     if x == 3:
         raise ValueError(f"three is right out (got {x})")
     return int(math.pow(x, 2))
@@ -25,3 +26,8 @@ def exit_on_three(x: int) -> int:
     if x == 3:
         os._exit(3)  # the process dies at once: no record, no traceback, exit code 3
     return x * x
+
+
+def plus_one(x: int) -> int:
+    """The downstream step of the pipeline test (upstream: `refuse_three`)."""
+    return x + 1

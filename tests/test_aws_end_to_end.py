@@ -22,8 +22,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from aws_e2e_functions import exit_on_three, hypotenuse, refuse_three
-from helpers.aws import point_at
+from aws_e2e_functions import exit_on_three, hypotenuse, plus_one, refuse_three
+from helpers.aws import MotoClients, point_at
 from helpers.waiting import wait_until_async
 from infra.containers import ContainerStack, knot_options
 from infra.containers import job_role_endpoint as infra_job_role_endpoint
@@ -34,9 +34,14 @@ from aioknot._backends.aws import options as aws_options_module
 from aioknot._backends.aws import run as aws_run
 from aioknot._backends.aws import stack as aws_stack
 from aioknot._backends.aws.image import image_settings, image_spec
+from aioknot._names import run_prefix
 from aioknot._pickling import pickle_function
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(900)]
+
+# The repository of the tests that do not test building: the functions in aws_e2e_functions
+# share their imports, so they share an image, and only the first of these tests builds it.
+SHARED_REPOSITORY = "aioknot-e2e-shared"
 
 
 @pytest.fixture
@@ -142,7 +147,7 @@ async def test_a_process_that_exits_is_lost_with_its_exit_code(
     """An input whose process exits with code 3: Batch fails its child (a real container that
     really exited 3), and its TaskLost says so. moto's DescribeJobs has no exit code; its
     ListJobs summary does, from the container, and the watcher reads it there."""
-    options = knot_options(container_stack, "aioknot-e2e-exit", job_role_endpoint)
+    options = knot_options(container_stack, SHARED_REPOSITORY, job_role_endpoint)
     async with aioknot.AsyncKnot(exit_on_three, name="e2e-exit", **options) as knot:
         exiting = await knot.map([2, 3])
         exited = await exiting.gather(return_exceptions=True)
@@ -155,6 +160,97 @@ async def test_a_process_that_exits_is_lost_with_its_exit_code(
     assert lost.job_id == f"{job_ids[0]}:1"
     assert lost.attempts is not None and lost.attempts >= 1
     assert lost.log is not None and "FAILED" in lost.reason
+
+
+async def test_a_pipeline_completes_with_the_client_closed(
+    batch_moto: MotoServer,
+    container_stack: ContainerStack,
+    job_role_endpoint: str,
+    agent_variable_allowed: None,
+) -> None:
+    """``b.map(a_run)`` on Batch: B's jobs depend on A's (N_TO_N) and read A's records in the
+    container, so the pipeline finishes with both knots closed, and B's run, re-attached,
+    has every value, and A's error where A raised."""
+    options = knot_options(container_stack, SHARED_REPOSITORY, job_role_endpoint)
+    async with aioknot.AsyncKnot(refuse_three, name="e2e-squares", **options) as a:
+        run_a = await a.map(range(6))
+        # Opened after A's map returned: A's image is pushed, B (same imports) finds it there.
+        b_log: list[str] = []
+        async with aioknot.AsyncKnot(
+            plus_one, name="e2e-plus-one", progress=b_log.append, **options
+        ) as b:
+            run_b = await b.map(run_a)
+    assert any("already in the registry" in line for line in b_log), b_log
+    # Both knots are closed: from here on only Batch runs the pipeline.
+    a_jobs, b_jobs = list(run_a.backend_run.job_ids), list(run_b.backend_run.job_ids)
+    assert run_b.upstream == f"e2e-squares/{run_a.id}"
+
+    with MotoClients(batch_moto.url) as clients:
+        batch = clients("batch")
+
+        def describe(job_ids: list[str]) -> list[dict[str, Any]]:
+            jobs: list[dict[str, Any]] = batch.describe_jobs(jobs=job_ids)["jobs"]
+            assert len(jobs) == len(job_ids), (job_ids, jobs)
+            return jobs
+
+        def children(jobs: list[dict[str, Any]]) -> list[str]:
+            return [
+                f"{job['jobId']}:{i}" if "arrayProperties" in job else job["jobId"]
+                for job in jobs
+                for i in range(job.get("arrayProperties", {}).get("size", 1))
+            ]
+
+        # B's jobs, as Batch has them: one per A job, of its shape, after it, reading its run.
+        upstream_jobs = describe(a_jobs)
+        downstream_jobs = describe(b_jobs)
+        assert len(downstream_jobs) == len(upstream_jobs)
+        for upstream, downstream in zip(upstream_jobs, downstream_jobs, strict=True):
+            size = upstream.get("arrayProperties", {}).get("size")
+            assert downstream.get("arrayProperties", {}).get("size") == size
+            edge = {"jobId": upstream["jobId"], **({"type": "N_TO_N"} if size else {})}
+            assert downstream["dependsOn"] == [edge]
+            above, below = (
+                {e["name"]: e["value"] for e in job["container"]["environment"]}
+                for job in (upstream, downstream)
+            )
+            assert below["AIOKNOT_UPSTREAM"] == run_prefix("e2e-squares", run_a.id)
+            assert "AIOKNOT_UPSTREAM" not in above
+            for name in ("AIOKNOT_SEGMENTS", "AIOKNOT_CHUNK"):
+                assert below[name] == above[name], name
+        # The knots closed before any of B's containers was done: what follows is Batch's.
+        early = {job["status"] for job in describe(children(downstream_jobs))}
+        assert early.isdisjoint({"SUCCEEDED", "FAILED"}), early
+
+        def downstream_done() -> bool:
+            # moto has no N_TO_N of its own: a child of B waits for A's *parent* to be
+            # SUCCEEDED, which moto only works out from A's children when A is described.
+            # Describing A stands in for that bookkeeping (Batch does it on AWS); aioknot
+            # needs nothing of the sort there.
+            describe(a_jobs)
+            statuses = [job["status"] for job in describe(children(downstream_jobs))]
+            return all(status in ("SUCCEEDED", "FAILED") for status in statuses)
+
+        await wait_until_async(
+            downstream_done,
+            timeout=300,
+            interval=0.5,
+            what="B's jobs ending with no client open (moto's Batch running the pipeline)",
+        )
+
+        async with aioknot.AsyncKnot(plus_one, name="e2e-plus-one", **options) as b:
+            attached = await b.attach(run_b.id)
+            outcomes = await attached.gather(return_exceptions=True)
+        assert attached.upstream == f"e2e-squares/{run_a.id}"
+        assert [o for i, o in enumerate(outcomes) if i != 3] == [1, 2, 5, 17, 26], outcomes
+        error = outcomes[3]
+        assert isinstance(error, aioknot.TaskError) and error.index == 3, outcomes
+        assert error.upstream == (f"e2e-squares/{run_a.id}", 3)
+        assert error.remote_type == "ValueError"
+        assert "three is right out" in error.remote_message
+        # Nothing is left running: every job and child of both runs ended, and succeeded
+        # (the input that raised is a record its child wrote before exiting 0).
+        ended = describe(children(describe(a_jobs)) + children(describe(b_jobs)))
+        assert {job["status"] for job in ended} == {"SUCCEEDED"}, ended
 
 
 def test_an_added_import_makes_a_new_image_tag(tmp_path: Any, monkeypatch: Any) -> None:
