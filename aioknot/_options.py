@@ -36,6 +36,7 @@ CORE_OPTIONS = (
     "retention_days",
     "timeout",
     "retries",
+    "resources",
 )
 # How long watching a run goes on without one successful look at the backend before it gives
 # up (the jobs keep running; the run can be re-attached). Transient errors are retried until.
@@ -64,6 +65,8 @@ class KnotOptionsDict(TypedDict, total=False):
     # Every backend: a task's time limit, and attempts when its worker dies.
     timeout: float
     retries: int
+    # Every backend: each task's vcpus and memory from a trial run of the first map.
+    resources: Literal["auto"]
     # The local backend.
     workers: int
     # AWS Batch.
@@ -117,6 +120,9 @@ class KnotOptions:
     # the backend's default (Batch: 3; local: 1, as the worker's death may be the input's).
     # An input whose function raised is never run again: that is its result.
     retries: int | None = None
+    # "auto": the first map's first inputs are measured (knot.estimate) and the tasks after
+    # them get the suggested vcpus and memory; None: the options' (or the backend's defaults).
+    resources: str | None = None
     # Each registered backend's own options, parsed by it: see `backend_options`.
     backends: Mapping[str, object] = field(default_factory=dict)
 
@@ -201,6 +207,7 @@ def _core_options(backend: str, options: dict[str, Any]) -> KnotOptions:
         retention_days=_retention_days(options.pop("retention_days", None)),
         timeout=_timeout(options.pop("timeout", None)),
         retries=_retries(options.pop("retries", None)),
+        resources=_resources(options.pop("resources", None), options),
     )
 
 
@@ -212,6 +219,24 @@ def _timeout(value: object) -> float | None:
             f"timeout= must be a positive number of seconds a task may run, got {value!r}"
         )
     return float(value)
+
+
+def _resources(value: object, options: Mapping[str, Any]) -> str | None:
+    if value is None:
+        return None
+    if value != "auto":
+        raise ConfigurationError(
+            f"resources= takes 'auto' (each task's vcpus and memory estimated from a trial "
+            f"run of the first map's first inputs), or nothing; got {value!r}"
+        )
+    given = [name for name in ("vcpus", "memory") if name in options]
+    if given:
+        named = " and ".join(f"{name}=" for name in given)
+        raise ConfigurationError(
+            f"resources='auto' chooses vcpus= and memory= itself: drop {named}, or drop "
+            "resources='auto'"
+        )
+    return "auto"
 
 
 MAX_RETRIES = 10  # Batch's limit on attempts
