@@ -45,18 +45,12 @@ from ._knot import AsyncKnot
 from ._names import KNOT_NAME_PATTERN, RUN_ID_PATTERN, manifest_key, run_prefix
 from ._options import DEFAULT_RETENTION_DAYS, _retention_days
 from ._retention import DAY, RunSummary, collect_garbage, knot_names, summarise
-from ._run import Run
-from ._tasks import task_group
 
 PROG = "aioknot"
 # The knot name under which the CLI opens a store when no knot is named yet (listing every
 # knot, finding a bare run id, gc): an operator knot creates and runs nothing, so any valid
 # name does.
 STORE_ONLY = "aioknot-cli"
-# `logs --follow`: the pause between two looks at the log, short while lines come, growing to
-# LONGEST while none do (CloudWatch answers in seconds; a local log is a file).
-FOLLOW_FIRST_SECONDS = 0.5
-FOLLOW_LONGEST_SECONDS = 5.0
 # A value shown in a table is cut here (an array's repr can be megabytes); --json has it whole.
 VALUE_WIDTH = 120
 DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
@@ -606,39 +600,10 @@ async def _logs(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-        await _follow(run, args.index)
-    return 0
-
-
-async def _follow(run: Run[Any], index: int) -> None:
-    """Print the input's log lines as they come, until it has an outcome (then once more,
-    for the lines written just before it ended)."""
-    over = anyio.Event()
-
-    async def wait_for_outcome() -> None:
-        async with contextlib.aclosing(run.items(return_exceptions=True)) as outcomes:
-            async for completed, _ in outcomes:
-                if completed == index:
-                    break
-        over.set()
-
-    printed = 0
-    pause = FOLLOW_FIRST_SECONDS
-    async with task_group() as group:
-        group.start_soon(wait_for_outcome)
-        while True:
-            ended = over.is_set()  # looked at before reading: the last read has every line
-            lines = await run.logs(index)
-            for line in lines[printed:]:
+        async with contextlib.aclosing(run.logs(args.index, follow=True)) as following:
+            async for line in following:
                 print(line, flush=True)
-            grew = len(lines) > printed
-            printed = max(printed, len(lines))
-            if ended:
-                break
-            pause = FOLLOW_FIRST_SECONDS if grew else min(pause * 2, FOLLOW_LONGEST_SECONDS)
-            with anyio.move_on_after(pause):
-                await over.wait()
-        group.cancel_scope.cancel()
+    return 0
 
 
 def _jsonable(value: object) -> bool:

@@ -205,8 +205,16 @@ async def test_logs_follow_until_the_input_has_an_outcome(tmp_path: Path) -> Non
                     if b"following input 0" in said:
                         break
             assert follower.returncode is None  # the input has no outcome yet
-            Path(gate).touch()
+            # The line printed while the input runs is shown before it ends (the gate is
+            # opened only then).
             printed = b""
+            with anyio.fail_after(60):
+                async for chunk in follower.stdout:
+                    printed += chunk
+                    if b"before the gate\n" in printed:
+                        break
+            assert follower.returncode is None
+            Path(gate).touch()
             with anyio.fail_after(60):
                 async for chunk in follower.stdout:
                     printed += chunk
