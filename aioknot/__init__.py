@@ -26,6 +26,7 @@ from ._version import __version__
 # typing.TYPE_CHECKING without importing typing (~3 ms); mypy and ruff know the name.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from ._estimate import Estimate, Resources
     from ._executor import Executor
     from ._knot import AsyncKnot
     from ._retention import RunSummary
@@ -35,11 +36,13 @@ if TYPE_CHECKING:
 __all__ = [
     "AsyncKnot",
     "ConfigurationError",
+    "Estimate",
     "Executor",
     "ImageBuildError",
     "Job",
     "Knot",
     "KnotError",
+    "Resources",
     "Run",
     "RunSummary",
     "SerializationError",
@@ -55,9 +58,11 @@ __all__ = [
 # The public names imported on first use, and the module each lives in.
 _LAZY = {
     "AsyncKnot": "_knot",
+    "Estimate": "_estimate",
     "Executor": "_executor",
     "Job": "_sync",
     "Knot": "_sync",
+    "Resources": "_estimate",
     "Run": "_run",
     "RunSummary": "_retention",
 }

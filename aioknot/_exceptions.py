@@ -49,12 +49,22 @@ class SerializationError(KnotError, TypeError):
 
 
 class TaskFailure(KnotError):
-    """One input of a run did not produce a value. ``index`` is its position in the inputs."""
+    """One input of a run did not produce a value. ``index`` is its position in the inputs.
+
+    ``upstream`` is ``("<knot>/<run id>", index)`` when the input is a pipeline's and was not
+    run because the upstream input it stands for failed (that input's failure is described).
+    """
+
+    upstream: tuple[str, int] | None = None
 
     def __init__(self, message: str, *, index: int, run_id: str | None = None) -> None:
         super().__init__(message)
         self.index = index
         self.run_id = run_id
+
+
+def _not_run(upstream: tuple[str, int] | None) -> str:
+    return f"was not run: its input, input {upstream[1]} of run {upstream[0]}, " if upstream else ""
 
 
 class TaskError(TaskFailure):
@@ -74,13 +84,15 @@ class TaskError(TaskFailure):
         remote_traceback: str,
         exception: BaseException | None = None,
         run_id: str | None = None,
+        upstream: tuple[str, int] | None = None,
     ) -> None:
         self.remote_type = remote_type
         self.remote_message = remote_message
         self.remote_traceback = remote_traceback
         self.exception = exception
+        self.upstream = upstream
         super().__init__(
-            f"input {index} raised {remote_type}: {remote_message}\n\n"
+            f"input {index} {_not_run(upstream)}raised {remote_type}: {remote_message}\n\n"
             f"Remote traceback:\n{remote_traceback.rstrip()}",
             index=index,
             run_id=run_id,
@@ -91,12 +103,24 @@ class TaskError(TaskFailure):
         # The original exception is left behind: it may not pickle where it is going.
         return (
             _rebuild_task_error,
-            (self.index, self.remote_type, self.remote_message, self.remote_traceback, self.run_id),
+            (
+                self.index,
+                self.remote_type,
+                self.remote_message,
+                self.remote_traceback,
+                self.run_id,
+                self.upstream,
+            ),
         )
 
 
 def _rebuild_task_error(
-    index: int, remote_type: str, remote_message: str, remote_traceback: str, run_id: str | None
+    index: int,
+    remote_type: str,
+    remote_message: str,
+    remote_traceback: str,
+    run_id: str | None,
+    upstream: tuple[str, int] | None = None,
 ) -> TaskError:
     return TaskError(
         index=index,
@@ -104,6 +128,7 @@ def _rebuild_task_error(
         remote_message=remote_message,
         remote_traceback=remote_traceback,
         run_id=run_id,
+        upstream=upstream,
     )
 
 
@@ -126,12 +151,14 @@ class TaskLost(TaskFailure):
         run_id: str | None = None,
         job_id: str | None = None,
         attempts: int | None = None,
+        upstream: tuple[str, int] | None = None,
     ) -> None:
         self.reason = reason
         self.log = log
         self.exit_code = exit_code
         self.job_id = job_id
         self.attempts = attempts
+        self.upstream = upstream
         details = []
         if job_id:
             details.append(f"job {job_id}")
@@ -142,7 +169,11 @@ class TaskLost(TaskFailure):
         if log:
             details.append(f"log: {log}")
         where = f" ({', '.join(details)})" if details else ""
-        super().__init__(f"input {index} was lost: {reason}{where}", index=index, run_id=run_id)
+        super().__init__(
+            f"input {index} {_not_run(upstream)}was lost: {reason}{where}",
+            index=index,
+            run_id=run_id,
+        )
 
     def __reduce__(self) -> tuple[object, ...]:
         return (
@@ -155,6 +186,7 @@ class TaskLost(TaskFailure):
                 self.run_id,
                 self.job_id,
                 self.attempts,
+                self.upstream,
             ),
         )
 
@@ -167,12 +199,14 @@ def _rebuild_task_lost(
     run_id: str | None,
     job_id: str | None = None,
     attempts: int | None = None,
+    upstream: tuple[str, int] | None = None,
 ) -> TaskLost:
     return TaskLost(
         index=index,
         reason=reason,
         log=log,
         exit_code=exit_code,
+        upstream=upstream,
         run_id=run_id,
         job_id=job_id,
         attempts=attempts,

@@ -57,9 +57,17 @@ def check_inputs(inputs: object) -> None:
     if isinstance(inputs, (str, bytes)) or not (
         isinstance(inputs, Iterable) or isinstance(inputs, AsyncIterable)
     ):
+        pipeline = ""
+        if callable(getattr(inputs, "result", None)):  # a Job or a Future of another knot
+            pipeline = (
+                "; to feed one knot's results to another, give AsyncKnot.map the other's Run "
+                "(run_b = await knot_b.map(await knot_a.map(xs))), or give the values "
+                "(job.result())"
+            )
         raise ConfigurationError(
             f"inputs must be an iterable or async iterable of inputs, got "
             f"{type(inputs).__name__}: e.g. knot.map([1, 2, 3]) or knot.map(range(10))"
+            f"{pipeline}"
         )
 
 
@@ -160,6 +168,25 @@ class _Packer:
         self.limit = self.max_inputs if self.known else min(self.limit * 2, self.max_inputs)
         per_input = self._pickled_bytes / max(1, self._pickled_inputs)
         self.block_size = max(1, min(BLOCK_INPUTS, int(BLOCK_BYTES / max(per_input, 1.0))))
+        return packed
+
+
+class StretchPacker:
+    """Packs stretches of consecutive inputs that come in any order (a pipeline's upstream
+    results, as they complete) into segments, blocks sized as the inputs so far say."""
+
+    def __init__(self, starmap: bool) -> None:
+        self._packer = _Packer(starmap)
+
+    def pack(self, first: int, values: Sequence[object]) -> list[PackedSegment]:
+        packer = self._packer
+        packer.first = packer.index = first
+        packed = []
+        for value in values:
+            if packer.add(value):
+                packed.append(packer.take())
+        if packer.pending:
+            packed.append(packer.take())
         return packed
 
 

@@ -13,7 +13,7 @@ import enum
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
@@ -62,6 +62,8 @@ class _State(enum.Enum):
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
+
+    from ._estimate import AutoResources, Estimate, Resources
 
 R = TypeVar("R")  # what the function returns
 
@@ -136,6 +138,11 @@ class AsyncKnot(Generic[R]):
         self._open_error: BaseException | None = None
         self._close_error: BaseException | None = None
         self._runs: weakref.WeakSet[Run[Any]] = weakref.WeakSet()  # to cancel on close
+        self._auto: AutoResources | None = None  # resources="auto": what the trial chose
+        if self.options.resources == "auto":
+            from ._estimate import AutoResources
+
+            self._auto = AutoResources()
 
     @property
     def backend(self) -> str:
@@ -156,8 +163,15 @@ class AsyncKnot(Generic[R]):
     def function_key(self) -> str:
         return function_key(self.name, self._function.digest)
 
+    @property
+    def resources(self) -> Resources | None:
+        """The vcpus and memory that ``resources="auto"`` chose for the knot's tasks (from a
+        trial of the first map's first inputs); None until then, or without it."""
+        return self._auto.chosen if self._auto is not None else None
+
     def __repr__(self) -> str:
-        return f"<AsyncKnot {self.name!r} backend={self.backend!r} {self._state.value}>"
+        chosen = f" resources=({self.resources})" if self.resources is not None else ""
+        return f"<AsyncKnot {self.name!r} backend={self.backend!r}{chosen} {self._state.value}>"
 
     def _progress(self, message: str) -> None:
         logger.info("%s: %s", self.name, message)
@@ -395,7 +409,15 @@ class AsyncKnot(Generic[R]):
         they are stored; they queue up while the backend is still getting ready."""
         store, _, _ = self._check_open()
         await self._store_function(store, run.function_key)
-        await run._send(inputs, ready=self._wait_prepared)
+        if isinstance(inputs, Run):  # a pipeline: input i is that run's result i
+            await run._follow(inputs, ready=self._wait_prepared)
+        elif isinstance(inputs, AmapIterator):  # a pipeline on an amap's results
+            run.upstream = f"{inputs.run.knot}/{inputs.run.id}"
+            await run._send_results(inputs.outcomes(), ready=self._wait_prepared)
+        else:
+            if self._auto is not None:  # resources="auto": measured on the first inputs
+                inputs = await self._auto.before_submit(self, run, inputs)
+            await run._send(inputs, ready=self._wait_prepared)
 
     async def map(
         self,
@@ -442,11 +464,21 @@ class AsyncKnot(Generic[R]):
         run = self._new_run(
             starmap=starmap, retain=False, return_exceptions=return_exceptions, kwargs=kwargs
         )
-        return self._iterate(group, run, inputs, ordered)
+        return AmapIterator(
+            run, lambda pairs: self._iterate(group, run, inputs, ordered, pairs=pairs)
+        )
 
     async def _iterate(
-        self, group: anyio.abc.TaskGroup, run: Run[R], inputs: Inputs, ordered: bool
-    ) -> AsyncIterator[R]:
+        self,
+        group: anyio.abc.TaskGroup,
+        run: Run[R],
+        inputs: Inputs,
+        ordered: bool,
+        *,
+        pairs: bool = False,
+    ) -> AsyncGenerator[Any, None]:
+        """The results of an amap's ``run`` (with ``pairs``: ``(index, value or failure)``,
+        what a pipeline takes), submitting ``inputs`` meanwhile."""
         submission = anyio.CancelScope()
         submission_over = anyio.Event()
 
@@ -476,13 +508,35 @@ class AsyncKnot(Generic[R]):
         group.start_soon(run._watch)
         group.start_soon(submit_in_background)
         try:
-            async for _, value in run.items(ordered=ordered):
-                yield value
+            if pairs:
+                async for pair in run.items(ordered=ordered, return_exceptions=True):
+                    yield pair
+            else:
+                async for _, value in run.items(ordered=ordered):
+                    yield value
         finally:
             submission.cancel()
             await run.cancel()
             if self._state is _State.OPENED:  # a closed knot's task group takes no task
                 group.start_soon(remove_data)
+
+    async def estimate(
+        self,
+        sample_inputs: Inputs,
+        *,
+        trials: int = 3,
+        starmap: bool = False,
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> Estimate:
+        """Measure the function on ``sample_inputs`` (each run ``trials`` times, on the
+        knot's backend, each in a process of its own) and return an `Estimate`: wall time,
+        CPU time, peak memory and bytes written per input, the vcpus and memory (and, on
+        Batch, the instance family) they suggest, and the expected duration and cost of
+        ``n`` inputs. A sample input that raises makes it raise `KnotError`, naming it.
+        """
+        from ._estimate import estimate
+
+        return await estimate(self, sample_inputs, trials=trials, starmap=starmap, kwargs=kwargs)
 
     async def attach(self, run_id: str) -> Run[R]:
         """A run of this knot started earlier, maybe by another process, from its manifest."""
@@ -532,6 +586,41 @@ class AsyncKnot(Generic[R]):
         self._progress(f"deleted {deleted} objects under {knot_prefix(self.name)}/")
         await backend.clobber(environment=environment, images=images, force=force)
         return deleted
+
+
+class AmapIterator(AsyncIterator[R]):
+    """What ``amap`` returns: its results, as completed (or in order), as an async iterator;
+    and, given to another knot's ``map``/``amap``, the inputs of a pipeline (input ``i``
+    downstream is result ``i`` here). Nothing runs until it is first iterated."""
+
+    def __init__(self, run: Run[R], iterate: Callable[[bool], AsyncGenerator[Any, None]]) -> None:
+        self.run = run
+        self._iterate = iterate
+        self._iterator: AsyncGenerator[Any, None] | None = None
+
+    def __aiter__(self) -> AmapIterator[R]:
+        return self
+
+    async def __anext__(self) -> R:
+        if self._iterator is None:
+            self._iterator = self._iterate(False)
+        value: R = await self._iterator.__anext__()
+        return value
+
+    async def aclose(self) -> None:
+        """Stop iterating: the run is cancelled and its workers stop (as leaving the loop)."""
+        if self._iterator is not None:
+            await self._iterator.aclose()
+
+    def outcomes(self) -> AsyncGenerator[tuple[int, Any], None]:
+        """``(index, value or TaskFailure)`` as completed: what a pipeline downstream takes."""
+        if self._iterator is not None:
+            raise ConfigurationError(
+                f"this amap's results (run {self.run.id}) are already being read: give a "
+                "fresh knot.amap(...) to the next knot's map, or a Run (await knot.map(...))"
+            )
+        self._iterator = self._iterate(True)
+        return self._iterator
 
 
 def _operating_only(*args: object, **kwargs: object) -> None:

@@ -44,6 +44,8 @@ class Manifest:
     total: int | None = None  # the number of inputs, once complete
     jobs: tuple[str, ...] = ()  # the backend's ids for what it submitted
     owner: Mapping[str, Any] = field(default_factory=_this_process)  # who submitted it
+    # A pipeline's: the run whose results are this run's inputs ("<knot>/<run id>").
+    upstream: str | None = None
     format: int = MANIFEST_FORMAT
     aioknot: str = __version__  # the version that wrote it
 
@@ -108,6 +110,7 @@ def read_manifest(data: bytes, where: str) -> Manifest:
         total=total,
         jobs=tuple(jobs),
         owner=owner if isinstance(owner, dict) else {},
+        upstream=str(record["upstream"]) if record.get("upstream") else None,
         format=int(record["format"]),
         aioknot=str(record.get("aioknot", "")),
     )

@@ -19,23 +19,34 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
+    Coroutine,
     Iterable,
+    Iterator,
     Mapping,
 )
 from dataclasses import replace
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 import anyio
 
 from ._backends.base import Backend, BackendRun, EndedRun, RunSpec, Segment
-from ._exceptions import KnotError, TaskFailure, TaskLost
-from ._inputs import PackedSegment, pack_inputs
+from ._exceptions import KnotError, TaskError, TaskFailure, TaskLost
+from ._inputs import PackedSegment, StretchPacker, pack_inputs
 from ._manifest import Manifest
 from ._names import manifest_key
 from ._stores.base import Store
 from ._tasks import task_group
 from ._watch import Outcome, ResultWatcher, Values
-from ._worker import segment_key
+from ._worker import (
+    UpstreamFailed,
+    encode_group,
+    encode_upstream_record,
+    result_key,
+    segment_key,
+)
+
+if TYPE_CHECKING:
+    from ._estimate import Resources
 
 R = TypeVar("R")  # what the knot's function returns
 # Completed stretches kept as (first, stop) before they are spelled out (`_collect`).
@@ -53,6 +64,28 @@ MANIFEST_ON_CANCEL_SECONDS = 3.0
 # How often progress() asks the backend for its own counts (queued, running): on Batch each
 # ask is a DescribeJobs, and the watcher polls Batch on its own clock already.
 BACKEND_STATUS_SECONDS = 5.0
+# logs(index, follow=True): the pause between two reads of the log, this short while lines
+# come, doubling up to LONGEST while none do (CloudWatch shows lines seconds after they are
+# written; a local task's log is stored at most every second while it runs).
+FOLLOW_FIRST_SECONDS = 0.5
+FOLLOW_LONGEST_SECONDS = 5.0
+
+
+def stretches(outcomes: dict[int, Any]) -> Iterator[tuple[int, list[Any]]]:
+    """``(first, values)`` of each stretch of consecutive inputs in ``outcomes`` (sorted by
+    index) that are all failures (`TaskFailure`) or all values."""
+    first, failed = -1, False
+    values: list[Any] = []
+    for index, value in outcomes.items():
+        failure = isinstance(value, TaskFailure)
+        if values and (index != first + len(values) or failure != failed):
+            yield first, values
+            values = []
+        if not values:
+            first, failed = index, failure
+        values.append(value)
+    if values:
+        yield first, values
 
 
 class Run(Generic[R]):
@@ -90,6 +123,7 @@ class Run(Generic[R]):
         self._consumed = 0  # entries of _completed dropped from its front (not retained)
         self._changed = anyio.Event()
         self._segments: list[Segment] = []
+        self._stop = 0  # every input below this one is stored (a pipeline's: or will be)
         self._total: int | None = None
         self._failure: BaseException | None = None  # submission or watching failed
         self._cancelled = False
@@ -104,6 +138,10 @@ class Run(Generic[R]):
         self._attached = False  # made from a manifest (Run.from_manifest)
         self._owner: Mapping[str, Any] | None = None  # None: this process submitted it
         self._watched = anyio.Event()  # its watch is over, and its manifest written
+        # The vcpus and memory its tasks got from resources="auto" (None: the options').
+        self.resources: Resources | None = None
+        # A pipeline's: the run whose results are this run's inputs ("<knot>/<run id>").
+        self.upstream: str | None = None
 
     @classmethod
     def start(
@@ -131,6 +169,7 @@ class Run(Generic[R]):
         run: Run[R] = cls(spec, store, backend.name, retain=True, created=manifest.created)
         run._attached = True
         run._owner = manifest.owner  # who submitted it stays its owner, whoever writes
+        run.upstream = manifest.upstream
         run.watcher.sweep_first = True
         if manifest.cancelled:
             # Whatever has no record will never get one; the logs stay readable.
@@ -179,7 +218,7 @@ class Run(Generic[R]):
 
     @property
     def submitted(self) -> int:
-        return self._segments[-1].stop if self._segments else 0
+        return self._stop
 
     @property
     def done(self) -> bool:
@@ -192,7 +231,10 @@ class Run(Generic[R]):
         return sum(self._counts.values())
 
     def __repr__(self) -> str:
-        return f"<Run {self.id} of knot {self.knot!r}: {self.finished}/{len(self)} finished>"
+        chosen = f" resources=({self.resources})" if self.resources is not None else ""
+        return (
+            f"<Run {self.id} of knot {self.knot!r}: {self.finished}/{len(self)} finished{chosen}>"
+        )
 
     # -- what the knot and the watcher tell the run --------------------------------------
 
@@ -231,7 +273,10 @@ class Run(Generic[R]):
         self._notify()
 
     def _stored(self, segment: Segment) -> None:
+        # Segments come in input order, but a pipeline's (`_send_results`) come in the order
+        # upstream completes: the watcher awaits every input below the highest one stored.
         self._segments.append(segment)
+        self._stop = max(self._stop, segment.stop)
         if segment.stop > len(self._values):
             self._values.extend(itertools.repeat(_PENDING, segment.stop - len(self._values)))
         self.watcher.submitted(segment.stop)
@@ -264,6 +309,7 @@ class Run(Generic[R]):
             cancelled=self._cancelled,
             total=self._total,
             jobs=tuple(self._backend_run.job_ids if self._backend_run else ()),
+            upstream=self.upstream,
         )
         return manifest if self._owner is None else replace(manifest, owner=self._owner)
 
@@ -273,7 +319,21 @@ class Run(Generic[R]):
     # -- storing and submitting, watching ------------------------------------------------
 
     async def _send(self, inputs: Inputs, *, ready: Callable[[], Awaitable[None]]) -> None:
-        """Store the inputs segment by segment, submitting each as soon as it is stored.
+        """Store the inputs segment by segment, submitting each as soon as it is stored."""
+        starmap = self._spec.starmap
+        await self._send_packed(
+            lambda store_segment: pack_inputs(inputs, starmap=starmap, store=store_segment),
+            ready=ready,
+        )
+
+    async def _send_packed(
+        self,
+        pack: Callable[[Callable[[PackedSegment], Awaitable[None]]], Awaitable[None]],
+        *,
+        ready: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Store the segments ``pack`` makes (it calls ``store_segment`` with each),
+        submitting each as soon as it is stored.
 
         Storing never waits for the backend: until ``ready()`` returns (a stack, an image),
         stored segments queue up and are submitted together the moment it does.
@@ -281,17 +341,20 @@ class Run(Generic[R]):
         store, spec, backend_run = self._store, self._spec, self.backend_run
         send, receive = anyio.create_memory_object_stream[Segment](math.inf)
         failure: list[BaseException] = []  # raised as itself, not as an ExceptionGroup
+        first_stored = False
 
         async def store_segment(packed: PackedSegment) -> None:
+            nonlocal first_stored
             await store.put(segment_key(spec.run_prefix, packed.segment.first), packed.data)
-            if packed.segment.first == 0:  # re-attachable from the first segment on
+            if not first_stored:  # re-attachable from the first segment on
+                first_stored = True
                 await self._write_manifest()
             await send.send(packed.segment)
 
         async def store_segments() -> None:
             async with send:
                 try:
-                    await pack_inputs(inputs, starmap=spec.starmap, store=store_segment)
+                    await pack(store_segment)
                 except Exception as error:
                     failure.append(error)
 
@@ -313,6 +376,102 @@ class Run(Generic[R]):
         await backend_run.submit([], last=True)
         self._submission_finished()
         await self._write_manifest()
+
+    # -- pipelines: another run's results as the inputs -------------------------------------
+
+    async def _follow(self, upstream: Run[Any], *, ready: Callable[[], Awaitable[None]]) -> None:
+        """Input ``i`` is the value of ``upstream``'s input ``i``, run as soon as it exists.
+
+        Where the backend can take the values from upstream's records itself (AWS Batch, one
+        bucket: each downstream child depends on its upstream child), the values never pass
+        through here and the jobs are all submitted now, so the client may go; otherwise
+        (local workers, or two stores) `_send_results` passes them on as they come.
+        """
+        self.upstream = f"{upstream.knot}/{upstream.id}"
+        same_store = (upstream._spec.store_url, upstream._spec.store_environment) == (
+            self._spec.store_url,
+            self._spec.store_environment,
+        )
+        if not (
+            same_store
+            and upstream._total is not None
+            and upstream._backend_run is not None
+            and self.backend_run.can_follow(upstream._backend_run)
+        ):
+            await self._send_results(upstream.items(return_exceptions=True), ready=ready)
+            return
+        for segment in upstream._segments:
+            self._stored(Segment(segment.first, segment.count))
+        await self._write_manifest()
+        await ready()
+        await self.backend_run.follow(upstream._backend_run, upstream._spec.run_prefix)
+        await self.backend_run.submit([], last=True)
+        self._submission_finished()
+        await self._write_manifest()
+
+    async def _send_results(
+        self,
+        outcomes: AsyncGenerator[tuple[int, Any], None],
+        *,
+        ready: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Store and submit upstream's outcomes ``(index, value or TaskFailure)`` as they
+        come: those that arrive together go in one segment per stretch of consecutive inputs.
+        An input whose upstream input failed gets its record at once, naming that input, and
+        is not run."""
+        arrived: dict[int, Any] = {}
+        wake = anyio.Event()
+        ended = False
+        upstream = self.upstream or "?"
+
+        async def receive() -> None:
+            nonlocal ended
+            try:
+                async with contextlib.aclosing(outcomes):
+                    async for index, value in outcomes:
+                        arrived[index] = value
+                        wake.set()
+            finally:
+                ended = True
+                wake.set()
+
+        async def pack(store_segment: Callable[[PackedSegment], Awaitable[None]]) -> None:
+            nonlocal wake
+            packer = StretchPacker(self._spec.starmap)
+            async with task_group() as group:
+                group.start_soon(receive)
+                while arrived or not ended:
+                    await wake.wait()
+                    wake = anyio.Event()
+                    batch = dict(sorted(arrived.items()))
+                    arrived.clear()
+                    for first, values in stretches(batch):
+                        if isinstance(values[0], TaskFailure):
+                            await self._upstream_failed(first, values, upstream)
+                            continue
+                        for packed in packer.pack(first, values):
+                            await store_segment(packed)
+
+        await self._send_packed(pack, ready=ready)
+
+    async def _upstream_failed(self, first: int, failures: list[Any], upstream: str) -> None:
+        """The records of inputs ``first..`` whose upstream inputs failed (not run)."""
+        records = []
+        for offset, failure in enumerate(failures):
+            info = None
+            if isinstance(failure, TaskError):
+                info = {
+                    "type": failure.remote_type,
+                    "message": failure.remote_message,
+                    "traceback": failure.remote_traceback,
+                }
+            reason = failure.reason if isinstance(failure, TaskLost) else ""
+            failed = UpstreamFailed(upstream, first + offset, info, reason)
+            records.append(encode_upstream_record(failed))
+        key = result_key(self._spec.run_prefix, first, len(records))
+        await self._store.put(key, encode_group(records))
+        self._stored(Segment(first, len(records)))  # stored (as records): not submitted
+        self.watcher.done(first, len(records))
 
     async def _watch(self) -> None:
         """Watch until every input has an outcome, or watching fails.
@@ -536,6 +695,57 @@ class Run(Generic[R]):
         """Delete everything the run stored (inputs, results, manifest)."""
         await self._store.delete_prefix(self._spec.run_prefix + "/")
 
-    async def logs(self, index: int) -> list[str]:
-        """The log lines of the task that ran input ``index`` (backends that keep logs)."""
-        return await self.backend_run.logs(index)
+    @overload
+    def logs(
+        self, index: int, *, follow: Literal[False] = False
+    ) -> Coroutine[Any, Any, list[str]]: ...
+
+    @overload
+    def logs(self, index: int, *, follow: Literal[True]) -> AsyncGenerator[str, None]: ...
+
+    @overload
+    def logs(
+        self, index: int, *, follow: bool
+    ) -> Coroutine[Any, Any, list[str]] | AsyncGenerator[str, None]: ...
+
+    def logs(
+        self, index: int, *, follow: bool = False
+    ) -> Coroutine[Any, Any, list[str]] | AsyncGenerator[str, None]:
+        """The log lines of the task that runs input ``index`` (every attempt, in order).
+
+        ``await run.logs(i)``: the lines written so far. ``async for line in run.logs(i,
+        follow=True)``: each line as it is written, ending once the input has an outcome (a
+        last read then: no line is lost). Following waits for a task that has not started,
+        and survives a retry (the new attempt's lines follow). An ``index`` that is not one of
+        the run's inputs raises ``KnotError`` here, before anything is asked.
+        """
+        total = len(self)
+        if not 0 <= index < total:
+            so_far = "" if self._total is not None else " so far"
+            numbered = f", numbered 0 to {total - 1}" if total else ""
+            raise KnotError(
+                f"input {index} of run {self.id} was not submitted: the run has "
+                f"{total or 'no'} inputs{so_far}{numbered}"
+            )
+        if follow:
+            return self._follow_logs(index)
+        return self.backend_run.logs(index)
+
+    async def _follow_logs(self, index: int) -> AsyncGenerator[str, None]:
+        tail = self.backend_run.tail_logs(index)
+        pause = FOLLOW_FIRST_SECONDS
+        while True:
+            over = self._has(index)  # looked at before reading: the last read has every line
+            if not over:
+                self._raise_failure()  # a failed watch cannot tell when the input ends
+            lines = await tail.read(final=over)
+            for line in lines:
+                yield line
+            if over:
+                return
+            if lines:
+                pause = FOLLOW_FIRST_SECONDS
+            with anyio.move_on_after(pause):  # woken early by the input's outcome
+                while not self._has(index) and self._failure is None:
+                    await self._changed.wait()
+            pause = min(pause * 2, FOLLOW_LONGEST_SECONDS)

@@ -35,7 +35,7 @@ from collections.abc import (
     Sized,
 )
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from ._backends.base import Backend
+    from ._estimate import Estimate, Resources
 
 R = TypeVar("R")  # what the function returns
 T = TypeVar("T")  # what a job's result is
@@ -160,6 +161,39 @@ def _close_dropped_loops() -> None:
             logger.debug("closing a knot at exit failed", exc_info=True)
 
 
+def _iterate(
+    portal: BlockingPortal,
+    results: AsyncIterator[T],
+    loop: _Loop,
+    bar: ProgressBar | None = None,
+) -> Iterator[T]:
+    """``results``, an async iterator on the knot's loop, as a blocking iterator: each item
+    is awaited on the loop; breaking out, Ctrl-C or the end closes it there."""
+
+    async def next_result() -> tuple[bool, Any]:
+        try:
+            return True, await results.__anext__()
+        except StopAsyncIteration:
+            return False, None
+
+    try:
+        while True:
+            more, value = portal.start_task_soon(next_result).result()
+            if not more:
+                return
+            if bar is not None:
+                bar.add(value)
+            yield value
+    finally:
+        if bar is not None:
+            bar.close()
+        # Breaking out, Ctrl-C, or the end: closed (imap's run is cancelled; a no-op once over).
+        close = getattr(results, "aclose", None)
+        if close is not None and not loop.closing:
+            with contextlib.suppress(Exception):
+                portal.call(close)
+
+
 class Job(Generic[T]):
     """One ``knot.map`` call: ``.done``, ``.result(timeout=None)``, ``.status``, ``.cancel()``."""
 
@@ -169,11 +203,13 @@ class Job(Generic[T]):
         future: concurrent.futures.Future[T],
         runs: list[Run[Any]],
         portal: BlockingPortal | None = None,
+        loop: _Loop | None = None,
     ) -> None:
         self.name = name
         self.future = future
         self._runs = runs  # holds the run once every input is submitted
         self._portal = portal
+        self._loop = loop
 
     @property
     def run(self) -> Run[Any] | None:
@@ -196,13 +232,28 @@ class Job(Generic[T]):
         """Cancel the job and its run (its tasks stop; unfinished inputs become TaskLost)."""
         return self.future.cancel()
 
-    def logs(self, index: int) -> list[str]:
-        """The log lines of the task that ran input ``index`` (see ``Run.logs``)."""
+    @overload
+    def logs(self, index: int, *, follow: Literal[False] = False) -> list[str]: ...
+
+    @overload
+    def logs(self, index: int, *, follow: Literal[True]) -> Iterator[str]: ...
+
+    @overload
+    def logs(self, index: int, *, follow: bool) -> list[str] | Iterator[str]: ...
+
+    def logs(self, index: int, *, follow: bool = False) -> list[str] | Iterator[str]:
+        """The log lines of the task that runs input ``index`` (see ``Run.logs``); with
+        ``follow=True``, a blocking iterator of its lines as they are written, ending once
+        the input has an outcome (breaking out of it stops following; the run goes on)."""
         run = self.run
-        if run is None or self._portal is None:
+        if run is None or self._portal is None or self._loop is None:
             raise KnotError(f"job {self.id} has no run yet: its inputs are still being stored")
-        lines: list[str] = self._portal.call(run.logs, index)
-        return lines
+        if follow:
+            # Made on the loop: a wrong index raises here, in the caller's thread.
+            lines: AsyncIterator[str] = self._portal.call(lambda: run.logs(index, follow=True))
+            return _iterate(self._portal, lines, self._loop)
+        written: list[str] = self._portal.call(run.logs, index)
+        return written
 
     @property
     def status(self) -> str:
@@ -253,11 +304,17 @@ class Knot(Generic[R]):
 
     def __repr__(self) -> str:
         state = "closed" if self._loop.closing else "open"
-        return f"<Knot {self.name!r} backend={self._async.backend!r} {state}>"
+        chosen = f" resources=({self.resources})" if self.resources is not None else ""
+        return f"<Knot {self.name!r} backend={self._async.backend!r}{chosen} {state}>"
 
     @property
     def backend(self) -> str:
         return self._async.backend
+
+    @property
+    def resources(self) -> Resources | None:
+        """What ``resources="auto"`` chose (see ``AsyncKnot.resources``)."""
+        return self._async.resources
 
     # -- the private loop ----------------------------------------------------------------
 
@@ -354,7 +411,7 @@ class Knot(Generic[R]):
                 await run.cancel()
 
         future = portal.start_task_soon(job, name=f"aioknot {what} of {self.name}")
-        self.jobs.append(Job(self.name, future, runs, portal))
+        self.jobs.append(Job(self.name, future, runs, portal, self._loop))
         return future
 
     def _map_each(
@@ -399,33 +456,7 @@ class Knot(Generic[R]):
         )
         total = len(inputs) if isinstance(inputs, Sized) else None
         bar = ProgressBar(self.name, total=total) if progress else None
-        return self._iterate(portal, results, bar)
-
-    def _iterate(
-        self, portal: BlockingPortal, results: AsyncIterator[R], bar: ProgressBar | None = None
-    ) -> Iterator[R]:
-        async def next_result() -> tuple[bool, Any]:
-            try:
-                return True, await results.__anext__()
-            except StopAsyncIteration:
-                return False, None
-
-        try:
-            while True:
-                more, value = portal.start_task_soon(next_result).result()
-                if not more:
-                    return
-                if bar is not None:
-                    bar.add(value)
-                yield value
-        finally:
-            if bar is not None:
-                bar.close()
-            # Breaking out, Ctrl-C, or the end: the run is cancelled (a no-op once over).
-            close = getattr(results, "aclose", None)
-            if close is not None and not self._loop.closing:
-                with contextlib.suppress(Exception):
-                    portal.call(close)
+        return _iterate(portal, results, self._loop, bar)
 
     def submit(self, *args: Any, **kwargs: Any) -> concurrent.futures.Future[R]:
         """One call ``func(*args, **kwargs)`` on the backend; a ``Future`` of its value."""
@@ -438,6 +469,24 @@ class Knot(Generic[R]):
             return only
 
         return self._start_job("call", start, value)
+
+    def estimate(
+        self,
+        sample_inputs: Iterable[Any],
+        *,
+        trials: int = 3,
+        starmap: bool = False,
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> Estimate:
+        """Measure the function on ``sample_inputs``, blocking (see ``AsyncKnot.estimate``):
+        ``print(knot.estimate(inputs[:3]))`` shows the figures, the suggested resources and
+        what 1,000 inputs would take and cost."""
+        estimate: Estimate = self._open().call(
+            lambda: self._async.estimate(
+                sample_inputs, trials=trials, starmap=starmap, kwargs=kwargs
+            )
+        )
+        return estimate
 
     def view_jobs(self) -> None:
         """Print one line per job: id, name, status and finished/total inputs."""
@@ -461,7 +510,7 @@ class Knot(Generic[R]):
                 raise
 
         future = portal.start_task_soon(gather, name=f"aioknot attached run {run_id}")
-        job = Job(self.name, future, [run], portal)
+        job = Job(self.name, future, [run], portal, self._loop)
         self.jobs.append(job)
         return job
 

@@ -156,6 +156,13 @@ def outcome_from_record(index: int, data: bytes, run_id: str, where: str = "") -
     except Exception as error:  # damaged bytes, or a value whose class is not importable here
         return unreadable(index, error, run_id, where)
     remote_type, remote_message, remote_traceback = remote
+    named = info.get("upstream")  # a pipeline's input, not run: its upstream input failed
+    upstream = (str(named["run"]), int(named["index"])) if isinstance(named, dict) else None
+    if isinstance(named, dict) and named.get("lost"):
+        return Outcome(
+            index,
+            error=TaskLost(index=index, reason=remote_message, run_id=run_id, upstream=upstream),
+        )
     return Outcome(
         index,
         error=TaskError(
@@ -165,6 +172,7 @@ def outcome_from_record(index: int, data: bytes, run_id: str, where: str = "") -
             remote_traceback=remote_traceback,
             exception=exception,
             run_id=run_id,
+            upstream=upstream,
         ),
     )
 

@@ -23,6 +23,8 @@ Data layout (relative to the store's root; DESIGN.md):
     <run>/results/<first:09d>-<count>      the records of ``count`` consecutive inputs
     <run>/logs/<index:09d>[.<attempt>]     what one input's task wrote to stdout and stderr
                                            (local workers; only when it wrote something)
+    <run>/metrics/<index:09d>              the figures of one measured input (JSON; the
+                                           trial runs of knot.estimate: `Measurer`)
 
 A record is written as soon as its input finishes. Inputs that finish within a few
 milliseconds of each other (tiny tasks) share one object: one write instead of hundreds, which
@@ -49,7 +51,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 # A segment: magic, input count, inputs per block, (blocks + 1) absolute offsets, then the
@@ -287,6 +289,8 @@ def encode_value_record(value: object) -> bytes:
 
 
 def encode_error_record(error: BaseException) -> bytes:
+    if type(error) is UpstreamFailed:
+        return encode_upstream_record(error)
     info = {
         "type": _qualified_name(type(error)),
         "message": str(error),
@@ -301,6 +305,113 @@ def encode_error_record(error: BaseException) -> bytes:
         pickled = b""
     header = json.dumps(info).encode()
     return RECORD_MAGIC + RECORD_ERROR + _U32.pack(len(header)) + header + pickled
+
+
+# ---------------------------------------------------------------------------------------------
+# Pipelines: a run whose inputs are another run's results. Its input i is the value of the
+# upstream run's input i, read from the upstream record, so values never pass through the
+# client; an upstream input without a value makes a record that says so, and is not run.
+
+
+class UpstreamFailed(Exception):
+    """The upstream input this input stands for has no value: it raised (``info``, its
+    record's error header) or it has no record at all (``info`` None: it was lost)."""
+
+    def __init__(
+        self, run: str, index: int, info: Mapping[str, Any] | None, reason: str = ""
+    ) -> None:
+        self.run, self.index, self.info, self.reason = run, index, info, reason
+        if info is None:
+            said = f"was lost ({reason})" if reason else "has no result record: it was lost"
+        else:
+            said = f"raised {info.get('type')}: {info.get('message')}"
+        super().__init__(f"input {index} of run {run}, its input, {said}; it was not run")
+
+
+def encode_upstream_record(failure: UpstreamFailed) -> bytes:
+    """The error record of an input not run because its upstream input has no value: the
+    upstream's exception type and traceback, and where it came from (``upstream``)."""
+    remote = failure.info
+    lost = remote is None
+    if remote is None:
+        remote = {"type": "aioknot.TaskLost", "message": failure.reason or "it has no record"}
+    info = {
+        "type": str(remote.get("type")),
+        "message": str(remote.get("message")),
+        "traceback": str(remote.get("traceback", "")),
+        "upstream": {"run": failure.run, "index": failure.index, "lost": lost},
+    }
+    header = json.dumps(info).encode()
+    return RECORD_MAGIC + RECORD_ERROR + _U32.pack(len(header)) + header
+
+
+def upstream_name(upstream_prefix: str) -> str:
+    """``.../knots/<knot>/runs/<run id>`` -> ``<knot>/<run id>``, as errors name a run."""
+    parts = upstream_prefix.rstrip("/").split("/")
+    return f"{parts[-3]}/{parts[-1]}" if len(parts) >= 3 else upstream_prefix
+
+
+_MISSING: Any = object()
+
+
+def read_upstream(store: WorkerStorage, upstream: str, start: int, stop: int) -> list[Any]:
+    """Inputs ``start..stop`` of a downstream run: the values of the same inputs of the
+    upstream run (its prefix ``upstream``), from its records; an `Unreadable` holding an
+    `UpstreamFailed` for each input without one.
+
+    One LIST finds the records from ``start`` on (a downstream child covers the same inputs as
+    its upstream child, whose records all begin inside them), then one GET per record. Only
+    when some input is not covered is the stretch before ``start`` listed too (the most a
+    record can hold: `GROUP_MAX_INPUTS`), for records grouped across the boundary.
+    """
+    name = upstream_name(upstream)
+    prefix = results_prefix(upstream)
+    found: dict[int, Any] = {}
+
+    def take(after: int, until: int) -> None:
+        # Keys sort by their zero-padded first index: a key after "<after>." begins past it.
+        start_after = f"{prefix}{after:09d}." if after >= 0 else ""
+        for key in store.keys(prefix, start_after):
+            try:
+                first, count = parse_result_key(key)
+            except ValueError:
+                continue  # a stray object, a temporary file
+            if first >= until:
+                break
+            if first + count <= start or all(i in found for i in range(first, first + count)):
+                continue
+            _take_record(store.read(key), key, first, count, name, found)
+
+    take(start - 1, stop)
+    if len(found) < stop - start and start > 0:
+        take(max(start - GROUP_MAX_INPUTS, 0) - 1, start)
+    inputs = []
+    for index in range(start, stop):
+        value = found.get(index, _MISSING)
+        inputs.append(Unreadable(UpstreamFailed(name, index, None)) if value is _MISSING else value)
+    return inputs
+
+
+def _take_record(
+    data: bytes, key: str, first: int, count: int, name: str, found: dict[int, Any]
+) -> None:
+    """Put the values (or failures) an upstream result object holds into ``found``."""
+    try:
+        values = decode_values(data)
+        if values is not None:
+            for offset, value in enumerate(values):
+                found.setdefault(first + offset, value)
+            return
+        for offset, record in enumerate(decode_group(data)):
+            ok, payload = decode_record(record)
+            index = first + offset
+            found.setdefault(
+                index, payload if ok else Unreadable(UpstreamFailed(name, index, payload[0]))
+            )
+    except Exception as error:  # a damaged object, a value whose class is not importable
+        info = {"type": type(error).__name__, "message": f"its record {key} is unreadable: {error}"}
+        for index in range(first, first + count):
+            found.setdefault(index, Unreadable(UpstreamFailed(name, index, info)))
 
 
 def decode_record(data: bytes) -> tuple[bool, Any]:
@@ -336,6 +447,10 @@ class WorkerStorage(Protocol):
 
     def write(self, key: str, data: bytes) -> None: ...
 
+    def keys(self, prefix: str, start_after: str = "") -> Iterator[str]:
+        """The keys under ``prefix`` after ``start_after``, in order (a pipeline's reads)."""
+        ...
+
 
 class WorkerDirectory:
     """The worker's view of a store in a local directory (``file:///path``)."""
@@ -349,6 +464,17 @@ class WorkerDirectory:
                 return file.read()
             file.seek(start)
             return file.read((stop or 0) - start)
+
+    def keys(self, prefix: str, start_after: str = "") -> Iterator[str]:
+        directory, _, head = prefix.rpartition("/")
+        try:
+            names = sorted(os.listdir(os.path.join(self.root, directory)))
+        except FileNotFoundError:
+            return
+        for name in names:
+            key = f"{directory}/{name}" if directory else name
+            if name.startswith(head) and key > start_after:
+                yield key
 
     def write(self, key: str, data: bytes) -> None:
         path = os.path.join(self.root, key)
@@ -542,6 +668,18 @@ class WorkerBucket:
             return response["Body"].read()  # type: ignore[no-any-return]
 
         return retry_transient(get)  # type: ignore[no-any-return]
+
+    def keys(self, prefix: str, start_after: str = "") -> Iterator[str]:
+        request = {"Bucket": self.bucket, "Prefix": self.prefix + prefix, **self._owner()}
+        if start_after:
+            request["StartAfter"] = self.prefix + start_after
+        while True:
+            page = retry_transient(lambda: self.client.list_objects_v2(**request))
+            for item in page.get("Contents", ()):
+                yield item["Key"][len(self.prefix) :]
+            if not page.get("IsTruncated"):
+                return
+            request["ContinuationToken"] = page["NextContinuationToken"]
 
     def write(self, key: str, data: bytes) -> None:
         retry_transient(
@@ -777,6 +915,210 @@ class OutputCapture:
             pass  # the client's stderr is gone: the log in the store is what counts
 
 
+# ---------------------------------------------------------------------------------------------
+# Measuring (``knot.estimate``): with ``AIOKNOT_MEASURE=1`` in a chunk's environment (a Batch
+# child's, or the local chunk's ``env``), each input runs in a child forked for it alone, so
+# that its figures are its own: wall time, CPU time (the child's rusage, with any process it
+# started and waited for), peak memory (its peak resident size less its size when forked: the
+# pages it shares with the worker count in both) and bytes written (its /proc/self/io, read
+# just before it ends; None without /proc). The value or error comes back through a pipe and
+# is recorded as usual; the figures are stored as one small JSON object per input
+# (`metrics_key`), before the input's record, so that they are there once the result is.
+# Measured inputs run one at a time on a machine (`_measuring_alone`): tasks that compete for
+# its CPUs would measure the machine, not the task (a Batch child is alone in its container).
+
+MEASURE_VARIABLE = "AIOKNOT_MEASURE"
+METRICS_FORMAT = 1
+MEASURE_LOCK_NAME = "aioknot-measure.lock"
+
+
+def metrics_key(run: str, index: int) -> str:
+    return f"{run}/metrics/{index:09d}"
+
+
+def _resident_bytes() -> int | None:
+    """This process's resident size now (Linux), else None."""
+    try:
+        with open("/proc/self/statm", "rb") as file:
+            return int(file.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _io_counters() -> dict[str, int]:
+    """This process's I/O counters (``wchar``, ``write_bytes``, ...), {} without /proc."""
+    try:
+        with open("/proc/self/io", "rb") as file:
+            lines = file.read().decode().splitlines()
+    except OSError:
+        return {}
+    counters = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        if value.strip().isdigit():
+            counters[name.strip()] = int(value)
+    return counters
+
+
+def _host_figures() -> dict[str, int | None]:
+    """The CPUs this process may use and the machine's memory, as the measuring host has them."""
+    try:
+        cpus: int | None = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count()
+    try:
+        memory: int | None = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        memory = None
+    return {"cpus": cpus, "memory_bytes": memory}
+
+
+def _measured_child(
+    function: Callable[..., Any], argument: Any, starmap: bool, index: int, pipe: int
+) -> None:
+    """In the forked child: run the input, send its record and figures, never return."""
+    code = 0
+    try:
+        base = _resident_bytes()
+        if base is None:  # no /proc: the peak so far stands in (macOS: bytes)
+            import resource
+
+            maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            base = maxrss if sys.platform == "darwin" else maxrss * 1024
+        try:
+            value = function(*argument) if starmap else function(argument)
+            try:
+                record = encode_value_record(value)
+            except Exception as error:
+                record = encode_error_record(
+                    TypeError(f"the function's result for input {index} cannot be pickled: {error}")
+                )
+        except BaseException as error:  # as the worker's loop: KeyboardInterrupt too
+            record = encode_error_record(error)
+        header = json.dumps({"base_rss_bytes": base, "io": _io_counters()}).encode()
+        view = memoryview(_U32.pack(len(header)) + header + record)
+        while view:
+            view = view[os.write(pipe, view) :]
+    except BaseException:
+        code = 1
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:
+                pass
+        os._exit(code)
+
+
+def _measuring_alone() -> int | None:
+    """Wait for this machine's measuring lock (a file in the temporary directory, locked
+    with flock: released when its last descriptor closes, also by a process that dies) and
+    return its descriptor; None where there is no such lock (it is then not waited for)."""
+    try:
+        import fcntl
+        import tempfile
+
+        path = os.path.join(tempfile.gettempdir(), MEASURE_LOCK_NAME)
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    except (ImportError, OSError):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _ended(wait_status: int) -> str:
+    code = os.waitstatus_to_exitcode(wait_status)
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (the out-of-memory killer sends SIGKILL)" if name == "SIGKILL" else ""
+        return f"was killed by {name}{hint}"
+    return f"exited with code {code}"
+
+
+class Measurer:
+    """Runs each input of a measured chunk in a child of its own, and stores its figures."""
+
+    def __init__(self, store: WorkerStorage, run: str) -> None:
+        self.store = store
+        self.run = run
+        self.host = _host_figures()
+
+    def call(self, function: Callable[..., Any], argument: Any, starmap: bool, index: int) -> Any:
+        """The input's value, or `Failed` with its error record (a function that raised, or a
+        child that died: its figures are stored all the same, they may say why)."""
+        import warnings
+
+        lock = _measuring_alone()
+        try:
+            read_end, write_end = os.pipe()
+            started = time.perf_counter()
+            with warnings.catch_warnings():
+                # Python 3.12+ warns about forking with threads (the flusher's): the child
+                # only runs the function and writes to its pipe, taking none of their locks.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
+            if pid == 0:
+                os.close(read_end)
+                _measured_child(function, argument, starmap, index, write_end)
+            os.close(write_end)
+            parts = []
+            with open(read_end, "rb", closefd=True) as pipe:
+                while part := pipe.read(1 << 20):
+                    parts.append(part)
+            _, wait_status, usage = os.wait4(pid, 0)
+            wall = time.perf_counter() - started
+        finally:
+            if lock is not None:
+                os.close(lock)
+        data = b"".join(parts)
+        figures: dict[str, Any] = {}
+        died = None
+        result: Any
+        try:
+            (length,) = _U32.unpack_from(data)
+            figures = json.loads(data[4 : 4 + length])
+            record = data[4 + length :]
+            ok, value = decode_record(record)
+            result = value if ok else Failed(record)
+        except Exception:
+            died = _ended(wait_status)
+            failure = RuntimeError(
+                f"the process that ran input {index} to measure it {died}, without a result"
+            )
+            result = Failed(encode_error_record(failure))
+        # Linux gives the peak in KiB, macOS in bytes.
+        peak = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+        base = figures.get("base_rss_bytes")
+        io = figures.get("io") or {}
+        metrics = {
+            "format": METRICS_FORMAT,
+            "index": index,
+            "wall_seconds": wall,
+            "cpu_seconds": usage.ru_utime + usage.ru_stime,
+            "user_seconds": usage.ru_utime,
+            "system_seconds": usage.ru_stime,
+            "peak_rss_bytes": peak,
+            "base_rss_bytes": base,
+            "peak_memory_bytes": max(0, peak - base) if base is not None else None,
+            "bytes_written": io.get("wchar"),
+            "storage_bytes_written": io.get("write_bytes"),
+            "died": died,
+            **self.host,
+        }
+        try:
+            self.store.write(metrics_key(self.run, index), json.dumps(metrics).encode())
+        except Exception as error:  # the estimate says the figures are missing
+            print(f"aioknot worker: storing the figures of input {index}: {error}", file=sys.stderr)
+        return result
+
+
 class Worker:
     """Runs contiguous chunks of one run's inputs; caches stores and functions between chunks."""
 
@@ -822,6 +1164,7 @@ class Worker:
         attempt: int = 1,
         progress: Any = None,
         timed: bool = False,
+        upstream: str | None = None,
     ) -> int:
         """Run inputs ``start..stop`` (global indices, one segment) and record each result.
 
@@ -833,6 +1176,9 @@ class Worker:
         wrote is stored as its log (``log_key``, under ``attempt``) before its record, when
         it wrote anything. Returns the index the chunk stopped at.
 
+        With ``upstream`` (a pipeline's upstream run prefix), the inputs are that run's
+        results for the same indices (`read_upstream`), not a segment's.
+
         ``progress`` (the local backend's mapped progress file, `PROGRESS_*`) does what
         ``on_start`` and ``stop_at`` do, without a Python call per input: the running index
         (and when it started, if ``timed``) is stored before each input, and the limit read.
@@ -840,6 +1186,9 @@ class Worker:
         store = self.storage(store_url, environment)
         lock = self._lock
         self.computing_seconds = 0.0
+        measure = None  # knot.estimate's runs: each input in a child of its own (`Measurer`)
+        if environment is not None and environment.get(MEASURE_VARIABLE) == "1":
+            measure = Measurer(store, run)
         # The results of the chunk's inputs so far, in order: a value, or Failed. Only the
         # main thread appends (no lock per input: an append is atomic); results[written:] are
         # not written yet, and `flush` writes them, with the lock held, from either thread
@@ -892,19 +1241,25 @@ class Worker:
             return stop
         key = segment_key(run, segment_first)
         try:
-            # Two ranged reads for the whole chunk: the offsets, then the blocks.
-            blocks = read_blocks(
-                lambda lo, hi: store.read(key, lo, hi), start - segment_first, stop - segment_first
-            )
+            if upstream is not None:
+                arguments = read_upstream(store, upstream, start, stop)
+            else:
+                # Two ranged reads for the whole chunk: the offsets, then the blocks.
+                blocks = read_blocks(
+                    lambda lo, hi: store.read(key, lo, hi),
+                    start - segment_first,
+                    stop - segment_first,
+                )
         except Exception as error:
             if on_failed is None:
                 raise
             with lock:
                 on_failed(start, stop - start, store_failure(error, store_url, "read its input"))
             return stop
-        unpickling = time.perf_counter()
-        arguments = blocks.unpickle()
-        self.computing_seconds += time.perf_counter() - unpickling
+        if upstream is None:
+            unpickling = time.perf_counter()
+            arguments = blocks.unpickle()
+            self.computing_seconds += time.perf_counter() - unpickling
         flusher = self._flusher if on_failed is not None else None
         if capture is not None:
             capture.begin(store, run, attempt)
@@ -945,7 +1300,12 @@ class Worker:
                 try:
                     if type(argument) is Unreadable:
                         raise argument.error
-                    result = function(*argument) if starmap else function(argument)
+                    if measure is not None:
+                        result = measure.call(function, argument, starmap, index)
+                        if type(result) is Failed:
+                            last_failed = index - start
+                    else:
+                        result = function(*argument) if starmap else function(argument)
                 except BaseException as error:  # KeyboardInterrupt too: the user's code raised
                     result = Failed(encode_error_record(error))
                     last_failed = index - start  # before the append: flush reads it after
@@ -1013,6 +1373,7 @@ def batch_main(environ: dict[str, str] | os._Environ[str]) -> int:
     starmap = environ.get("AIOKNOT_STARMAP") == "1"
     segments = parse_segments(environ["AIOKNOT_SEGMENTS"])
     chunk_size = int(environ.get("AIOKNOT_CHUNK", "1"))
+    upstream = environ.get("AIOKNOT_UPSTREAM") or None  # a pipeline's: inputs are its results
     first = segments[0][0]
     end = segments[-1][0] + segments[-1][1]
     start = first + array_index_from_environment(environ) * chunk_size
@@ -1037,6 +1398,7 @@ def batch_main(environ: dict[str, str] | os._Environ[str]) -> int:
                 starmap=starmap,
                 environment=environ,
                 on_failed=report_failed,
+                upstream=upstream,
             )
     if failures:
         return 1

@@ -249,7 +249,7 @@ def test_environment_outputs() -> None:
     } <= set(outputs)
 
 
-def test_job_role_reaches_only_the_knots_prefix() -> None:
+def test_job_role_reaches_only_the_knots_prefix_and_reads_results() -> None:
     options = aws_options(
         job_role_policies=["arn:aws:iam::aws:policy/AmazonDynamoDBReadOnlyAccess"]
     )
@@ -259,8 +259,14 @@ def test_job_role_reaches_only_the_knots_prefix() -> None:
     assert resources == [
         json.dumps({"Fn::Sub": "arn:${AWS::Partition}:s3:::${Bucket}/${Prefix}*"}),
         json.dumps({"Fn::Sub": "arn:${AWS::Partition}:s3:::${Bucket}"}),
+        json.dumps({"Fn::Sub": "arn:${AWS::Partition}:s3:::${Bucket}/${Results}*"}),
+        json.dumps({"Fn::Sub": "arn:${AWS::Partition}:s3:::${Bucket}"}),
     ]
     assert statements[1]["Condition"] == {"StringLike": {"s3:prefix": {"Fn::Sub": "${Prefix}*"}}}
+    # A pipeline's workers read the results of the run upstream (maybe another knot's): the
+    # results only, and only to read them.
+    assert statements[2]["Action"] == "s3:GetObject"
+    assert statements[3]["Condition"] == {"StringLike": {"s3:prefix": {"Fn::Sub": "${Results}*"}}}
     actions = {
         a
         for s in statements
@@ -278,7 +284,10 @@ def test_knot_parameters_and_name() -> None:
     assert knot_parameters(bucket="b-1", prefix="knots/pi-calc/") == {
         "Bucket": "b-1",
         "Prefix": "knots/pi-calc/",
+        "Results": "knots/*/runs/*/results/",
     }
+    rooted = knot_parameters(bucket="b-1", prefix="team/a/knots/pi-calc/")
+    assert rooted["Results"] == "team/a/knots/*/runs/*/results/"
     for prefix in ["", "knots/pi-calc", "/knots/pi-calc/", "knots/*/"]:
         with pytest.raises(ConfigurationError):
             knot_parameters(bucket="b-1", prefix=prefix)

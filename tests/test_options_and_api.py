@@ -17,11 +17,13 @@ def test_the_public_surface_is_exactly_this() -> None:
     assert aioknot.__all__ == [
         "AsyncKnot",
         "ConfigurationError",
+        "Estimate",
         "Executor",
         "ImageBuildError",
         "Job",
         "Knot",
         "KnotError",
+        "Resources",
         "Run",
         "RunSummary",
         "SerializationError",

@@ -18,6 +18,8 @@ A new backend is a subclass in a package of its own plus one line in the registr
 from __future__ import annotations
 
 import abc
+import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -70,6 +72,20 @@ class Segment:
     @property
     def stop(self) -> int:
         return self.first + self.count
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Where a knot's tasks run, as an estimate needs it (`Backend.capacity`)."""
+
+    tasks: int  # tasks that run at once (local: the worker processes)
+    # Batch: the compute environment's vCPUs, which tasks share (tasks at once: max_vcpus //
+    # a task's vcpus); None where that does not follow from a task's vCPUs.
+    max_vcpus: int | None = None
+    # Whose prices apply ("EC2", "SPOT", "FARGATE", "FARGATE_SPOT"); None: this machine's.
+    compute_type: str | None = None
+    # Whether a task is held to its vcpus and memory (Batch) or they are only advice (local).
+    enforced: bool = False
 
 
 @dataclass(frozen=True)
@@ -142,6 +158,36 @@ class TaskListener(Protocol):
         ...
 
 
+class LogTail(abc.ABC):
+    """One input's log, read as it grows (``run.logs(index, follow=True)``): each `read`
+    returns the lines written since the one before, so that following a long task's log
+    never reads it again from the start."""
+
+    @abc.abstractmethod
+    async def read(self, *, final: bool = False) -> list[str]:
+        """The lines written since the last read ([] if none, or no log exists yet).
+
+        ``final``: the input has an outcome, so nothing more will be written: every line,
+        a last one without its line break included (otherwise held back until it is whole).
+        """
+
+
+class _RereadTail(LogTail):
+    """A tail for a backend that can only read a log whole (`BackendRun.logs`): each read
+    reads it all and returns the lines past those returned before."""
+
+    def __init__(self, run: BackendRun, index: int) -> None:
+        self._run = run
+        self._index = index
+        self._seen = 0
+
+    async def read(self, *, final: bool = False) -> list[str]:
+        lines = await self._run.logs(self._index)
+        fresh = lines[self._seen :]
+        self._seen = max(self._seen, len(lines))
+        return fresh
+
+
 class BackendRun(abc.ABC):
     """One run's tasks on a backend."""
 
@@ -155,6 +201,17 @@ class BackendRun(abc.ABC):
     @abc.abstractmethod
     async def submit(self, segments: Sequence[Segment], *, last: bool) -> None:
         """Run these stored segments; ``last`` says no more will come for this run."""
+
+    def can_follow(self, upstream: BackendRun) -> bool:
+        """Whether this run can take its inputs from ``upstream``'s records by itself (a
+        pipeline whose values never pass through the client): see `follow`."""
+        return False
+
+    async def follow(self, upstream: BackendRun, upstream_prefix: str) -> None:
+        """Run every input ``i`` on the value of ``upstream``'s input ``i``, read by the
+        worker from the records under ``upstream_prefix``, each as soon as that record can
+        exist, without the client (the run's segments mirror upstream's: `can_follow`)."""
+        raise NotImplementedError
 
     @abc.abstractmethod
     async def watch(self) -> None:
@@ -175,6 +232,12 @@ class BackendRun(abc.ABC):
             "show a task's logs",
             "its workers write to the stderr of the process that runs them",
         )
+
+    def tail_logs(self, index: int) -> LogTail:
+        """Input ``index``'s log, to be read as it grows (see `LogTail`). By default each
+        read reads the whole log through `logs`; a backend that can read from where it
+        left off says so here."""
+        return _RereadTail(self, index)
 
 
 class Backend(abc.ABC):
@@ -254,6 +317,21 @@ class Backend(abc.ABC):
         after `check_clobber` passed."""
         return None  # nothing of its own
 
+    def capacity(self) -> Capacity:
+        """How many tasks run at once, and on what: what an estimate's duration and price
+        follow (``knot.estimate``)."""
+        return Capacity(tasks=os.cpu_count() or 1)
+
+    def fit_resources(self, vcpus: float, memory: int) -> tuple[float, int]:
+        """The smallest resources this backend gives a task that hold ``vcpus`` and
+        ``memory`` MiB: whole vCPUs (at least 1), memory in steps of 256 MiB (at least 512)."""
+        return max(1, math.ceil(vcpus)), max(512, -(-memory // 256) * 256)
+
+    async def use_resources(self, vcpus: float, memory: int) -> None:
+        """Give the tasks submitted from now on ``vcpus`` and ``memory`` MiB
+        (``resources="auto"``). A backend that does not hold tasks to resources ignores it."""
+        return None
+
     async def aclose(self) -> None:
         """Stop everything the backend started and close its clients."""
         return None  # nothing started
@@ -271,6 +349,11 @@ class EndedRun(BackendRun):
         if self._reader is None:
             return await super().logs(index)
         return await self._reader.logs(index)
+
+    def tail_logs(self, index: int) -> LogTail:
+        if self._reader is None:
+            return super().tail_logs(index)
+        return self._reader.tail_logs(index)
 
     @property
     def job_ids(self) -> list[str]:

@@ -55,9 +55,20 @@ from .. import _worker
 from .._exceptions import ConfigurationError, KnotError
 from .._manifest import Manifest
 from .._options import KnotOptions
+from .._stores.base import Store
 from .._tasks import task_group
 from . import zygote
-from .base import Backend, BackendKind, BackendRun, KnotSetup, RunSpec, Segment, TaskListener
+from .base import (
+    Backend,
+    BackendKind,
+    BackendRun,
+    Capacity,
+    KnotSetup,
+    LogTail,
+    RunSpec,
+    Segment,
+    TaskListener,
+)
 from .zygote import WorkerProcess
 
 # A chunk should take about this long: long enough that pipe round trips are noise, short
@@ -224,6 +235,9 @@ class LocalRun(BackendRun):
         """What input ``index``'s task wrote to stdout and stderr, every attempt in order."""
         return await self._backend.read_logs(self.spec, index, self.submitted)
 
+    def tail_logs(self, index: int) -> LogTail:
+        return self._backend.tail_logs(self.spec, index, self.submitted)
+
     def chunk_size(self, workers: int) -> int:
         fair_share = math.ceil(self.queued / workers) if self.queued else 1
         if self.seconds_per_input is None:
@@ -292,6 +306,9 @@ class AttachedLocalRun(BackendRun):
     async def logs(self, index: int) -> list[str]:
         return await self._backend.read_logs(self._spec, index, self._submitted)
 
+    def tail_logs(self, index: int) -> LogTail:
+        return self._backend.tail_logs(self._spec, index, self._submitted)
+
 
 class LocalBackend(Backend):
     name = "local"
@@ -342,6 +359,9 @@ class LocalBackend(Backend):
         if starting > 0:
             self._tell(f"starting {starting} worker processes")
         self._spawn(starting)
+
+    def capacity(self) -> Capacity:
+        return Capacity(tasks=self.workers)  # resources do not limit a local worker
 
     def open_run(self, spec: RunSpec, listener: TaskListener) -> LocalRun:
         return LocalRun(self, spec, listener)
@@ -683,26 +703,16 @@ class LocalBackend(Backend):
 
     async def read_logs(self, spec: RunSpec, index: int, submitted: int) -> list[str]:
         """The lines input ``index``'s tasks wrote, every attempt in order ([] if none)."""
+        return await self.tail_logs(spec, index, submitted).read(final=True)
+
+    def tail_logs(self, spec: RunSpec, index: int, submitted: int) -> LogTail:
+        """Input ``index``'s log as it grows (see `LocalLogTail`)."""
         if not 0 <= index < submitted:
             raise KnotError(
                 f"input {index} of run {spec.run_id} was not submitted: the run has "
                 f"{submitted} inputs, numbered from 0"
             )
-        store = self.knot_store
-        keys = await store.list_keys(_worker.log_key(spec.run_prefix, index))
-        attempts = sorted(
-            (attempt, key)
-            for key in keys
-            if (attempt := _worker.log_attempt(key, index)) is not None
-        )
-        lines: list[str] = []
-        for _, key in attempts:
-            try:
-                data = await store.get(key)
-            except KeyError:
-                continue  # removed since it was listed (the run's data expired)
-            lines.extend(data.decode("utf-8", errors="replace").splitlines())
-        return lines
+        return LocalLogTail(self.knot_store, spec.run_prefix, index)
 
     async def cancel_run(self, run: LocalRun) -> None:
         if run in self._queue:
@@ -724,6 +734,59 @@ class LocalBackend(Backend):
                 worker.process.kill()  # all at once: their ends are then awaited together
             for worker in workers:
                 await _stop_process(worker.process)
+
+
+class LocalLogTail(LogTail):
+    """An input's log in the store, every attempt in order, read as it grows.
+
+    A worker stores the log of an input that runs long and writes while it runs (rewritten
+    whole, growing, at most every ``_worker.LIVE_LOG_SECONDS``), and whole when it ends,
+    before its record; a retried attempt's log gets a key of its own (``<i>.<a>``), made once
+    the attempt before it is over. Each read lists the input's log keys and reads the logs
+    not known to be over, returning what follows what was returned before: only whole lines,
+    until the input has an outcome (``final``) or a later attempt began.
+    """
+
+    def __init__(self, store: Store, run_prefix: str, index: int) -> None:
+        self._store = store
+        self._prefix = _worker.log_key(run_prefix, index)
+        self._index = index
+        self._returned: dict[int, int] = {}  # bytes of each attempt's log returned so far
+        self._over: set[int] = set()  # attempts whose logs were read to their end
+
+    async def read(self, *, final: bool = False) -> list[str]:
+        keys = await self._store.list_keys(self._prefix)
+        attempts = sorted(
+            (attempt, key)
+            for key in keys
+            if (attempt := _worker.log_attempt(key, self._index)) is not None
+        )
+        lines: list[str] = []
+        for place, (attempt, key) in enumerate(attempts):
+            if attempt in self._over:
+                continue
+            try:
+                data = await self._store.get(key)
+            except KeyError:
+                continue  # removed since it was listed (the run's data expired)
+            # A later attempt exists: this one is over, and its log was stored whole.
+            over = final or place < len(attempts) - 1
+            start = self._returned.get(attempt, 0)
+            end = len(data) if over else whole_lines(data, start)
+            if end > start:
+                lines.extend(data[start:end].decode("utf-8", errors="replace").splitlines())
+                self._returned[attempt] = end
+            if over:
+                self._over.add(attempt)
+        return lines
+
+
+def whole_lines(data: bytes, start: int) -> int:
+    """Where the whole lines of ``data`` after ``start`` end (``start`` if there is none): after
+    its last line break, ``\n`` or ``\r`` (a progress bar's), but not a last ``\r``, which may
+    be the first half of ``\r\n``."""
+    end = len(data) - 1 if data.endswith(b"\r") else len(data)
+    return max(data.rfind(b"\n", start, end), data.rfind(b"\r", start, end), start - 1) + 1
 
 
 def _remove_files(progress_fd: int, progress_path: str, output_path: str) -> None:

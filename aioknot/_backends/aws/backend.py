@@ -30,6 +30,7 @@ botocore errors become aioknot errors here and in the modules this one drives.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -53,7 +54,7 @@ from ..._options import KnotOptions
 from ..._retry import backoff_delays, is_transient, retry_transient
 from ..._stores.s3 import S3Store
 from ..._tasks import concurrently
-from ..base import Backend, KnotSetup, RunSpec, TaskListener
+from ..base import Backend, Capacity, KnotSetup, RunSpec, TaskListener
 from . import AwsSettings
 from .image import (
     ImageSettings,
@@ -74,6 +75,7 @@ from .jobs import (
     roles_of_knot_stack,
 )
 from .options import (
+    FARGATE_MEMORY,
     RESERVED_TAG_PREFIX,
     AwsOptions,
     default_bucket_name,
@@ -449,6 +451,36 @@ class AwsBackend(Backend):
             tags=tags,
             progress=self._progress,
         )
+
+    # -- resources (knot.estimate, resources="auto") ----------------------------------------
+
+    def capacity(self) -> Capacity:
+        options = self.options
+        return Capacity(
+            tasks=max(1, int(options.max_vcpus // options.vcpus)),
+            max_vcpus=options.max_vcpus,
+            compute_type=options.compute_type,
+            enforced=True,
+        )
+
+    def fit_resources(self, vcpus: float, memory: int) -> tuple[float, int]:
+        """On Fargate, the smallest of its sizes that holds both (the largest, if none does);
+        on EC2, whole vCPUs up to ``max_vcpus`` and memory in steps of 256 MiB."""
+        if self.options.is_fargate:
+            for size, allowed in FARGATE_MEMORY.items():
+                if size >= vcpus and allowed[-1] >= memory:
+                    return size, next(step for step in allowed if step >= memory)
+            size, allowed = list(FARGATE_MEMORY.items())[-1]
+            return size, allowed[-1]
+        whole, fitted = super().fit_resources(vcpus, memory)
+        return min(whole, self.options.max_vcpus), fitted
+
+    async def use_resources(self, vcpus: float, memory: int) -> None:
+        """Jobs submitted from now on get a definition revision with ``vcpus`` and
+        ``memory`` (found by its hash, or registered, before the next job goes)."""
+        async with self._ready_lock:
+            self.options = dataclasses.replace(self.options, vcpus=vcpus, memory=memory)
+            self.job_definition = None
 
     # -- runs --------------------------------------------------------------------------------
 

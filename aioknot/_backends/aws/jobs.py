@@ -326,7 +326,7 @@ class JobShape:
     def child_of(self, index: int) -> int:
         return (index - self.first) // self.chunk_size
 
-    def environment(self, spec: RunSpec) -> list[KeyValuePairTypeDef]:
+    def environment(self, spec: RunSpec, upstream: str | None = None) -> list[KeyValuePairTypeDef]:
         variables = {
             **dict(spec.store_environment),
             "AIOKNOT_STORE": spec.store_url,
@@ -336,6 +336,8 @@ class JobShape:
             "AIOKNOT_SEGMENTS": format_segments(list(self.segments)),
             "AIOKNOT_CHUNK": str(self.chunk_size),
         }
+        if upstream is not None:  # a pipeline's: the inputs are that run's results
+            variables["AIOKNOT_UPSTREAM"] = upstream
         return [{"name": name, "value": value} for name, value in variables.items()]
 
     @classmethod
@@ -363,17 +365,32 @@ def is_knots_job(name: str, knot: str) -> bool:
 
 
 def submit_request(
-    spec: RunSpec, shape: JobShape, *, number: int, queue: str, definition: str
+    spec: RunSpec,
+    shape: JobShape,
+    *,
+    number: int,
+    queue: str,
+    definition: str,
+    after: tuple[str, str] | None = None,
 ) -> SubmitJobRequestTypeDef:
+    """The SubmitJob request of a run's ``number``-th job; ``after`` is (job id, run prefix)
+    of the upstream job whose results are its inputs (a pipeline): the job has the same
+    shape, and each child depends on its own upstream child (N_TO_N), so it starts as soon as
+    that child succeeds, whether or not a client is watching."""
     request: SubmitJobRequestTypeDef = {
         "jobName": job_name(spec.knot, spec.run_id, number),
         "jobQueue": queue,
         "jobDefinition": definition,
-        "containerOverrides": {"environment": shape.environment(spec)},
+        "containerOverrides": {"environment": shape.environment(spec, after[1] if after else None)},
         "tags": {KNOT_TAG: spec.knot, f"{RESERVED_TAG_PREFIX}run": spec.run_id},
     }
     if shape.size:
         request["arrayProperties"] = {"size": shape.size}
+    if after is not None:
+        # N_TO_N needs arrays of one size on both sides; a plain job waits for the whole job.
+        request["dependsOn"] = [
+            {"jobId": after[0], "type": "N_TO_N"} if shape.size else {"jobId": after[0]}
+        ]
     return request
 
 

@@ -36,7 +36,7 @@ from ..._errors import AWS_ERRORS, aws_error, error_code, error_summary
 from ..._exceptions import KnotError, WatchTimeout
 from ..._retry import backoff_delays, is_throttling, is_transient, retry_transient
 from ..._tasks import task_group
-from ..base import BackendRun, RunSpec, Segment, TaskListener
+from ..base import BackendRun, LogTail, RunSpec, Segment, TaskListener
 from .jobs import LOG_GROUP, JobBatcher, JobShape, submit_request
 
 if TYPE_CHECKING:  # the published stubs (types-aiobotocore): no import at run time
@@ -395,11 +395,37 @@ class AwsRun(BackendRun):
             self._target.group.start_soon(self._flush_when_idle)
         self._wake.set()
 
+    def can_follow(self, upstream: BackendRun) -> bool:
+        return isinstance(upstream, AwsRun)
+
+    async def follow(self, upstream: BackendRun, upstream_prefix: str) -> None:
+        """One job per upstream job, of its shape, each child after its upstream child."""
+        assert isinstance(upstream, AwsRun)
+        await upstream._restore()  # an upstream run re-attached here learns its jobs' shapes
+        async with self._lock:
+            for job in upstream._jobs:
+                if job.shape is None:
+                    raise KnotError(
+                        f"job {job.job_id} of run {upstream._spec.run_id} does not say which "
+                        "inputs it runs (was it submitted by aioknot?): its results cannot be "
+                        "followed on AWS Batch"
+                    )
+                await self._submit_shape(job.shape, after=(job.job_id, upstream_prefix))
+            self._last = True
+        self._wake.set()
+
     async def _submit_group(self, group: Sequence[Segment]) -> None:
+        await self._submit_shape(JobShape.of(group))
+
+    async def _submit_shape(self, shape: JobShape, after: tuple[str, str] | None = None) -> None:
         queue, definition = await self._target.ensure_ready()
-        shape = JobShape.of(group)
         request = submit_request(
-            self._spec, shape, number=len(self._jobs), queue=queue, definition=definition
+            self._spec,
+            shape,
+            number=len(self._jobs),
+            queue=queue,
+            definition=definition,
+            after=after,
         )
         batch = await self._batch()
         name = str(request["jobName"])
@@ -713,6 +739,14 @@ class AwsRun(BackendRun):
 
     async def logs(self, index: int) -> list[str]:
         """The CloudWatch log lines of the child that ran ``index``, every attempt in order."""
+        return await self.tail_logs(index).read(final=True)
+
+    def tail_logs(self, index: int) -> LogTail:
+        return CloudWatchTail(self, index)
+
+    async def _child_of(self, index: int) -> str | None:
+        """The id of the job (the array child) that runs input ``index``; None if no job
+        holding it was submitted (yet)."""
         await self._restore()
         job = next(
             (
@@ -723,23 +757,31 @@ class AwsRun(BackendRun):
             None,
         )
         if job is None or job.shape is None:
-            raise KnotError(f"input {index} of run {self._spec.run_id} was not submitted")
-        child_id = f"{job.job_id}:{job.shape.child_of(index)}" if job.shape.size else job.job_id
+            return None
+        return f"{job.job_id}:{job.shape.child_of(index)}" if job.shape.size else job.job_id
+
+    async def _log_streams(self, child_id: str) -> list[str]:
+        """The log streams of ``child_id``'s attempts so far, oldest first ([] before its
+        first attempt started)."""
         description = (await self._describe([child_id])).get(child_id)
         if description is None:
             raise KnotError(f"AWS Batch no longer knows job {child_id} (it keeps jobs ~7 days)")
-        logs = await self._logs()
-        lines: list[str] = []
-        for stream in log_streams(description):
-            lines.extend(await self._read_stream(logs, stream))
-        return lines
+        return log_streams(description)
 
-    async def _read_stream(self, logs: CloudWatchLogsClient, stream: str) -> list[str]:
+    async def _read_stream(
+        self, stream: str, token: str | None, *, whole: bool
+    ) -> tuple[list[str], str | None]:
+        """The events of ``stream`` after ``token`` (from its start if None), and the token to
+        read on from next time; ``([], token)`` while the stream does not exist yet. One page
+        (up to 10,000 events), or with ``whole`` every page to the end of the stream."""
+        logs = await self._logs()
         arguments: GetLogEventsRequestTypeDef = {
             "logGroupName": LOG_GROUP,
             "logStreamName": stream,
             "startFromHead": True,
         }
+        if token is not None:
+            arguments["nextToken"] = token
         lines: list[str] = []
 
         async def page(request: GetLogEventsRequestTypeDef) -> GetLogEventsResponseTypeDef | None:
@@ -747,7 +789,7 @@ class AwsRun(BackendRun):
                 return await logs.get_log_events(**request)
             except ClientError as error:
                 if error_code(error) == "ResourceNotFoundException":
-                    return None  # the task never started, so it never logged
+                    return None  # not started yet (or never: then it never logged)
                 raise
 
         while True:
@@ -755,13 +797,64 @@ class AwsRun(BackendRun):
                 f"reading log stream {stream}", functools.partial(page, arguments.copy())
             )
             if response is None:
-                return lines
+                return lines, token
             lines.extend(str(event.get("message", "")) for event in response.get("events", []))
-            token = response.get("nextForwardToken")
-            # The forward token repeats once the end of the stream is reached.
-            if not token or token == arguments.get("nextToken") or not response.get("events"):
-                return lines
-            arguments["nextToken"] = token
+            following = response.get("nextForwardToken")
+            # The end of the stream (for now): the forward token comes back as it was sent.
+            # A page may be empty before that, so an empty page is no end.
+            if not whole or not following or following == arguments.get("nextToken"):
+                return lines, following or token
+            arguments["nextToken"] = token = following
+
+
+class CloudWatchTail(LogTail):
+    """The CloudWatch log of the child that runs an input, read as it grows: each stream
+    (one per attempt) read on from the forward token where the last read stopped.
+
+    The child is described (DescribeJobs) for its streams at the first read, whenever a read
+    finds nothing new (its attempt may have ended and a retry begun, on a stream of its own)
+    and at the final read, never while lines come. A stream that does not exist yet (the child
+    is queued or starting) reads as nothing. A read takes one page (one GetLogEvents, up to
+    10,000 events) of the current stream, as a follower reads again soon; the final read
+    reads to the end. Once a later attempt's stream is known, an earlier one is read to its
+    end one last time and left.
+    """
+
+    def __init__(self, run: AwsRun, index: int) -> None:
+        self._run = run
+        self._index = index
+        self._child: str | None = None
+        self._streams: list[str] = []
+        self._tokens: dict[str, str | None] = {}
+        self._over: set[str] = set()  # streams of earlier attempts, read to their end
+        self._quiet = True  # the last read found nothing: look for a new attempt
+
+    async def read(self, *, final: bool = False) -> list[str]:
+        run = self._run
+        if self._child is None:
+            self._child = await run._child_of(self._index)
+            if self._child is None:
+                if final:
+                    raise KnotError(
+                        f"input {self._index} of run {run._spec.run_id} was not submitted"
+                    )
+                return []  # stored, its job not submitted yet (segments go in together)
+        if self._quiet or final or not self._streams:
+            known = await run._log_streams(self._child)
+            self._streams += [stream for stream in known if stream not in self._streams]
+        lines: list[str] = []
+        for place, stream in enumerate(self._streams):
+            if stream in self._over:
+                continue
+            earlier = place < len(self._streams) - 1
+            fresh, self._tokens[stream] = await run._read_stream(
+                stream, self._tokens.get(stream), whole=final or earlier
+            )
+            lines += fresh
+            if earlier:
+                self._over.add(stream)
+        self._quiet = not lines
+        return lines
 
 
 async def _find_job(batch: BatchClient, queue: str, name: str) -> str | None:

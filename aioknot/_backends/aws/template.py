@@ -485,6 +485,11 @@ def knot_template(options: AwsOptions, knot: str) -> Template:
                 "AllowedPattern": "^[^/*?].*/$",
                 "Description": "The knot's prefix in the bucket (ends with /)",
             },
+            "Results": {
+                "Type": "String",
+                "AllowedPattern": "^[^/?].*/results/$",
+                "Description": "The results of the knots' runs (a pipeline's inputs, read only)",
+            },
         },
         "Resources": resources,
         "Outputs": outputs,
@@ -544,13 +549,16 @@ def _knot_execution_role(options: AwsOptions, tags: Mapping[str, str]) -> dict[s
 
 
 def knot_parameters(*, bucket: str, prefix: str) -> dict[str, str]:
-    """The knot stack's parameter values: the store's bucket and the knot's key prefix."""
+    """The knot stack's parameter values: the store's bucket, the knot's key prefix, and the
+    results of every knot's runs beside it (``.../knots/*/runs/*/results/``)."""
     if not prefix or prefix.startswith("/") or not prefix.endswith("/") or "*" in prefix:
         # A prefix without its trailing / would also grant the knots whose names extend it.
         raise ConfigurationError(
             f"the knot prefix {prefix!r} must be a non-empty key prefix ending with '/'"
         )
-    return {"Bucket": bucket, "Prefix": prefix}
+    knots = prefix.rstrip("/").rpartition("/")[0]  # "<root>knots", the knots' common prefix
+    results = f"{knots}/*/runs/*/results/" if knots else "*/runs/*/results/"
+    return {"Bucket": bucket, "Prefix": prefix, "Results": results}
 
 
 def _job_role(options: AwsOptions, tags: Mapping[str, str]) -> dict[str, Any]:
@@ -572,6 +580,21 @@ def _job_role(options: AwsOptions, tags: Mapping[str, str]) -> dict[str, Any]:
             "Action": "s3:ListBucket",
             "Resource": bucket,
             "Condition": {"StringLike": {"s3:prefix": {"Fn::Sub": "${Prefix}*"}}},
+        },
+        {
+            # A pipeline's worker reads the records of the run upstream, which may be another
+            # knot's in the same store: read-only, and results only (no inputs, no functions).
+            "Sid": "PipelineInputs",
+            "Effect": "Allow",
+            "Action": "s3:GetObject",
+            "Resource": {"Fn::Sub": "arn:${AWS::Partition}:s3:::${Bucket}/${Results}*"},
+        },
+        {
+            "Sid": "PipelineListing",
+            "Effect": "Allow",
+            "Action": "s3:ListBucket",
+            "Resource": bucket,
+            "Condition": {"StringLike": {"s3:prefix": {"Fn::Sub": "${Results}*"}}},
         },
     ]
     properties: dict[str, Any] = {

@@ -1,0 +1,233 @@
+"""Pipelines: a run (or an amap's results) of one knot as the inputs of another knot's map.
+
+Locally with real worker processes and a real store directory; on AWS against a moto server in
+simple Batch mode, where the children are played by the real worker (`batch_main`, in
+threads, against moto S3) after the client has closed: simple mode runs no container. The
+real-container run is in tests/test_aws_end_to_end.py.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import pytest
+from helpers.aws import IMAGE, Calls
+from infra.moto import MotoServer
+
+import aioknot
+from aioknot import AsyncKnot, ConfigurationError, TaskError, TaskLost
+from aioknot._worker import batch_main
+
+pytestmark = pytest.mark.usefixtures("aioknot_home")
+
+
+def square_unless_five(x: int) -> int:
+    if x == 5:
+        raise ValueError(f"five is not allowed (got {x})")
+    return x * x
+
+
+def plus_one(y: int) -> int:
+    return y + 1
+
+
+def wait_for_flag_on_zero(x: tuple[int, str]) -> int:
+    """Input 0 holds on until the test creates the flag file; the others return at once."""
+    index, flag = x
+    if index == 0:
+        import time
+
+        while not os.path.exists(flag):
+            time.sleep(0.01)
+    return index
+
+
+def marks(directory: str) -> Any:
+    def mark_and_double(y: int) -> int:
+        Path(directory, str(y)).touch()  # ran on this input
+        return 2 * y
+
+    return mark_and_double
+
+
+def killed_on_two(x: int) -> int:
+    if x == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+async def test_input_i_is_upstream_result_i_and_failures_are_not_run(tmp_path: Path) -> None:
+    ran = tmp_path / "ran"
+    ran.mkdir()
+    async with (
+        AsyncKnot(square_unless_five, name="squares", backend="local") as a,
+        AsyncKnot(marks(str(ran)), name="doubles", backend="local") as b,
+    ):
+        run_a = await a.map(range(40))
+        run_b = await b.map(run_a)
+        assert run_b.upstream == f"squares/{run_a.id}" and len(run_b) == 40
+        outcomes = await run_b.gather(return_exceptions=True)
+    failure = outcomes[5]
+    assert isinstance(failure, TaskError)
+    assert failure.upstream == (f"squares/{run_a.id}", 5)
+    assert failure.remote_type == "ValueError" and "five is not allowed" in failure.remote_message
+    assert f"input 5 was not run: its input, input 5 of run squares/{run_a.id}" in str(failure)
+    assert "square_unless_five" in failure.remote_traceback  # the upstream's traceback
+    assert [v for i, v in enumerate(outcomes) if i != 5] == [2 * x * x for x in range(40) if x != 5]
+    # The downstream function ran on every input but the failed one.
+    assert sorted(int(p.name) for p in ran.iterdir()) == sorted(x * x for x in range(40) if x != 5)
+
+
+async def test_downstream_inputs_start_while_upstream_still_runs(tmp_path: Path) -> None:
+    flag = str(tmp_path / "flag")
+    async with (
+        AsyncKnot(wait_for_flag_on_zero, name="held", backend="local") as a,
+        AsyncKnot(plus_one, name="after", backend="local") as b,
+    ):
+        run_a = await a.map([(i, flag) for i in range(20)])
+        seen = []
+        async with aioknot_aclosing(b.amap(run_a)) as results:
+            async for value in results:
+                seen.append(value)
+                if len(seen) == 19:
+                    # Every downstream result but input 0's is in, and upstream input 0 is
+                    # still held: each downstream input started as its upstream result came.
+                    assert not run_a._has(0) and 1 not in seen
+                    Path(flag).touch()
+        assert sorted(seen) == [i + 1 for i in range(20)]
+
+
+async def test_a_lost_upstream_input_is_lost_downstream_naming_it() -> None:
+    async with (
+        AsyncKnot(killed_on_two, name="killer", backend="local", retries=1) as a,
+        AsyncKnot(plus_one, name="next", backend="local") as b,
+    ):
+        run_a = await a.map(range(4))
+        outcomes = await (await b.map(run_a)).gather(return_exceptions=True)
+    lost = outcomes[2]
+    assert isinstance(lost, TaskLost) and lost.upstream == (f"killer/{run_a.id}", 2)
+    assert "SIGKILL" in lost.reason and f"input 2 of run killer/{run_a.id}" in str(lost)
+    assert [outcomes[i] for i in (0, 1, 3)] == [1, 2, 4]
+
+
+async def test_an_amap_feeds_the_next_knot_by_index() -> None:
+    async with (
+        AsyncKnot(square_unless_five, name="squares", backend="local") as a,
+        AsyncKnot(plus_one, name="plus", backend="local") as b,
+    ):
+        outcomes = await (await b.map(a.amap(range(8)))).gather(return_exceptions=True)
+        assert [v for i, v in enumerate(outcomes) if i != 5] == [
+            x * x + 1 for x in range(8) if x != 5
+        ]
+        assert isinstance(outcomes[5], TaskError) and outcomes[5].upstream is not None
+        streamed = [value async for value in b.amap(a.amap(range(6)), return_exceptions=True)]
+        assert sorted(v for v in streamed if isinstance(v, int)) == [1, 2, 5, 10, 17]
+        started = a.amap(range(3))
+        assert await started.__anext__() in (0, 1, 4)
+        with pytest.raises(ConfigurationError, match="already being read"):
+            await b.map(started)
+        await started.aclose()
+
+
+def aioknot_aclosing(iterator: Any) -> Any:
+    import contextlib
+
+    return contextlib.aclosing(iterator)
+
+
+# --- on AWS Batch (moto, simple mode) -------------------------------------------------------
+
+
+def aws_knot(func: Any, name: str) -> AsyncKnot[Any]:
+    return aioknot.AsyncKnot(func, name=name, backend="aws", image=IMAGE)
+
+
+def play_children(submit: dict[str, Any], job_id: str) -> None:
+    """Run the real worker as each child of a submitted job would (simple mode runs none)."""
+    environment = {
+        item["name"]: item["value"] for item in submit["containerOverrides"]["environment"]
+    }
+    children = submit.get("arrayProperties", {}).get("size", 0)
+    for child in range(max(children, 1)):
+        child_environment = {**os.environ, **environment, "AWS_BATCH_JOB_ID": f"{job_id}:{child}"}
+        assert batch_main(child_environment) == 0
+
+
+@pytest.mark.usefixtures("fast_polls")
+async def test_on_batch_downstream_children_follow_upstream_without_the_client(
+    simple_batch: MotoServer, calls: Calls
+) -> None:
+    inputs = range(30)
+    async with aws_knot(square_unless_five, "squares") as a, aws_knot(plus_one, "plus") as b:
+        run_a = await a.map(inputs)
+        run_b = await b.map(run_a)
+        upstream_jobs = list(run_a.backend_run.job_ids)
+        downstream_jobs = list(run_b.backend_run.job_ids)
+    # The client is gone (both knots closed) before any record exists downstream.
+    submits = calls.submits
+    assert len(submits) == 2 * len(upstream_jobs) == 2 * len(downstream_jobs)
+    for upstream, downstream, job in zip(
+        submits[: len(upstream_jobs)], submits[len(upstream_jobs) :], upstream_jobs, strict=True
+    ):
+        assert downstream.get("arrayProperties") == upstream.get("arrayProperties")
+        kind = {"type": "N_TO_N"} if "arrayProperties" in upstream else {}
+        assert downstream["dependsOn"] == [{"jobId": job, **kind}]
+        variables = {v["name"]: v["value"] for v in downstream["containerOverrides"]["environment"]}
+        assert variables["AIOKNOT_UPSTREAM"].endswith(f"knots/squares/runs/{run_a.id}")
+    # Batch runs the children, upstream's first (N_TO_N): played here by the real worker.
+    for submit, job in zip(submits, upstream_jobs + downstream_jobs, strict=True):
+        await anyio.to_thread.run_sync(play_children, submit, job)
+    async with aws_knot(plus_one, "plus") as b:
+        again = await b.attach(run_b.id)
+        assert again.upstream == f"squares/{run_a.id}"
+        outcomes = await again.gather(return_exceptions=True)
+    assert [v for i, v in enumerate(outcomes) if i != 5] == [x * x + 1 for x in inputs if x != 5]
+    failure = outcomes[5]
+    assert isinstance(failure, TaskError) and failure.upstream == (f"squares/{run_a.id}", 5)
+    assert failure.remote_type == "ValueError"
+
+
+def test_a_job_of_the_blocking_face_is_refused_with_the_way_to_a_pipeline() -> None:
+    with aioknot.Knot(square_unless_five, name="squares", backend="local") as a:
+        job = a.map(range(3))
+        with aioknot.Knot(plus_one, name="plus", backend="local") as b:
+            with pytest.raises(ConfigurationError, match=r"give AsyncKnot.map the other's Run"):
+                b.map(a.jobs[-1]).result()
+        assert job.result() == [0, 1, 4]
+
+
+def test_the_worker_reads_upstream_records_of_any_grouping(tmp_path: Path) -> None:
+    """`read_upstream` on a directory store: values objects, grouped records with a failure,
+    a record grouped across the start of the chunk, and an input with no record at all."""
+    from aioknot._worker import (
+        Failed,
+        Unreadable,
+        UpstreamFailed,
+        WorkerDirectory,
+        encode_error_record,
+        encode_results,
+        read_upstream,
+        result_key,
+    )
+
+    store = WorkerDirectory(str(tmp_path))
+    upstream = "knots/up/runs/20261121T000000-abcdef"
+    store.write(result_key(upstream, 0, 12), encode_results(0, list(range(12))))  # 0..11
+    failed = Failed(encode_error_record(ValueError("no thirteen")))
+    store.write(result_key(upstream, 12, 3), encode_results(12, [12, failed, 14]))
+    store.write(result_key(upstream, 16), encode_results(16, [16]))  # 15 has no record
+    store.write(f"{upstream}/results/stray.tmp", b"half a record")
+
+    inputs = read_upstream(store, upstream, 10, 17)
+    assert inputs[:3] + [inputs[4]] + [inputs[6]] == [10, 11, 12, 14, 16]
+    for position, index, lost in ((3, 13, False), (5, 15, True)):
+        marker = inputs[position]
+        assert isinstance(marker, Unreadable) and isinstance(marker.error, UpstreamFailed)
+        assert (marker.error.run, marker.error.index) == ("up/20261121T000000-abcdef", index)
+        assert (marker.error.info is None) == lost
+    assert read_upstream(store, upstream, 0, 3) == [0, 1, 2]
