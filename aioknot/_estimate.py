@@ -105,7 +105,7 @@ class Measurement:
     wall_seconds: float
     cpu_seconds: float
     peak_memory_bytes: int  # above the worker's own footprint when the task started
-    worker_memory_bytes: int  # the worker's footprint (its resident size when it forked)
+    worker_memory_bytes: int  # the worker's own footprint (its private resident pages)
     bytes_written: int | None  # every write call's bytes (files, pipes, output); None: unknown
     storage_bytes_written: int | None  # bytes sent toward storage (Linux write_bytes)
     host_cpus: int | None  # the CPUs the measuring process could use
@@ -122,7 +122,7 @@ class Measurement:
             wall_seconds=float(metrics["wall_seconds"]),
             cpu_seconds=float(metrics["cpu_seconds"]),
             peak_memory_bytes=optional_int("peak_memory_bytes") or 0,
-            worker_memory_bytes=optional_int("base_rss_bytes") or 0,
+            worker_memory_bytes=optional_int("worker_memory_bytes") or 0,
             bytes_written=optional_int("bytes_written"),
             storage_bytes_written=optional_int("storage_bytes_written"),
             host_cpus=optional_int("cpus"),

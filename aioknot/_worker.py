@@ -960,6 +960,20 @@ def _io_counters() -> dict[str, int]:
     return counters
 
 
+def _own_memory_bytes() -> int | None:
+    """This worker's own memory as a fresh worker in a container would hold it: its private
+    resident pages (Linux). A local worker forked from the client shares the client's pages,
+    which its resident size counts (a test runner's 280 MB, say); a container's worker is a
+    fresh process, whose pages are all private. Elsewhere, the resident size."""
+    try:
+        with open("/proc/self/smaps_rollup") as file:
+            fields = dict(line.split(":", 1) for line in file if ":" in line)
+        private = ("Private_Clean", "Private_Dirty")
+        return sum(int(fields[name].split()[0]) for name in private) * 1024
+    except (OSError, ValueError, KeyError, IndexError):
+        return _resident_bytes()
+
+
 def _host_figures() -> dict[str, int | None]:
     """The CPUs this process may use and the machine's memory, as the measuring host has them."""
     try:
@@ -1049,6 +1063,7 @@ class Measurer:
         self.store = store
         self.run = run
         self.host = _host_figures()
+        self.own_memory = _own_memory_bytes()
 
     def call(self, function: Callable[..., Any], argument: Any, starmap: bool, index: int) -> Any:
         """The input's value, or `Failed` with its error record (a function that raised, or a
@@ -1106,6 +1121,7 @@ class Measurer:
             "system_seconds": usage.ru_stime,
             "peak_rss_bytes": peak,
             "base_rss_bytes": base,
+            "worker_memory_bytes": self.own_memory,
             "peak_memory_bytes": max(0, peak - base) if base is not None else None,
             "bytes_written": io.get("wchar"),
             "storage_bytes_written": io.get("write_bytes"),

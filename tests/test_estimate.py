@@ -130,9 +130,11 @@ async def test_peak_memory_of_an_allocation() -> None:
         estimate = await knot.estimate([200], trials=2)
     assert close_to(estimate.max_peak_memory_bytes, 200 * MiB), estimate
     assert close_to(estimate.peak_memory_bytes, 200 * MiB), estimate
-    # The worker's own footprint is measured apart, and the suggestion holds both.
-    assert 5 * MiB < estimate.worker_memory_bytes < 200 * MiB
+    # The worker's own footprint is measured apart (its private pages: a local worker forked
+    # from this test runner does not count the runner's), and the suggestion holds both.
+    assert 0 < estimate.worker_memory_bytes < 100 * MiB
     needed = (1.25 * estimate.max_peak_memory_bytes + estimate.worker_memory_bytes) / MiB
+    needed = max(needed, 512)  # Batch's sizes start there
     assert needed <= estimate.memory < needed + 256
     assert estimate.memory % 256 == 0
 
