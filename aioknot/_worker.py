@@ -1016,12 +1016,7 @@ def _measured_child(
     except BaseException:
         code = 1
     finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except BaseException:
-                pass
-        os._exit(code)
+        _exit_flushed(code)
 
 
 def _measuring_alone() -> int | None:
@@ -1044,16 +1039,32 @@ def _measuring_alone() -> int | None:
     return fd
 
 
+def killed_by(signal_number: int) -> str:
+    """``SIGKILL (the out-of-memory killer sends SIGKILL)``: a signal, said for a reason."""
+    try:
+        name = signal.Signals(signal_number).name
+    except ValueError:
+        name = f"signal {signal_number}"
+    hint = " (the out-of-memory killer sends SIGKILL)" if name == "SIGKILL" else ""
+    return f"{name}{hint}"
+
+
 def _ended(wait_status: int) -> str:
     code = os.waitstatus_to_exitcode(wait_status)
     if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        hint = " (the out-of-memory killer sends SIGKILL)" if name == "SIGKILL" else ""
-        return f"was killed by {name}{hint}"
+        return f"was killed by {killed_by(-code)}"
     return f"exited with code {code}"
+
+
+def _exit_flushed(code: int) -> None:
+    """End a forked child at once (no interpreter clean-up: the parent's objects are not
+    ours to finalize), with what it printed flushed."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            pass
+    os._exit(code)
 
 
 class Measurer:
@@ -1697,12 +1708,7 @@ def _fork_worker(request: dict[str, Any], fds: list[int], statuses: dict[int, An
         except BaseException:
             traceback.print_exc()
         finally:
-            for stream in (sys.stdout, sys.stderr):
-                try:
-                    stream.flush()
-                except BaseException:
-                    pass
-            os._exit(code)
+            _exit_flushed(code)
     os.close(channel)
     os.close(stderr)
     try:

@@ -41,7 +41,6 @@ import contextlib
 import json
 import math
 import os
-import signal
 import socket
 import struct
 import time
@@ -102,12 +101,7 @@ def death_reason(returncode: int | None) -> str:
             "forked it (and reports how workers end) was gone"
         )
     if returncode is not None and returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        hint = " (the out-of-memory killer sends SIGKILL)" if name == "SIGKILL" else ""
-        return f"the worker process was killed by {name}{hint}"
+        return f"the worker process was killed by {_worker.killed_by(-returncode)}"
     return f"the worker process exited with code {returncode} while running it"
 
 
