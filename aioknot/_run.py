@@ -140,8 +140,10 @@ class Run(Generic[R]):
         self._watched = anyio.Event()  # its watch is over, and its manifest written
         # The vcpus and memory its tasks got from resources="auto" (None: the options').
         self.resources: Resources | None = None
-        # A pipeline's: the run whose results are this run's inputs ("<knot>/<run id>").
+        # A pipeline's: the run whose results are this run's inputs ("<knot>/<run id>"), and
+        # whether its jobs mirror that run's (`_follow`): every input then has a job.
         self.upstream: str | None = None
+        self._mirrored = False
 
     @classmethod
     def start(
@@ -392,14 +394,20 @@ class Run(Generic[R]):
             self._spec.store_url,
             self._spec.store_environment,
         )
+        # An upstream whose own inputs came through a client (`_send_results`) may have
+        # inputs no job covers (those its upstream failed): their values are not for a
+        # mirrored job to read. Followed records, or no pipeline at all, leave none.
+        whole = upstream.upstream is None or upstream._mirrored
         if not (
             same_store
+            and whole
             and upstream._total is not None
             and upstream._backend_run is not None
             and self.backend_run.can_follow(upstream._backend_run)
         ):
             await self._send_results(upstream.items(return_exceptions=True), ready=ready)
             return
+        self._mirrored = True
         for segment in upstream._segments:
             self._stored(Segment(segment.first, segment.count))
         await self._write_manifest()
@@ -729,9 +737,22 @@ class Run(Generic[R]):
             )
         if follow:
             return self._follow_logs(index)
+        if self._not_run(index):
+            return self._no_lines()
         return self.backend_run.logs(index)
 
+    def _not_run(self, index: int) -> bool:
+        """A pipeline's input that was never run (its upstream input failed): no task, no
+        log. (A re-attached run knows it once the input's record has been read.)"""
+        failure = self._failures.get(index)
+        return failure is not None and failure.upstream is not None
+
+    async def _no_lines(self) -> list[str]:
+        return []
+
     async def _follow_logs(self, index: int) -> AsyncGenerator[str, None]:
+        if self._not_run(index):
+            return
         tail = self.backend_run.tail_logs(index)
         pause = FOLLOW_FIRST_SECONDS
         while True:

@@ -151,14 +151,14 @@ def outcome_from_record(index: int, data: bytes, run_id: str, where: str = "") -
         info, exception = payload
         try:
             remote = (str(info["type"]), str(info["message"]), str(info["traceback"]))
-        except (KeyError, TypeError):
+            named = info.get("upstream")  # a pipeline's input not run: its upstream failed
+            upstream = (str(named["run"]), int(named["index"])) if named is not None else None
+        except (KeyError, TypeError, ValueError):
             raise CorruptRecord("its error header lacks the exception's type or text") from None
     except Exception as error:  # damaged bytes, or a value whose class is not importable here
         return unreadable(index, error, run_id, where)
     remote_type, remote_message, remote_traceback = remote
-    named = info.get("upstream")  # a pipeline's input, not run: its upstream input failed
-    upstream = (str(named["run"]), int(named["index"])) if isinstance(named, dict) else None
-    if isinstance(named, dict) and named.get("lost"):
+    if upstream is not None and named.get("lost"):
         return Outcome(
             index,
             error=TaskLost(index=index, reason=remote_message, run_id=run_id, upstream=upstream),

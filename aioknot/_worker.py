@@ -1010,7 +1010,10 @@ def _measured_child(
         except BaseException as error:  # as the worker's loop: KeyboardInterrupt too
             record = encode_error_record(error)
         header = json.dumps({"base_rss_bytes": base, "io": _io_counters()}).encode()
-        view = memoryview(_U32.pack(len(header)) + header + record)
+        # The lengths first: the parent reads exactly this much, not up to the pipe's end,
+        # which a process the function started and left running keeps open.
+        lengths = _U32.pack(len(header)) + _U64.pack(len(record))
+        view = memoryview(lengths + header + record)
         while view:
             view = view[os.write(pipe, view) :]
     except BaseException:
@@ -1092,25 +1095,32 @@ class Measurer:
                 pid = os.fork()
             if pid == 0:
                 os.close(read_end)
+                if lock is not None:  # the lock is the worker's: processes the function
+                    os.close(lock)  # leaves behind must not hold it for other measurements
                 _measured_child(function, argument, starmap, index, write_end)
             os.close(write_end)
-            parts = []
             with open(read_end, "rb", closefd=True) as pipe:
-                while part := pipe.read(1 << 20):
-                    parts.append(part)
+                data = pipe.read(_U32.size + _U64.size)
+                if len(data) == _U32.size + _U64.size:
+                    (header_size,) = _U32.unpack_from(data)
+                    (record_size,) = _U64.unpack_from(data, _U32.size)
+                    data += pipe.read(header_size + record_size)  # fewer if the child died
             _, wait_status, usage = os.wait4(pid, 0)
             wall = time.perf_counter() - started
         finally:
             if lock is not None:
                 os.close(lock)
-        data = b"".join(parts)
         figures: dict[str, Any] = {}
         died = None
         result: Any
         try:
+            header_at = _U32.size + _U64.size
             (length,) = _U32.unpack_from(data)
-            figures = json.loads(data[4 : 4 + length])
-            record = data[4 + length :]
+            (record_size,) = _U64.unpack_from(data, _U32.size)
+            figures = json.loads(data[header_at : header_at + length])
+            record = data[header_at + length :]
+            if len(record) != record_size:
+                raise ValueError("the record was cut short")
             ok, value = decode_record(record)
             result = value if ok else Failed(record)
         except Exception:

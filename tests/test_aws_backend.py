@@ -28,6 +28,7 @@ import aioknot
 from aioknot._backends.aws import backend as aws_backend
 from aioknot._backends.aws.jobs import (
     JOB_MAX_INPUTS,
+    JOB_MAX_SEGMENTS,
     MAX_ARRAY_SIZE,
     RETRY_RULES,
     JobBatcher,
@@ -429,6 +430,25 @@ def test_batcher_first_job_goes_at_once_then_jobs_fill_up() -> None:
     assert shapes[0].count == 16
     assert len(shapes) <= 5 and sum(s.count for s in shapes) == first == 50_000
     assert all(s.count <= JOB_MAX_INPUTS and s.size <= MAX_ARRAY_SIZE for s in shapes)
+
+
+def test_batcher_groups_only_consecutive_segments() -> None:
+    """A pipeline's segments come as its upstream completes, out of order and with gaps: a
+    job covers consecutive inputs only, and at most JOB_MAX_SEGMENTS segments."""
+    batcher = JobBatcher()
+    arriving = [Segment(0, 2), Segment(6, 2), Segment(4, 2), Segment(8, 1), Segment(2, 1)]
+    groups = [group for segment in arriving for group in batcher.add(segment)]
+    groups.append(batcher.flush())
+    shapes = [JobShape.of(group) for group in groups if group]
+    covered = sorted(i for shape in shapes for i in range(shape.first, shape.stop))
+    assert covered == [0, 1, 2, 4, 5, 6, 7, 8]  # each input once; 3 has not come
+    assert all(shape.count == sum(c for _, c in shape.segments) for shape in shapes)
+    many = JobBatcher()
+    many.add(Segment(0, 1))  # the first job goes at once
+    singles = [
+        group for i in range(1, 2 * JOB_MAX_SEGMENTS + 2) for group in many.add(Segment(i, 1))
+    ]
+    assert [len(group) for group in singles] == [JOB_MAX_SEGMENTS, JOB_MAX_SEGMENTS]
 
 
 def test_job_shape_children_cover_inputs_exactly() -> None:

@@ -511,3 +511,35 @@ async def test_auto_resources_on_batch_register_a_definition_for_the_rest(
     assert any(
         "resources='auto' chose vcpus=1, memory=512 MiB" in r.getMessage() for r in caplog.records
     )
+
+
+def leaves_a_process_behind(pid_file: str) -> int:
+    """Starts a process that outlives the call (as a cached multiprocessing pool does)."""
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(60)
+        os._exit(0)
+    with open(pid_file, "a") as file:
+        file.write(f"{pid}\n")
+    return pid
+
+
+@pytest.mark.usefixtures("aioknot_home")
+async def test_a_process_left_running_by_the_function_does_not_hold_the_measure(
+    tmp_path: Path,
+) -> None:
+    pid_file = str(tmp_path / "pid")
+    try:
+        with anyio.fail_after(30):  # it used to wait for the pipe to close: a minute here
+            async with local(leaves_a_process_behind) as knot:
+                estimate = await knot.estimate([pid_file], trials=1)
+                assert estimate.wall_seconds < 10
+                # The next measurement is not held back by the machine's lock either.
+                again = await knot.estimate([pid_file], trials=1)
+                assert again.wall_seconds < 10
+    finally:
+        pids = Path(pid_file).read_text().split() if Path(pid_file).exists() else []
+        assert len(pids) == 2
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), 9)

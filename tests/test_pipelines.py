@@ -231,3 +231,14 @@ def test_the_worker_reads_upstream_records_of_any_grouping(tmp_path: Path) -> No
         assert (marker.error.run, marker.error.index) == ("up/20261121T000000-abcdef", index)
         assert (marker.error.info is None) == lost
     assert read_upstream(store, upstream, 0, 3) == [0, 1, 2]
+
+
+async def test_an_input_not_run_has_no_log_lines() -> None:
+    async with (
+        AsyncKnot(square_unless_five, name="squares", backend="local") as a,
+        AsyncKnot(plus_one, name="plus", backend="local") as b,
+    ):
+        run_b = await b.map(await a.map(range(6)))
+        await run_b.gather(return_exceptions=True)
+        assert await run_b.logs(5) == []  # the last input: no task ever ran it
+        assert [line async for line in run_b.logs(5, follow=True)] == []

@@ -72,6 +72,10 @@ WORKER_COMMAND = ["--batch"]
 
 MAX_ARRAY_SIZE = 10_000  # Batch's limit on children per array job
 JOB_MAX_INPUTS = 2 * MAX_ARRAY_SIZE  # inputs per job after the first (children take 2 each)
+# Segments per job: their list travels in the job's environment (AIOKNOT_SEGMENTS), and
+# container overrides hold at most 8,192 characters. Only a pipeline's segments (one per
+# stretch of upstream results) come small and many.
+JOB_MAX_SEGMENTS = 200
 
 # Batch applies the first rule that matches an attempt that failed (at most 5 rules), and
 # RETRIES an attempt that matches none. So: retry what the infrastructure did, exit on any
@@ -412,7 +416,14 @@ class JobBatcher:
             self.jobs += 1
             return [[segment]]  # the first inputs start at once
         ready = []
-        if self.pending and self.pending_inputs + segment.count > self.max_inputs:
+        if self.pending and (
+            self.pending_inputs + segment.count > self.max_inputs
+            # A job's children cover consecutive inputs (`JobShape`): a segment that does not
+            # go on from the pending ones (a pipeline's, stored as upstream completes) starts
+            # a job of its own.
+            or segment.first != self.pending[-1].stop
+            or len(self.pending) >= JOB_MAX_SEGMENTS
+        ):
             ready.append(self._take())
         self.pending.append(segment)
         if self.pending_inputs >= self.max_inputs:

@@ -760,11 +760,14 @@ class AwsRun(BackendRun):
             return None
         return f"{job.job_id}:{job.shape.child_of(index)}" if job.shape.size else job.job_id
 
-    async def _log_streams(self, child_id: str) -> list[str]:
+    async def _log_streams(self, child_id: str, *, known: bool = True) -> list[str]:
         """The log streams of ``child_id``'s attempts so far, oldest first ([] before its
-        first attempt started)."""
+        first attempt started). A job Batch does not describe is one it forgot, unless it
+        may not be ``known`` yet (just submitted, an array child whose parent is queued)."""
         description = (await self._describe([child_id])).get(child_id)
         if description is None:
+            if not known:
+                return []
             raise KnotError(f"AWS Batch no longer knows job {child_id} (it keeps jobs ~7 days)")
         return log_streams(description)
 
@@ -840,7 +843,7 @@ class CloudWatchTail(LogTail):
                     )
                 return []  # stored, its job not submitted yet (segments go in together)
         if self._quiet or final or not self._streams:
-            known = await run._log_streams(self._child)
+            known = await run._log_streams(self._child, known=final)
             self._streams += [stream for stream in known if stream not in self._streams]
         lines: list[str] = []
         for place, stream in enumerate(self._streams):
