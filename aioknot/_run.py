@@ -755,15 +755,22 @@ class Run(Generic[R]):
             return
         tail = self.backend_run.tail_logs(index)
         pause = FOLLOW_FIRST_SECONDS
+        settled: float | None = None  # when the last lines are in (the outcome + the lag)
         while True:
             over = self._has(index)  # looked at before reading: the last read has every line
             if not over:
                 self._raise_failure()  # a failed watch cannot tell when the input ends
-            lines = await tail.read(final=over)
+            elif settled is None:
+                settled = anyio.current_time() + tail.lag_seconds
+            final = settled is not None and anyio.current_time() >= settled
+            lines = await tail.read(final=final)
             for line in lines:
                 yield line
-            if over:
+            if final:
                 return
+            if settled is not None:  # lines written before the end may still be on the way
+                await anyio.sleep(min(FOLLOW_FIRST_SECONDS, settled - anyio.current_time()))
+                continue
             if lines:
                 pause = FOLLOW_FIRST_SECONDS
             with anyio.move_on_after(pause):  # woken early by the input's outcome

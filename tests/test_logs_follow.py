@@ -28,7 +28,7 @@ from infra.moto import MotoServer
 
 from aioknot import AsyncKnot, Knot, KnotError, TaskLost, _run
 from aioknot._backends.aws.jobs import LOG_GROUP
-from aioknot._backends.aws.run import AwsRun
+from aioknot._backends.aws.run import AwsRun, CloudWatchTail
 from aioknot._backends.base import Segment
 from aioknot._run import Run
 
@@ -244,6 +244,7 @@ async def test_follow_on_batch_reads_cloudwatch_on_from_where_it_was(
     # Reads closer together than CloudWatch's seconds of delay call for: the same path sooner.
     monkeypatch.setattr(_run, "FOLLOW_FIRST_SECONDS", 0.05)
     monkeypatch.setattr(_run, "FOLLOW_LONGEST_SECONDS", 0.5)
+    monkeypatch.setattr(CloudWatchTail, "lag_seconds", 1.0)
     async with AsyncKnot(cube, name="followed", backend="aws", image=IMAGE) as knot:
         run = await knot.map(range(3))
         child = f"{run.backend_run.job_ids[0]}:2"
@@ -276,9 +277,18 @@ async def test_follow_on_batch_reads_cloudwatch_on_from_where_it_was(
             assert len(log_requests.reads) > read_before  # another read, on from the token
             put(boto, stream, "four")  # written just before the task ends
             task_over.set()
+            await wait_until_async(lambda: run._has(2), timeout=30, what="the input's outcome")
+            reads = len(log_requests.reads)
+            await wait_until_async(
+                lambda: len(log_requests.reads) > reads, timeout=30, what="a read after it"
+            )
+            # Written before the end, but in CloudWatch only after the outcome was seen and
+            # read after (the awslogs driver sends every few seconds): still followed, within
+            # the tail's lag.
+            put(boto, stream, "five")
             with anyio.fail_after(30):
                 await ended.wait()
-        assert seen == ["one", "two", "three", "four"]
+        assert seen == ["one", "two", "three", "four", "five"]
         outcome = (await run.gather(return_exceptions=True))[2]
         assert isinstance(outcome, TaskLost)  # simple mode ran nothing: no record
     # Once the stream had lines, each read went on from the forward token of the one before

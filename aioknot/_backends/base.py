@@ -163,6 +163,10 @@ class LogTail(abc.ABC):
     returns the lines written since the one before, so that following a long task's log
     never reads it again from the start."""
 
+    # How long after a task ends its last lines may still be on their way to the log: a
+    # follower reads on that long after the input's outcome before its final read.
+    lag_seconds: float = 0.0
+
     @abc.abstractmethod
     async def read(self, *, final: bool = False) -> list[str]:
         """The lines written since the last read ([] if none, or no log exists yet).

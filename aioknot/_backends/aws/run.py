@@ -823,6 +823,10 @@ class CloudWatchTail(LogTail):
     end one last time and left.
     """
 
+    # The awslogs driver sends a container's lines every few seconds (5 by default), so the
+    # last ones may reach CloudWatch after the child's result record is stored and seen.
+    lag_seconds = 6.0
+
     def __init__(self, run: AwsRun, index: int) -> None:
         self._run = run
         self._index = index
