@@ -412,8 +412,7 @@ class AsyncKnot(Generic[R]):
         if isinstance(inputs, Run):  # a pipeline: input i is that run's result i
             await run._follow(inputs, ready=self._wait_prepared)
         elif isinstance(inputs, AmapIterator):  # a pipeline on an amap's results
-            run.upstream = f"{inputs.run.knot}/{inputs.run.id}"
-            await run._send_results(inputs.outcomes(), ready=self._wait_prepared)
+            await run._send_results(inputs.run, inputs.outcomes(), ready=self._wait_prepared)
         else:
             if self._auto is not None:  # resources="auto": measured on the first inputs
                 inputs = await self._auto.before_submit(self, run, inputs)

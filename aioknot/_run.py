@@ -389,7 +389,6 @@ class Run(Generic[R]):
         through here and the jobs are all submitted now, so the client may go; otherwise
         (local workers, or two stores) `_send_results` passes them on as they come.
         """
-        self.upstream = f"{upstream.knot}/{upstream.id}"
         same_store = (upstream._spec.store_url, upstream._spec.store_environment) == (
             self._spec.store_url,
             self._spec.store_environment,
@@ -405,9 +404,9 @@ class Run(Generic[R]):
             and upstream._backend_run is not None
             and self.backend_run.can_follow(upstream._backend_run)
         ):
-            await self._send_results(upstream.items(return_exceptions=True), ready=ready)
+            await self._send_results(upstream, upstream.items(return_exceptions=True), ready=ready)
             return
-        self._mirrored = True
+        self.upstream, self._mirrored = f"{upstream.knot}/{upstream.id}", True
         for segment in upstream._segments:
             self._stored(Segment(segment.first, segment.count))
         await self._write_manifest()
@@ -419,18 +418,19 @@ class Run(Generic[R]):
 
     async def _send_results(
         self,
+        source: Run[Any],
         outcomes: AsyncGenerator[tuple[int, Any], None],
         *,
         ready: Callable[[], Awaitable[None]],
     ) -> None:
-        """Store and submit upstream's outcomes ``(index, value or TaskFailure)`` as they
-        come: those that arrive together go in one segment per stretch of consecutive inputs.
-        An input whose upstream input failed gets its record at once, naming that input, and
-        is not run."""
+        """Store and submit the outcomes ``(index, value or TaskFailure)`` of the run
+        ``source`` as they come: those that arrive together go in one segment per stretch of
+        consecutive inputs. An input whose upstream input failed gets its record at once,
+        naming that input, and is not run."""
         arrived: dict[int, Any] = {}
         wake = anyio.Event()
         ended = False
-        upstream = self.upstream or "?"
+        upstream = self.upstream = f"{source.knot}/{source.id}"
 
         async def receive() -> None:
             nonlocal ended
@@ -737,22 +737,9 @@ class Run(Generic[R]):
             )
         if follow:
             return self._follow_logs(index)
-        if self._not_run(index):
-            return self._no_lines()
         return self.backend_run.logs(index)
 
-    def _not_run(self, index: int) -> bool:
-        """A pipeline's input that was never run (its upstream input failed): no task, no
-        log. (A re-attached run knows it once the input's record has been read.)"""
-        failure = self._failures.get(index)
-        return failure is not None and failure.upstream is not None
-
-    async def _no_lines(self) -> list[str]:
-        return []
-
     async def _follow_logs(self, index: int) -> AsyncGenerator[str, None]:
-        if self._not_run(index):
-            return
         tail = self.backend_run.tail_logs(index)
         pause = FOLLOW_FIRST_SECONDS
         settled: float | None = None  # when the last lines are in (the outcome + the lag)

@@ -227,10 +227,10 @@ class LocalRun(BackendRun):
 
     async def logs(self, index: int) -> list[str]:
         """What input ``index``'s task wrote to stdout and stderr, every attempt in order."""
-        return await self._backend.read_logs(self.spec, index, self.submitted)
+        return await self.tail_logs(index).read(final=True)
 
     def tail_logs(self, index: int) -> LogTail:
-        return self._backend.tail_logs(self.spec, index, self.submitted)
+        return LocalLogTail(self._backend.knot_store, self.spec.run_prefix, index)
 
     def chunk_size(self, workers: int) -> int:
         fair_share = math.ceil(self.queued / workers) if self.queued else 1
@@ -257,7 +257,6 @@ class AttachedLocalRun(BackendRun):
         self._spec = spec
         self._run_id = spec.run_id
         self._owner = manifest.owner
-        self._submitted = max((first + count for first, count in manifest.segments), default=0)
 
     @property
     def job_ids(self) -> list[str]:
@@ -298,10 +297,10 @@ class AttachedLocalRun(BackendRun):
             )
 
     async def logs(self, index: int) -> list[str]:
-        return await self._backend.read_logs(self._spec, index, self._submitted)
+        return await self.tail_logs(index).read(final=True)
 
     def tail_logs(self, index: int) -> LogTail:
-        return self._backend.tail_logs(self._spec, index, self._submitted)
+        return LocalLogTail(self._backend.knot_store, self._spec.run_prefix, index)
 
 
 class LocalBackend(Backend):
@@ -694,19 +693,6 @@ class LocalBackend(Backend):
             await store.put(key, output)
             return f"{store.url}/{key}"
         return None
-
-    async def read_logs(self, spec: RunSpec, index: int, submitted: int) -> list[str]:
-        """The lines input ``index``'s tasks wrote, every attempt in order ([] if none)."""
-        return await self.tail_logs(spec, index, submitted).read(final=True)
-
-    def tail_logs(self, spec: RunSpec, index: int, submitted: int) -> LogTail:
-        """Input ``index``'s log as it grows (see `LocalLogTail`)."""
-        if not 0 <= index < submitted:
-            raise KnotError(
-                f"input {index} of run {spec.run_id} was not submitted: the run has "
-                f"{submitted} inputs, numbered from 0"
-            )
-        return LocalLogTail(self.knot_store, spec.run_prefix, index)
 
     async def cancel_run(self, run: LocalRun) -> None:
         if run in self._queue:

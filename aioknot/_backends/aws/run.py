@@ -841,11 +841,10 @@ class CloudWatchTail(LogTail):
         if self._child is None:
             self._child = await run._child_of(self._index)
             if self._child is None:
-                if final:
-                    raise KnotError(
-                        f"input {self._index} of run {run._spec.run_id} was not submitted"
-                    )
-                return []  # stored, its job not submitted yet (segments go in together)
+                # Its job is not submitted yet (segments go in together), or never will be: a
+                # pipeline's input whose upstream input failed runs nowhere. No lines, either
+                # way (the run has checked that the input is one of its own).
+                return []
         if self._quiet or final or not self._streams:
             known = await run._log_streams(self._child, known=final)
             self._streams += [stream for stream in known if stream not in self._streams]
