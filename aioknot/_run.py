@@ -756,7 +756,10 @@ class Run(Generic[R]):
             if final:
                 return
             if settled is not None:  # lines written before the end may still be on the way
-                await anyio.sleep(min(FOLLOW_FIRST_SECONDS, settled - anyio.current_time()))
+                # Reading and the consumer's own work may have used up the lag already.
+                await anyio.sleep(
+                    max(0.0, min(FOLLOW_FIRST_SECONDS, settled - anyio.current_time()))
+                )
                 continue
             if lines:
                 pause = FOLLOW_FIRST_SECONDS

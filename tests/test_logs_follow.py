@@ -30,6 +30,7 @@ from aioknot import AsyncKnot, Knot, KnotError, TaskLost, _run
 from aioknot._backends.aws.jobs import LOG_GROUP
 from aioknot._backends.aws.run import AwsRun, CloudWatchTail
 from aioknot._backends.base import Segment
+from aioknot._backends.local import LocalLogTail
 from aioknot._run import Run
 
 pytestmark = pytest.mark.usefixtures("aioknot_home")
@@ -126,6 +127,28 @@ async def test_an_index_out_of_range_fails_at_once_naming_the_range() -> None:
         with pytest.raises(KnotError, match=r"input -1 of run .* numbered 0 to 2"):
             await run.logs(-1)
         await run.gather()
+
+
+async def test_follow_ends_when_reading_took_longer_than_the_tails_lag(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A read (or the consumer) slower than the lag: the time left to wait has gone negative,
+    # and following still ends with every line rather than failing on a negative sleep.
+    monkeypatch.setattr(LocalLogTail, "lag_seconds", 0.01)
+    read = LocalLogTail.read
+
+    async def slow_read(self: LocalLogTail, *, final: bool) -> list[str]:
+        lines = await read(self, final=final)
+        await anyio.sleep(0.05)
+        return lines
+
+    monkeypatch.setattr(LocalLogTail, "read", slow_read)
+    async with AsyncKnot(talks, name="slow-tail", backend="local", workers=1) as knot:
+        run = await knot.map([4])
+        assert await run.gather() == [4]
+        with anyio.fail_after(30):
+            followed = [line async for line in run.logs(0, follow=True)]
+        assert followed == ["first 4", "second 4", "third 4"]
 
 
 # -- the blocking face ------------------------------------------------------------------------

@@ -464,7 +464,7 @@ class AwsRun(BackendRun):
                     self._activity + IDLE_FLUSH_SECONDS, self._pending_since + MAX_PENDING_SECONDS
                 )
                 if anyio.current_time() < due:
-                    await anyio.sleep(due - anyio.current_time())
+                    await anyio.sleep(max(0.0, due - anyio.current_time()))
                     continue
                 async with self._lock:
                     now = anyio.current_time()
