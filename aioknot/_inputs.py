@@ -173,10 +173,15 @@ class _Packer:
 
 class StretchPacker:
     """Packs stretches of consecutive inputs that come in any order (a pipeline's upstream
-    results, as they complete) into segments, blocks sized as the inputs so far say."""
+    results, as they complete) into segments, blocks sized as the inputs so far say.
 
-    def __init__(self, starmap: bool) -> None:
-        self._packer = _Packer(starmap)
+    The values go as they are, even to a starmap: an upstream value that is not a tuple of
+    arguments fails its own input in the worker (``function(*value)``'s TypeError), as it does
+    where Batch workers read the upstream records themselves, and not the whole submission.
+    """
+
+    def __init__(self) -> None:
+        self._packer = _Packer(starmap=False)
 
     def pack(self, first: int, values: Sequence[object]) -> list[PackedSegment]:
         packer = self._packer

@@ -445,7 +445,7 @@ class Run(Generic[R]):
 
         async def pack(store_segment: Callable[[PackedSegment], Awaitable[None]]) -> None:
             nonlocal wake
-            packer = StretchPacker(self._spec.starmap)
+            packer = StretchPacker()
             async with task_group() as group:
                 group.start_soon(receive)
                 while arrived or not ended:
