@@ -134,6 +134,29 @@ async def test_an_amap_feeds_the_next_knot_by_index() -> None:
         await started.aclose()
 
 
+def pair_unless_three(x: int) -> Any:
+    return x if x == 3 else (x, 10 * x)
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+async def test_a_starmap_value_that_is_not_arguments_fails_that_input_alone() -> None:
+    async with (
+        AsyncKnot(pair_unless_three, name="pairs", backend="local") as a,
+        AsyncKnot(add, name="sums", backend="local") as b,
+    ):
+        run_b = await b.map(await a.map(range(6)), starmap=True)
+        outcomes = await run_b.gather(return_exceptions=True)
+    # As where Batch workers read upstream records themselves: input 3's value (an int)
+    # cannot be spread into arguments, and only input 3 says so.
+    failure = outcomes[3]
+    assert isinstance(failure, TaskError) and failure.remote_type == "TypeError"
+    assert "not int" in failure.remote_message and failure.upstream is None
+    assert [outcomes[i] for i in (0, 1, 2, 4, 5)] == [11 * x for x in (0, 1, 2, 4, 5)]
+
+
 def aioknot_aclosing(iterator: Any) -> Any:
     import contextlib
 
@@ -190,6 +213,32 @@ async def test_on_batch_downstream_children_follow_upstream_without_the_client(
     failure = outcomes[5]
     assert isinstance(failure, TaskError) and failure.upstream == (f"squares/{run_a.id}", 5)
     assert failure.remote_type == "ValueError"
+
+
+def always_fails(x: int) -> int:
+    raise ValueError(f"no {x}")
+
+
+@pytest.mark.usefixtures("fast_polls")
+async def test_a_batch_pipeline_run_with_no_job_re_attaches_with_its_records(
+    simple_batch: MotoServer, calls: Calls
+) -> None:
+    # Upstream runs locally, so its values come through the client; it fails every input,
+    # so downstream the client writes every input's record and submits no job at all.
+    async with (
+        AsyncKnot(always_fails, name="failing", backend="local") as a,
+        aws_knot(plus_one, "plus") as b,
+    ):
+        run_a = await a.map(range(3))
+        run_b = await b.map(run_a)
+        assert len(await run_b.gather(return_exceptions=True)) == 3
+        assert run_b.backend_run.job_ids == [] and calls.submits == []
+    async with aws_knot(plus_one, "plus") as b:
+        again = await b.attach(run_b.id)
+        outcomes = await again.gather(return_exceptions=True)
+    assert [(type(o), o.upstream) for o in outcomes] == [
+        (TaskError, (f"failing/{run_a.id}", i)) for i in range(3)
+    ]
 
 
 def test_a_job_of_the_blocking_face_is_refused_with_the_way_to_a_pipeline() -> None:

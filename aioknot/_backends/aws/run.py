@@ -264,15 +264,18 @@ class AwsRun(BackendRun):
         target: BatchTarget,
         spec: RunSpec,
         listener: TaskListener,
-        job_ids: Sequence[str] = (),
+        job_ids: Sequence[str] | None = None,
     ) -> None:
         self._target = target
         self._spec = spec
         self._listener = listener
-        self._jobs: list[_Job] = [_Job(job_id, None) for job_id in job_ids]
-        self._restored = not job_ids
+        # ``job_ids`` None: a new run. A list: a re-attached run's jobs, which may be none
+        # (a pipeline whose every upstream input failed has only the records the client wrote).
+        attached = job_ids is not None
+        self._jobs: list[_Job] = [_Job(job_id, None) for job_id in job_ids or ()]
+        self._restored = not attached
         self._batcher = JobBatcher()
-        self._last = bool(job_ids)  # a re-attached run takes no more inputs
+        self._last = attached  # a re-attached run takes no more inputs
         self._cancelled = False
         self._lock = anyio.Lock()
         self._wake = anyio.Event()
@@ -282,7 +285,7 @@ class AwsRun(BackendRun):
         self._timer = False
         # When the current outage began (the first transient failure since the last success).
         self._failing_since: float | None = None
-        if not job_ids:
+        if not attached:
             # A new run: no job yet, so none of its inputs can have a record until a poll sees
             # a job's children start (`_tell_watcher`); the watcher need not look till then,
             # however long the image build or the wait for more inputs takes.
