@@ -8,6 +8,7 @@ real-container run is in tests/test_aws_end_to_end.py.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 from pathlib import Path
@@ -17,10 +18,13 @@ import anyio
 import anyio.to_thread
 import pytest
 from helpers.aws import IMAGE, Calls
+from helpers.waiting import wait_until_async
 from infra.moto import MotoServer
 
 import aioknot
 from aioknot import AsyncKnot, ConfigurationError, TaskError, TaskLost
+from aioknot._backends.aws import jobs as aws_jobs
+from aioknot._backends.aws.backend import AwsBackend
 from aioknot._worker import batch_main
 
 pytestmark = pytest.mark.usefixtures("aioknot_home")
@@ -213,6 +217,152 @@ async def test_on_batch_downstream_children_follow_upstream_without_the_client(
     failure = outcomes[5]
     assert isinstance(failure, TaskError) and failure.upstream == (f"squares/{run_a.id}", 5)
     assert failure.remote_type == "ValueError"
+
+
+class UpstreamChildLost:
+    """moto's Batch client, but for one upstream child FAILED (its container lost, say to
+    OOM) and the child that depends on it FAILED without running, as real Batch does: moto
+    models neither (its dependent children wait for good; FACTS.md). A job submitted with no
+    dependency on a pipeline run (the rerun) is held RUNNABLE until ``released``, so that the
+    test plays its child first. Everything else is moto's own answer."""
+
+    def __init__(self, client: Any, upstream_child: str, downstream_child: str) -> None:
+        self._client = client
+        self.upstream_child, self.downstream_child = upstream_child, downstream_child
+        self.downstream_job, _, index = downstream_child.rpartition(":")
+        self.index = int(index)
+        self.reruns: list[tuple[str, dict[str, Any]]] = []
+        self.released = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def submit_job(self, **request: Any) -> Any:
+        response = await self._client.submit_job(**request)
+        self.reruns.append((response["jobId"], request))
+        return response
+
+    async def describe_jobs(self, jobs: list[str]) -> Any:
+        response = await self._client.describe_jobs(jobs=jobs)
+        held = {job_id for job_id, _ in self.reruns} if not self.released else set()
+        for job in response["jobs"]:
+            if job["jobId"] == self.upstream_child:
+                job.update(status="FAILED", statusReason="Essential container in task exited")
+            elif job["jobId"] == self.downstream_child:
+                job.update(status="FAILED", statusReason="Dependent Job failed", attempts=[])
+                job.pop("startedAt", None)
+            elif job["jobId"] == self.downstream_job:
+                size = job["arrayProperties"]["size"]
+                job["status"] = "FAILED"
+                job["arrayProperties"]["statusSummary"] = {"SUCCEEDED": size - 1, "FAILED": 1}
+            elif job["jobId"] in held:
+                job["status"] = "RUNNABLE"
+        return response
+
+    async def list_jobs(self, **arguments: Any) -> Any:
+        response = await self._client.list_jobs(**arguments)
+        if arguments.get("arrayJobId") == self.downstream_job:
+            listed = [
+                summary
+                for summary in response["jobSummaryList"]
+                if summary["jobId"] != self.downstream_child
+            ]
+            if arguments.get("jobStatus") == "FAILED":
+                listed = [
+                    {
+                        "jobId": self.downstream_child,
+                        "status": "FAILED",
+                        "statusReason": "Dependent Job failed",
+                        "arrayProperties": {"index": self.index},
+                    }
+                ]
+            response["jobSummaryList"] = listed
+        return response
+
+
+def play(submit: dict[str, Any], job_id: str, **overrides: str) -> None:
+    """Run the real worker as child ``job_id`` of a submitted job, its variables overridden."""
+    environment = {
+        **os.environ,
+        **{item["name"]: item["value"] for item in submit["containerOverrides"]["environment"]},
+        "AWS_BATCH_JOB_ID": job_id,
+        **overrides,
+    }
+    assert batch_main(environment) == 0
+
+
+@pytest.mark.usefixtures("fast_polls")
+async def test_on_batch_inputs_failed_for_a_lost_upstream_child_run_again_and_say_so(
+    simple_batch: MotoServer, calls: Calls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Four inputs a child (as past 40,000 inputs at Batch's 10,000 children): a child that
+    # Batch fails without running holds inputs whose upstream values may still exist.
+    monkeypatch.setattr(aws_jobs, "MAX_ARRAY_SIZE", 4)
+    async with aws_knot(square_unless_five, "squares") as a, aws_knot(plus_one, "plus") as b:
+        run_a = await a.map(range(16))
+        run_b = await b.map(run_a)
+        (upstream_job,) = run_a.backend_run.job_ids
+        (downstream_job,) = run_b.backend_run.job_ids
+    upstream_submit, downstream_submit = calls.submits
+    assert downstream_submit["arrayProperties"] == {"size": 4}
+    # Upstream child 1 (inputs 4 to 7) stored 4 and 5 (which raised), then its container was
+    # lost; the other children ran whole, and so did their downstream children.
+    for child in (0, 2, 3):
+        await anyio.to_thread.run_sync(play, upstream_submit, f"{upstream_job}:{child}")
+    # (Played as child 2 of chunks of 2: inputs 4 and 5 only.)
+    await anyio.to_thread.run_sync(
+        functools.partial(play, upstream_submit, f"{upstream_job}:2", AIOKNOT_CHUNK="2")
+    )
+    for child in (0, 2, 3):
+        await anyio.to_thread.run_sync(play, downstream_submit, f"{downstream_job}:{child}")
+    batch: UpstreamChildLost | None = None
+    client = AwsBackend.client
+
+    async def with_lost_child(self: AwsBackend, service: str) -> Any:
+        nonlocal batch
+        real = await client(self, service)
+        if service != "batch":
+            return real
+        if batch is None:
+            batch = UpstreamChildLost(real, f"{upstream_job}:1", f"{downstream_job}:1")
+        return batch
+
+    monkeypatch.setattr(AwsBackend, "client", with_lost_child)
+    async with aws_knot(plus_one, "plus") as b:
+        again = await b.attach(run_b.id)  # a new client: it learns the jobs from Batch
+        gathering = anyio.Event()
+        outcomes: list[Any] = []
+
+        async def gather() -> None:
+            outcomes.extend(await again.gather(return_exceptions=True))
+            gathering.set()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(gather)
+            await wait_until_async(
+                lambda: batch is not None and batch.reruns, timeout=30, what="the rerun"
+            )
+            assert batch is not None
+            ((rerun_job, rerun),) = batch.reruns
+            await anyio.to_thread.run_sync(play, rerun, rerun_job)
+            batch.released = True
+    # The rerun: child 1's inputs, with no dependency, reading upstream's records.
+    variables = {v["name"]: v["value"] for v in rerun["containerOverrides"]["environment"]}
+    assert "dependsOn" not in rerun and "arrayProperties" not in rerun
+    assert (variables["AIOKNOT_SEGMENTS"], variables["AIOKNOT_CHUNK"]) == ("4:4", "4")
+    assert variables["AIOKNOT_UPSTREAM"].endswith(f"knots/squares/runs/{run_a.id}")
+    upstream = f"squares/{run_a.id}"
+    assert outcomes[4] == 17  # its upstream value was stored before the container was lost
+    raised = outcomes[5]
+    assert isinstance(raised, TaskError) and raised.upstream == (upstream, 5)
+    assert raised.remote_type == "ValueError"
+    for index in (6, 7):
+        lost = outcomes[index]
+        assert isinstance(lost, TaskLost) and lost.upstream == (upstream, index)
+        assert f"input {index} of run {upstream}" in str(lost)
+    assert [outcomes[i] for i in range(16) if i not in (4, 5, 6, 7)] == [
+        x * x + 1 for x in range(16) if x not in (4, 5, 6, 7)
+    ]
 
 
 def always_fails(x: int) -> int:

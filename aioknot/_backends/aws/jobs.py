@@ -375,17 +375,20 @@ def submit_request(
     number: int,
     queue: str,
     definition: str,
-    after: tuple[str, str] | None = None,
+    upstream: str | None = None,
+    after: str | None = None,
 ) -> SubmitJobRequestTypeDef:
-    """The SubmitJob request of a run's ``number``-th job; ``after`` is (job id, run prefix)
-    of the upstream job whose results are its inputs (a pipeline): the job has the same
-    shape, and each child depends on its own upstream child (N_TO_N), so it starts as soon as
-    that child succeeds, whether or not a client is watching."""
+    """The SubmitJob request of a run's ``number``-th job.
+
+    A pipeline's job has ``upstream``, the run prefix of the run whose results are its inputs,
+    and, unless it runs again what Batch failed without running, ``after``: the upstream job
+    of the same shape, on whose children its children each depend (N_TO_N), so that each
+    starts as soon as its own upstream child succeeds, whether or not a client is watching."""
     request: SubmitJobRequestTypeDef = {
         "jobName": job_name(spec.knot, spec.run_id, number),
         "jobQueue": queue,
         "jobDefinition": definition,
-        "containerOverrides": {"environment": shape.environment(spec, after[1] if after else None)},
+        "containerOverrides": {"environment": shape.environment(spec, upstream)},
         "tags": {KNOT_TAG: spec.knot, f"{RESERVED_TAG_PREFIX}run": spec.run_id},
     }
     if shape.size:
@@ -393,7 +396,7 @@ def submit_request(
     if after is not None:
         # N_TO_N needs arrays of one size on both sides; a plain job waits for the whole job.
         request["dependsOn"] = [
-            {"jobId": after[0], "type": "N_TO_N"} if shape.size else {"jobId": after[0]}
+            {"jobId": after, "type": "N_TO_N"} if shape.size else {"jobId": after}
         ]
     return request
 

@@ -23,6 +23,7 @@ terminates a job on its own (only `cancel`, the user's intent, does).
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ if TYPE_CHECKING:  # the published stubs (types-aiobotocore): no import at run t
     )
 
 T = TypeVar("T")
+logger = logging.getLogger("aioknot")
 
 DESCRIBE_BATCH = 100  # DescribeJobs takes at most 100 ids
 LIST_PAGE = 1000  # ListJobs with a jobStatus returns at most 1,000 summaries a page
@@ -110,6 +112,7 @@ class BatchTarget(Protocol):
 class _Job:
     job_id: str
     shape: JobShape | None  # None until read back from Batch (a re-attached run)
+    after: str | None = None  # a pipeline's: the upstream job its children each wait for
     status: str = "SUBMITTED"
     summary: dict[str, int] = field(default_factory=dict)
     failed_children: set[int] = field(default_factory=set)  # reported lost
@@ -273,6 +276,7 @@ class AwsRun(BackendRun):
         # (a pipeline whose every upstream input failed has only the records the client wrote).
         attached = job_ids is not None
         self._jobs: list[_Job] = [_Job(job_id, None) for job_id in job_ids or ()]
+        self._upstream: str | None = None  # a pipeline's: the prefix of the run it follows
         self._restored = not attached
         self._batcher = JobBatcher()
         self._last = attached  # a re-attached run takes no more inputs
@@ -406,6 +410,7 @@ class AwsRun(BackendRun):
         assert isinstance(upstream, AwsRun)
         await upstream._restore()  # an upstream run re-attached here learns its jobs' shapes
         async with self._lock:
+            self._upstream = upstream_prefix
             for job in upstream._jobs:
                 if job.shape is None:
                     raise KnotError(
@@ -413,14 +418,14 @@ class AwsRun(BackendRun):
                         "inputs it runs (was it submitted by aioknot?): its results cannot be "
                         "followed on AWS Batch"
                     )
-                await self._submit_shape(job.shape, after=(job.job_id, upstream_prefix))
+                await self._submit_shape(job.shape, after=job.job_id)
             self._last = True
         self._wake.set()
 
     async def _submit_group(self, group: Sequence[Segment]) -> None:
         await self._submit_shape(JobShape.of(group))
 
-    async def _submit_shape(self, shape: JobShape, after: tuple[str, str] | None = None) -> None:
+    async def _submit_shape(self, shape: JobShape, after: str | None = None) -> None:
         queue, definition = await self._target.ensure_ready()
         request = submit_request(
             self._spec,
@@ -428,6 +433,7 @@ class AwsRun(BackendRun):
             number=len(self._jobs),
             queue=queue,
             definition=definition,
+            upstream=self._upstream,
             after=after,
         )
         batch = await self._batch()
@@ -456,7 +462,7 @@ class AwsRun(BackendRun):
             outage=f"Inputs {shape.first} on were not submitted; the jobs submitted before "
             "keep running.",
         )
-        self._jobs.append(_Job(job_id, shape))
+        self._jobs.append(_Job(job_id, shape, after))
         self._wake.set()
 
     async def _flush_when_idle(self) -> None:
@@ -535,8 +541,13 @@ class AwsRun(BackendRun):
             return None
         descriptions = await self._describe([job.job_id for job in self._jobs])
         for job in self._jobs:
-            environment = _container(descriptions.get(job.job_id)).get("environment") or []
+            description = descriptions.get(job.job_id)
+            environment = _container(description).get("environment") or []
             job.shape = JobShape.from_environment(environment)
+            variables = {item.get("name"): item.get("value") for item in environment}
+            self._upstream = variables.get("AIOKNOT_UPSTREAM") or self._upstream
+            depends = (description.get("dependsOn") if description else None) or []
+            job.after = depends[0].get("jobId") if depends else None
         self._restored = True
         return descriptions
 
@@ -569,7 +580,10 @@ class AwsRun(BackendRun):
         if not shape.size:
             job.over = status in TERMINAL
             if job.over:  # a plain job: its own description says it all
-                self._report(shape.first, shape.stop, job.job_id, description, None, status)
+                if status == "FAILED" and await self._unrun(job, [(job.job_id, 0, description)]):
+                    await self._rerun(shape, [0])
+                else:
+                    self._report(shape.first, shape.stop, job.job_id, description, None, status)
             return changed
         failed, succeeded = summary.get("FAILED", 0), summary.get("SUCCEEDED", 0)
         if failed > len(job.failed_children):
@@ -666,19 +680,94 @@ class AwsRun(BackendRun):
                 wanted = [child_id for child_id, _, _ in children][: max(budget, 0)]
                 descriptions = await self._describe(wanted) if wanted else {}
                 job.described[status] = job.described.get(status, 0) + len(wanted)
+                unrun = set()
+                if status == "FAILED":
+                    unrun = await self._unrun(
+                        job,
+                        [
+                            (id_, child, descriptions.get(id_) or summary)
+                            for id_, child, summary in children
+                        ],
+                    )
                 for child_id, child, summary in children:
                     if child in reported:
                         continue  # listed twice within one page
+                    reported.add(child)
+                    if child in unrun:
+                        continue  # run again below: its inputs get their own outcomes
                     inputs = shape.child_inputs(child)
                     description = descriptions.get(child_id)
                     self._report(inputs.start, inputs.stop, child_id, description, summary, status)
-                    reported.add(child)
+                if unrun:
+                    await self._rerun(shape, sorted(unrun))
             token = response.get("nextToken")
             if not token:
                 break
             arguments["nextToken"] = token
         if status == "SUCCEEDED":
             job.next_succeeded_listing = anyio.current_time() + SUCCEEDED_LIST_SECONDS * pages
+
+    # -- a pipeline's children that Batch failed without running them ------------------------
+
+    async def _unrun(
+        self,
+        job: _Job,
+        children: Sequence[tuple[str, int, JobDetailTypeDef | JobSummaryTypeDef | None]],
+    ) -> set[int]:
+        """Which of ``job``'s FAILED ``children`` (id, index, what Batch says of it) Batch
+        failed without starting them because their upstream children failed.
+
+        Batch fails a dependent child whose upstream child failed (a lost container: OOM, Spot,
+        a timeout), but the upstream inputs need not all be lost: those that raised have
+        records that say so, and a child of many inputs (a run past 10,000) may have stored
+        some values before it died. Such children are run again (`_rerun`) rather than lost.
+        """
+        if job.after is None or self._cancelled:
+            return set()
+        never = [
+            (child, f"{job.after}:{child}" if job.shape and job.shape.size else job.after)
+            for _, child, said in children
+            if not said or (not said.get("attempts") and not said.get("startedAt"))
+        ]
+        if not never:
+            return set()
+        upstream = await self._describe([upstream_id for _, upstream_id in never])
+        # An upstream cancelled by its user has nothing to give: its inputs are lost here too,
+        # without a container started for each to say so.
+        failed = {
+            upstream_id
+            for upstream_id, description in upstream.items()
+            if description.get("status") == "FAILED"
+            and description.get("statusReason") != CANCEL_REASON
+        }
+        return {child for child, upstream_id in never if upstream_id in failed}
+
+    async def _rerun(self, shape: JobShape, children: Sequence[int]) -> None:
+        """Submit again, without their dependency, the inputs of ``shape``'s ``children``
+        (sorted), consecutive ones as one job: the worker reads each upstream record, writes
+        the failure of an upstream input that has none or raised, naming it, and runs the
+        function on a value that exists."""
+        groups: list[list[int]] = []
+        for child in children:
+            if groups and child == groups[-1][-1] + 1:
+                groups[-1].append(child)
+            else:
+                groups.append([child])
+        async with self._lock:
+            if self._cancelled:
+                return
+            for group in groups:
+                start = shape.child_inputs(group[0]).start
+                stop = shape.child_inputs(group[-1]).stop
+                logger.info(
+                    "run %s: AWS Batch failed inputs %d..%d without running them, as their "
+                    "upstream failed; they are submitted again without the dependency, so that "
+                    "each gets its own outcome",
+                    self._spec.run_id,
+                    start,
+                    stop - 1,
+                )
+                await self._submit_shape(JobShape(((start, stop - start),), shape.chunk_size))
 
     # -- status, cancel, logs ----------------------------------------------------------------
 
