@@ -354,10 +354,12 @@ def upstream_name(upstream_prefix: str) -> str:
 _MISSING: Any = object()
 
 
-def read_upstream(store: WorkerStorage, upstream: str, start: int, stop: int) -> list[Any]:
+def read_upstream(
+    store: WorkerStorage, upstream: str, start: int, stop: int, lost: str = ""
+) -> list[Any]:
     """Inputs ``start..stop`` of a downstream run: the values of the same inputs of the
     upstream run (its prefix ``upstream``), from its records; an `Unreadable` holding an
-    `UpstreamFailed` for each input without one.
+    `UpstreamFailed` for each input without one (``lost``: why, when the client knows).
 
     One LIST finds the records from ``start`` on (a downstream child covers the same inputs as
     its upstream child, whose records all begin inside them), then one GET per record. Only
@@ -388,7 +390,8 @@ def read_upstream(store: WorkerStorage, upstream: str, start: int, stop: int) ->
     inputs = []
     for index in range(start, stop):
         value = found.get(index, _MISSING)
-        inputs.append(Unreadable(UpstreamFailed(name, index, None)) if value is _MISSING else value)
+        missing = value is _MISSING
+        inputs.append(Unreadable(UpstreamFailed(name, index, None, lost)) if missing else value)
     return inputs
 
 
@@ -1202,6 +1205,7 @@ class Worker:
         progress: Any = None,
         timed: bool = False,
         upstream: str | None = None,
+        upstream_lost: str = "",
     ) -> int:
         """Run inputs ``start..stop`` (global indices, one segment) and record each result.
 
@@ -1214,7 +1218,8 @@ class Worker:
         it wrote anything. Returns the index the chunk stopped at.
 
         With ``upstream`` (a pipeline's upstream run prefix), the inputs are that run's
-        results for the same indices (`read_upstream`), not a segment's.
+        results for the same indices (`read_upstream`), not a segment's; ``upstream_lost``
+        is what Batch said of the upstream container that died, if it did (a rerun's).
 
         ``progress`` (the local backend's mapped progress file, `PROGRESS_*`) does what
         ``on_start`` and ``stop_at`` do, without a Python call per input: the running index
@@ -1279,7 +1284,7 @@ class Worker:
         key = segment_key(run, segment_first)
         try:
             if upstream is not None:
-                arguments = read_upstream(store, upstream, start, stop)
+                arguments = read_upstream(store, upstream, start, stop, upstream_lost)
             else:
                 # Two ranged reads for the whole chunk: the offsets, then the blocks.
                 blocks = read_blocks(
@@ -1411,6 +1416,7 @@ def batch_main(environ: dict[str, str] | os._Environ[str]) -> int:
     segments = parse_segments(environ["AIOKNOT_SEGMENTS"])
     chunk_size = int(environ.get("AIOKNOT_CHUNK", "1"))
     upstream = environ.get("AIOKNOT_UPSTREAM") or None  # a pipeline's: inputs are its results
+    upstream_lost = environ.get("AIOKNOT_UPSTREAM_LOST", "")  # a rerun's: why upstream died
     first = segments[0][0]
     end = segments[-1][0] + segments[-1][1]
     start = first + array_index_from_environment(environ) * chunk_size
@@ -1436,6 +1442,7 @@ def batch_main(environ: dict[str, str] | os._Environ[str]) -> int:
                 environment=environ,
                 on_failed=report_failed,
                 upstream=upstream,
+                upstream_lost=upstream_lost,
             )
     if failures:
         return 1

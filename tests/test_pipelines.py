@@ -351,6 +351,9 @@ async def test_on_batch_inputs_failed_for_a_lost_upstream_child_run_again_and_sa
     assert "dependsOn" not in rerun and "arrayProperties" not in rerun
     assert (variables["AIOKNOT_SEGMENTS"], variables["AIOKNOT_CHUNK"]) == ("4:4", "4")
     assert variables["AIOKNOT_UPSTREAM"].endswith(f"knots/squares/runs/{run_a.id}")
+    # What Batch said of the upstream child, for the inputs it lost.
+    said = f"AWS Batch job {upstream_job}:1 FAILED: Essential container in task exited"
+    assert variables["AIOKNOT_UPSTREAM_LOST"] == said
     upstream = f"squares/{run_a.id}"
     assert outcomes[4] == 17  # its upstream value was stored before the container was lost
     raised = outcomes[5]
@@ -359,7 +362,7 @@ async def test_on_batch_inputs_failed_for_a_lost_upstream_child_run_again_and_sa
     for index in (6, 7):
         lost = outcomes[index]
         assert isinstance(lost, TaskLost) and lost.upstream == (upstream, index)
-        assert f"input {index} of run {upstream}" in str(lost)
+        assert f"input {index} of run {upstream}" in str(lost) and said in str(lost)
     assert [outcomes[i] for i in range(16) if i not in (4, 5, 6, 7)] == [
         x * x + 1 for x in range(16) if x not in (4, 5, 6, 7)
     ]

@@ -330,7 +330,9 @@ class JobShape:
     def child_of(self, index: int) -> int:
         return (index - self.first) // self.chunk_size
 
-    def environment(self, spec: RunSpec, upstream: str | None = None) -> list[KeyValuePairTypeDef]:
+    def environment(
+        self, spec: RunSpec, upstream: str | None = None, upstream_lost: str = ""
+    ) -> list[KeyValuePairTypeDef]:
         variables = {
             **dict(spec.store_environment),
             "AIOKNOT_STORE": spec.store_url,
@@ -342,6 +344,8 @@ class JobShape:
         }
         if upstream is not None:  # a pipeline's: the inputs are that run's results
             variables["AIOKNOT_UPSTREAM"] = upstream
+        if upstream_lost:  # a rerun's: what Batch said of the upstream container that died
+            variables["AIOKNOT_UPSTREAM_LOST"] = upstream_lost
         return [{"name": name, "value": value} for name, value in variables.items()]
 
     @classmethod
@@ -377,18 +381,20 @@ def submit_request(
     definition: str,
     upstream: str | None = None,
     after: str | None = None,
+    upstream_lost: str = "",
 ) -> SubmitJobRequestTypeDef:
     """The SubmitJob request of a run's ``number``-th job.
 
     A pipeline's job has ``upstream``, the run prefix of the run whose results are its inputs,
     and, unless it runs again what Batch failed without running, ``after``: the upstream job
     of the same shape, on whose children its children each depend (N_TO_N), so that each
-    starts as soon as its own upstream child succeeds, whether or not a client is watching."""
+    starts as soon as its own upstream child succeeds, whether or not a client is watching.
+    A rerun's ``upstream_lost`` is why its upstream children failed (Batch's words)."""
     request: SubmitJobRequestTypeDef = {
         "jobName": job_name(spec.knot, spec.run_id, number),
         "jobQueue": queue,
         "jobDefinition": definition,
-        "containerOverrides": {"environment": shape.environment(spec, upstream)},
+        "containerOverrides": {"environment": shape.environment(spec, upstream, upstream_lost)},
         "tags": {KNOT_TAG: spec.knot, f"{RESERVED_TAG_PREFIX}run": spec.run_id},
     }
     if shape.size:

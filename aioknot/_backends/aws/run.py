@@ -88,6 +88,7 @@ RUNNING = ("STARTING", "RUNNING")
 # A child in one of these may have written records (its container ran); before them, none can.
 STARTED = frozenset({"RUNNING", "SUCCEEDED", "FAILED"})
 CANCEL_REASON = "cancelled by aioknot (run.cancel)"
+LOST_REASON_MAX = 1_000  # characters of Batch's reason passed on to a rerun (8 KiB of variables)
 
 
 class BatchTarget(Protocol):
@@ -425,7 +426,9 @@ class AwsRun(BackendRun):
     async def _submit_group(self, group: Sequence[Segment]) -> None:
         await self._submit_shape(JobShape.of(group))
 
-    async def _submit_shape(self, shape: JobShape, after: str | None = None) -> None:
+    async def _submit_shape(
+        self, shape: JobShape, after: str | None = None, upstream_lost: str = ""
+    ) -> None:
         queue, definition = await self._target.ensure_ready()
         request = submit_request(
             self._spec,
@@ -435,6 +438,7 @@ class AwsRun(BackendRun):
             definition=definition,
             upstream=self._upstream,
             after=after,
+            upstream_lost=upstream_lost,
         )
         batch = await self._batch()
         name = str(request["jobName"])
@@ -580,8 +584,10 @@ class AwsRun(BackendRun):
         if not shape.size:
             job.over = status in TERMINAL
             if job.over:  # a plain job: its own description says it all
-                if status == "FAILED" and await self._unrun(job, [(job.job_id, 0, description)]):
-                    await self._rerun(shape, [0])
+                lost = status == "FAILED"
+                unrun = await self._unrun(job, [(job.job_id, 0, description)]) if lost else {}
+                if unrun:
+                    await self._rerun(shape, unrun)
                 else:
                     self._report(shape.first, shape.stop, job.job_id, description, None, status)
             return changed
@@ -680,7 +686,7 @@ class AwsRun(BackendRun):
                 wanted = [child_id for child_id, _, _ in children][: max(budget, 0)]
                 descriptions = await self._describe(wanted) if wanted else {}
                 job.described[status] = job.described.get(status, 0) + len(wanted)
-                unrun = set()
+                unrun: dict[int, str] = {}
                 if status == "FAILED":
                     unrun = await self._unrun(
                         job,
@@ -699,7 +705,7 @@ class AwsRun(BackendRun):
                     description = descriptions.get(child_id)
                     self._report(inputs.start, inputs.stop, child_id, description, summary, status)
                 if unrun:
-                    await self._rerun(shape, sorted(unrun))
+                    await self._rerun(shape, unrun)
             token = response.get("nextToken")
             if not token:
                 break
@@ -713,9 +719,10 @@ class AwsRun(BackendRun):
         self,
         job: _Job,
         children: Sequence[tuple[str, int, JobDetailTypeDef | JobSummaryTypeDef | None]],
-    ) -> set[int]:
+    ) -> dict[int, str]:
         """Which of ``job``'s FAILED ``children`` (id, index, what Batch says of it) Batch
-        failed without starting them because their upstream children failed.
+        failed without starting them because their upstream children failed, each with what
+        Batch says of its upstream child's failure.
 
         Batch fails a dependent child whose upstream child failed (a lost container: OOM, Spot,
         a timeout), but the upstream inputs need not all be lost: those that raised have
@@ -723,40 +730,42 @@ class AwsRun(BackendRun):
         some values before it died. Such children are run again (`_rerun`) rather than lost.
         """
         if job.after is None or self._cancelled:
-            return set()
+            return {}
         never = [
             (child, f"{job.after}:{child}" if job.shape and job.shape.size else job.after)
             for _, child, said in children
             if not said or (not said.get("attempts") and not said.get("startedAt"))
         ]
         if not never:
-            return set()
+            return {}
         upstream = await self._describe([upstream_id for _, upstream_id in never])
         # An upstream cancelled by its user has nothing to give: its inputs are lost here too,
         # without a container started for each to say so.
         failed = {
-            upstream_id
+            upstream_id: failure_reason(description)
             for upstream_id, description in upstream.items()
             if description.get("status") == "FAILED"
             and description.get("statusReason") != CANCEL_REASON
         }
-        return {child for child, upstream_id in never if upstream_id in failed}
+        return {child: failed[upstream_id] for child, upstream_id in never if upstream_id in failed}
 
-    async def _rerun(self, shape: JobShape, children: Sequence[int]) -> None:
+    async def _rerun(self, shape: JobShape, children: Mapping[int, str]) -> None:
         """Submit again, without their dependency, the inputs of ``shape``'s ``children``
-        (sorted), consecutive ones as one job: the worker reads each upstream record, writes
-        the failure of an upstream input that has none or raised, naming it, and runs the
-        function on a value that exists."""
-        groups: list[list[int]] = []
-        for child in children:
-            if groups and child == groups[-1][-1] + 1:
-                groups[-1].append(child)
+        (each with why its upstream child failed), consecutive ones as one job: the worker
+        reads each upstream record, writes the failure of an upstream input that raised or
+        has no record (lost: for that reason), naming it, and runs the function on a value
+        that exists."""
+        groups: list[tuple[list[int], str]] = []
+        for child in sorted(children):
+            reason = children[child]
+            if groups and child == groups[-1][0][-1] + 1 and reason == groups[-1][1]:
+                groups[-1][0].append(child)
             else:
-                groups.append([child])
+                groups.append(([child], reason))
         async with self._lock:
             if self._cancelled:
                 return
-            for group in groups:
+            for group, reason in groups:
                 start = shape.child_inputs(group[0]).start
                 stop = shape.child_inputs(group[-1]).stop
                 logger.info(
@@ -767,7 +776,8 @@ class AwsRun(BackendRun):
                     start,
                     stop - 1,
                 )
-                await self._submit_shape(JobShape(((start, stop - start),), shape.chunk_size))
+                rerun = JobShape(((start, stop - start),), shape.chunk_size)
+                await self._submit_shape(rerun, upstream_lost=reason[:LOST_REASON_MAX])
 
     # -- status, cancel, logs ----------------------------------------------------------------
 
