@@ -35,6 +35,7 @@ from collections.abc import (
     Sized,
 )
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 import anyio
@@ -161,6 +162,14 @@ def _close_dropped_loops() -> None:
             logger.debug("closing a knot at exit failed", exc_info=True)
 
 
+@dataclass
+class _Read:
+    """The read of `_iterate` under way on the loop, if any: cancelled by its close."""
+
+    scope: anyio.CancelScope | None = None
+    over: anyio.Event | None = None
+
+
 def _iterate(
     portal: BlockingPortal,
     results: AsyncIterator[T],
@@ -169,12 +178,30 @@ def _iterate(
 ) -> Iterator[T]:
     """``results``, an async iterator on the knot's loop, as a blocking iterator: each item
     is awaited on the loop; breaking out, Ctrl-C or the end closes it there."""
+    reading = _Read()
 
     async def next_result() -> tuple[bool, Any]:
+        reading.over = anyio.Event()
         try:
-            return True, await results.__anext__()
-        except StopAsyncIteration:
-            return False, None
+            with anyio.CancelScope() as reading.scope:
+                try:
+                    return True, await results.__anext__()
+                except StopAsyncIteration:
+                    return False, None
+            return False, None  # cancelled by close()
+        finally:
+            reading.over.set()
+
+    async def close() -> None:
+        # Ctrl-C comes while a read still waits on the loop: it is cancelled, and has ended,
+        # before the iterator is closed (closing a generator that runs is refused, which left
+        # imap's run running).
+        if reading.scope is not None and reading.over is not None:
+            reading.scope.cancel()
+            await reading.over.wait()
+        aclose = getattr(results, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
     try:
         while True:
@@ -188,8 +215,7 @@ def _iterate(
         if bar is not None:
             bar.close()
         # Breaking out, Ctrl-C, or the end: closed (imap's run is cancelled; a no-op once over).
-        close = getattr(results, "aclose", None)
-        if close is not None and not loop.closing:
+        if not loop.closing:
             with contextlib.suppress(Exception):
                 portal.call(close)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import pytest
@@ -61,6 +62,28 @@ def test_breaking_out_of_imap_cancels_its_run(aioknot_home: str) -> None:
         # The 30 s inputs were cancelled, not waited for: the knot is free at once.
         assert knot.map([0.0], kwargs=None).result(timeout=30) == [0.0]
         assert time.monotonic() - started < 25
+
+
+def test_ctrl_c_while_imap_waits_cancels_its_run(aioknot_home: str) -> None:
+    # A real SIGINT's KeyboardInterrupt, raised in the main thread while imap blocks on a
+    # result (the timer's signal stands in for the user's key).
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        with Knot(nap, workers=2) as knot:
+            started = time.monotonic()
+            signal.setitimer(signal.ITIMER_REAL, 1.0)
+            with pytest.raises(KeyboardInterrupt):
+                for _ in knot.imap([30.0] * 2):
+                    pass
+            # The 30 s inputs were cancelled, not left running: the knot is free at once.
+            assert knot.map([0.0]).result(timeout=30) == [0.0]
+            assert time.monotonic() - started < 25
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def test_imap_raises_a_failure_unless_return_exceptions(aioknot_home: str) -> None:
