@@ -176,8 +176,8 @@ class StretchPacker:
     results, as they complete) into segments, blocks sized as the inputs so far say.
 
     The values go as they are, even to a starmap: an upstream value that is not a tuple of
-    arguments fails its own input in the worker (``function(*value)``'s TypeError), as it does
-    where Batch workers read the upstream records themselves, and not the whole submission.
+    arguments fails its own input in the worker (`aioknot._worker.spread_arguments`), as it
+    does where Batch workers read the upstream records themselves, not the whole submission.
     """
 
     def __init__(self) -> None:

@@ -417,6 +417,25 @@ def _take_record(
             found.setdefault(index, Unreadable(UpstreamFailed(name, index, info)))
 
 
+def spread_arguments(value: Any, index: int) -> tuple[Any, ...]:
+    """A starmap pipeline's upstream value as the function's positional arguments (the
+    client made every other starmap input a tuple before sending it): a dict or a string,
+    which would spread as its keys or characters, is refused, as is what cannot spread."""
+    kind = type(value).__name__
+    what = f"input {index} is an upstream value of type {kind}, not a tuple of arguments"
+    if isinstance(value, (Mapping, str, bytes)):
+        raise TypeError(
+            f"{what} (it would spread as its keys or characters): with "
+            "starmap=True, return a tuple of the arguments upstream"
+        )
+    try:
+        return tuple(value)
+    except TypeError:
+        raise TypeError(
+            f"{what}: with starmap=True, return a tuple of the arguments upstream"
+        ) from None
+
+
 def decode_record(data: bytes) -> tuple[bool, Any]:
     """Return ``(True, value)`` or ``(False, (info dict, exception or None))``."""
     if data[:4] != RECORD_MAGIC:
@@ -1342,6 +1361,8 @@ class Worker:
                 try:
                     if type(argument) is Unreadable:
                         raise argument.error
+                    if starmap and type(argument) is not tuple:  # a pipeline's upstream value
+                        argument = spread_arguments(argument, index)
                     if measure is not None:
                         result = measure.call(function, argument, starmap, index)
                         if type(result) is Failed:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.to_thread
 import pytest
-from helpers.aws import IMAGE, Calls
+from helpers.aws import IMAGE, Calls, MotoClients
 from helpers.waiting import wait_until_async
 from infra.moto import MotoServer
 
@@ -25,6 +26,7 @@ import aioknot
 from aioknot import AsyncKnot, ConfigurationError, TaskError, TaskLost
 from aioknot._backends.aws import jobs as aws_jobs
 from aioknot._backends.aws.backend import AwsBackend
+from aioknot._backends.aws.jobs import LOG_GROUP
 from aioknot._worker import batch_main
 
 pytestmark = pytest.mark.usefixtures("aioknot_home")
@@ -138,8 +140,8 @@ async def test_an_amap_feeds_the_next_knot_by_index() -> None:
         await started.aclose()
 
 
-def pair_unless_three(x: int) -> Any:
-    return x if x == 3 else (x, 10 * x)
+def pair_unless_three_or_four(x: int) -> Any:
+    return {3: x, 4: {"a": x, "b": x}}.get(x, (x, 10 * x))
 
 
 def add(a: int, b: int) -> int:
@@ -148,17 +150,20 @@ def add(a: int, b: int) -> int:
 
 async def test_a_starmap_value_that_is_not_arguments_fails_that_input_alone() -> None:
     async with (
-        AsyncKnot(pair_unless_three, name="pairs", backend="local") as a,
+        AsyncKnot(pair_unless_three_or_four, name="pairs", backend="local") as a,
         AsyncKnot(add, name="sums", backend="local") as b,
     ):
         run_b = await b.map(await a.map(range(6)), starmap=True)
         outcomes = await run_b.gather(return_exceptions=True)
     # As where Batch workers read upstream records themselves: input 3's value (an int)
-    # cannot be spread into arguments, and only input 3 says so.
-    failure = outcomes[3]
-    assert isinstance(failure, TaskError) and failure.remote_type == "TypeError"
-    assert "not int" in failure.remote_message and failure.upstream is None
-    assert [outcomes[i] for i in (0, 1, 2, 4, 5)] == [11 * x for x in (0, 1, 2, 4, 5)]
+    # cannot be spread into arguments, and input 4's (a dict) would spread as its keys: only
+    # those inputs say so.
+    for index, kind in ((3, "int"), (4, "dict")):
+        failure = outcomes[index]
+        assert isinstance(failure, TaskError) and failure.remote_type == "TypeError"
+        assert f"input {index} is an upstream value of type {kind}" in failure.remote_message
+        assert failure.upstream is None
+    assert [outcomes[i] for i in (0, 1, 2, 5)] == [11 * x for x in (0, 1, 2, 5)]
 
 
 def aioknot_aclosing(iterator: Any) -> Any:
@@ -246,8 +251,10 @@ class UpstreamChildLost:
         response = await self._client.describe_jobs(jobs=jobs)
         held = {job_id for job_id, _ in self.reruns} if not self.released else set()
         for job in response["jobs"]:
-            if job["jobId"] == self.upstream_child:
+            if job["jobId"] == self.upstream_child:  # it ran, and its container was killed
                 job.update(status="FAILED", statusReason="Essential container in task exited")
+                job["container"]["reason"] = "OutOfMemoryError: Container killed"
+                job["attempts"] = [{"container": {"exitCode": 137}}]
             elif job["jobId"] == self.downstream_child:
                 job.update(status="FAILED", statusReason="Dependent Job failed", attempts=[])
                 job.pop("startedAt", None)
@@ -293,7 +300,7 @@ def play(submit: dict[str, Any], job_id: str, **overrides: str) -> None:
 
 @pytest.mark.usefixtures("fast_polls")
 async def test_on_batch_inputs_failed_for_a_lost_upstream_child_run_again_and_say_so(
-    simple_batch: MotoServer, calls: Calls, monkeypatch: pytest.MonkeyPatch
+    simple_batch: MotoServer, calls: Calls, boto: MotoClients, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Four inputs a child (as past 40,000 inputs at Batch's 10,000 children): a child that
     # Batch fails without running holds inputs whose upstream values may still exist.
@@ -344,15 +351,39 @@ async def test_on_batch_inputs_failed_for_a_lost_upstream_child_run_again_and_sa
             )
             assert batch is not None
             ((rerun_job, rerun),) = batch.reruns
+            # Another client re-attaching meanwhile (the manifest does not list the rerun
+            # yet) finds the rerun by its name, and submits none of its own.
+            async with aws_knot(plus_one, "plus") as other:
+                late = await other.attach(run_b.id)
+                await late.status()  # Batch's word on its jobs read
+                assert rerun_job in late.backend_run.job_ids
+                await wait_until_async(
+                    lambda: late.backend_run._jobs[0].failed_children == {1},
+                    timeout=30,
+                    what="the late client's look at the failed child",
+                )
+            assert len(batch.reruns) == 1
             await anyio.to_thread.run_sync(play, rerun, rerun_job)
             batch.released = True
+        # An input's log is its rerun's (the child Batch failed unrun has none); moto's jobs
+        # write nothing to CloudWatch, so the line is put by hand.
+        description = boto("batch").describe_jobs(jobs=[rerun_job])["jobs"][0]
+        stream = description["container"]["logStreamName"]
+        boto("logs").create_log_group(logGroupName=LOG_GROUP)
+        boto("logs").create_log_stream(logGroupName=LOG_GROUP, logStreamName=stream)
+        event = {"timestamp": int(time.time() * 1000), "message": "rerun ran 4"}
+        boto("logs").put_log_events(logGroupName=LOG_GROUP, logStreamName=stream, logEvents=[event])
+        assert await again.logs(4) == ["rerun ran 4"]
     # The rerun: child 1's inputs, with no dependency, reading upstream's records.
     variables = {v["name"]: v["value"] for v in rerun["containerOverrides"]["environment"]}
     assert "dependsOn" not in rerun and "arrayProperties" not in rerun
     assert (variables["AIOKNOT_SEGMENTS"], variables["AIOKNOT_CHUNK"]) == ("4:4", "4")
     assert variables["AIOKNOT_UPSTREAM"].endswith(f"knots/squares/runs/{run_a.id}")
     # What Batch said of the upstream child, for the inputs it lost.
-    said = f"AWS Batch job {upstream_job}:1 FAILED: Essential container in task exited"
+    said = (
+        "its AWS Batch job failed: Essential container in task exited; "
+        "OutOfMemoryError: Container killed"
+    )
     assert variables["AIOKNOT_UPSTREAM_LOST"] == said
     upstream = f"squares/{run_a.id}"
     assert outcomes[4] == 17  # its upstream value was stored before the container was lost

@@ -38,7 +38,7 @@ from ..._exceptions import KnotError, WatchTimeout
 from ..._retry import backoff_delays, is_throttling, is_transient, retry_transient
 from ..._tasks import task_group
 from ..base import BackendRun, LogTail, RunSpec, Segment, TaskListener
-from .jobs import LOG_GROUP, JobBatcher, JobShape, submit_request
+from .jobs import LOG_GROUP, JobBatcher, JobShape, job_name, submit_request
 
 if TYPE_CHECKING:  # the published stubs (types-aiobotocore): no import at run time
     from types_aiobotocore_batch.client import BatchClient
@@ -114,6 +114,7 @@ class _Job:
     job_id: str
     shape: JobShape | None  # None until read back from Batch (a re-attached run)
     after: str | None = None  # a pipeline's: the upstream job its children each wait for
+    rerun: set[int] = field(default_factory=set)  # children whose inputs a later job runs
     status: str = "SUBMITTED"
     summary: dict[str, int] = field(default_factory=dict)
     failed_children: set[int] = field(default_factory=set)  # reported lost
@@ -164,6 +165,19 @@ def failure_reason(
     ``summary`` is the job's ListJobs summary, which carries the same fields when the
     description lacks them (or was not fetched).
     """
+    job = (
+        (description.get("jobId") if description else None)
+        or (summary.get("jobId") if summary else None)
+        or "?"
+    )
+    return f"AWS Batch job {job} FAILED: {batch_words(description, summary)}"
+
+
+def batch_words(
+    description: JobDetailTypeDef | None, summary: JobSummaryTypeDef | None = None
+) -> str:
+    """The job's status reason and its container's, e.g. ``Essential container in task
+    exited; OutOfMemoryError: Container killed due to memory usage``."""
     parts = [
         (description.get("statusReason") if description else None)
         or (summary.get("statusReason") if summary else None),
@@ -171,13 +185,7 @@ def failure_reason(
         or _last_attempt_container(description).get("reason")
         or _listed_container(summary).get("reason"),
     ]
-    reason = "; ".join(str(part) for part in parts if part)
-    job = (
-        (description.get("jobId") if description else None)
-        or (summary.get("jobId") if summary else None)
-        or "?"
-    )
-    return f"AWS Batch job {job} FAILED: {reason or 'Batch gave no reason'}"
+    return "; ".join(str(part) for part in parts if part) or "Batch gave no reason"
 
 
 def log_stream(description: JobDetailTypeDef | None) -> str | None:
@@ -228,6 +236,18 @@ def attempt_count(description: JobDetailTypeDef | None) -> int | None:
     """How many attempts Batch made (0: it never started); None when not described."""
     attempts = description.get("attempts") if description else None
     return len(attempts) if isinstance(attempts, list) else None
+
+
+def _counted(job: _Job) -> tuple[JobShape | None, str, Mapping[str, int]]:
+    """What `status_counts` takes of ``job``: without the children whose inputs a rerun runs
+    (counted there), so that no input counts twice."""
+    if not job.rerun:
+        return job.shape, job.status, job.summary
+    if job.shape is None or not job.shape.size:
+        return None, job.status, job.summary  # a plain job run again whole
+    summary = dict(job.summary)
+    summary["FAILED"] = max(0, summary.get("FAILED", 0) - len(job.rerun))
+    return job.shape, job.status, summary
 
 
 def status_counts(jobs: Iterable[tuple[JobShape | None, str, Mapping[str, int]]]) -> dict[str, int]:
@@ -283,6 +303,7 @@ class AwsRun(BackendRun):
         self._last = attached  # a re-attached run takes no more inputs
         self._cancelled = False
         self._lock = anyio.Lock()
+        self._restoring = anyio.Lock()
         self._wake = anyio.Event()
         self._error: BaseException | None = None
         self._activity = 0.0  # when submit() last ran
@@ -413,6 +434,10 @@ class AwsRun(BackendRun):
         async with self._lock:
             self._upstream = upstream_prefix
             for job in upstream._jobs:
+                if upstream._upstream is not None and job.after is None:
+                    # A rerun of a pipeline upstream's own: its inputs are those of a child
+                    # mirrored already (a chain's later stage does not run them twice).
+                    continue
                 if job.shape is None:
                     raise KnotError(
                         f"job {job.job_id} of run {upstream._spec.run_id} does not say which "
@@ -539,12 +564,21 @@ class AwsRun(BackendRun):
         """A re-attached run learns each job's inputs from the job's own overrides.
 
         Returns the descriptions it read (every job's, all still active), so that the first
-        poll, status or cancel that follows need not read them again; None once restored.
+        poll, status or cancel that follows need not read them again; None once restored
+        (or restored meanwhile: the watch and a status() may ask at once, and the jobs are
+        learnt once).
         """
         if self._restored:
             return None
-        descriptions = await self._describe([job.job_id for job in self._jobs])
-        for job in self._jobs:
+        async with self._restoring:
+            if self._restored:
+                return None
+            return await self._learn_jobs()
+
+    async def _learn_jobs(self) -> dict[str, JobDetailTypeDef]:
+        jobs = list(self._jobs)
+        descriptions = await self._describe([job.job_id for job in jobs])
+        for job in jobs:
             description = descriptions.get(job.job_id)
             environment = _container(description).get("environment") or []
             job.shape = JobShape.from_environment(environment)
@@ -552,7 +586,48 @@ class AwsRun(BackendRun):
             self._upstream = variables.get("AIOKNOT_UPSTREAM") or self._upstream
             depends = (description.get("dependsOn") if description else None) or []
             job.after = depends[0].get("jobId") if depends else None
+        if self._upstream is not None and descriptions:
+            descriptions.update(await self._find_reruns(descriptions))
         self._restored = True
+        return descriptions
+
+    async def _find_reruns(
+        self, described: Mapping[str, JobDetailTypeDef]
+    ) -> dict[str, JobDetailTypeDef]:
+        """A re-attached pipeline run's reruns (`_rerun`) that its manifest does not list yet
+        (written when the run ends), found by the run's job names: so that none is submitted
+        twice, and its children's logs are found."""
+        queue = next((str(d["jobQueue"]) for d in described.values() if d.get("jobQueue")), None)
+        if queue is None:
+            return {}
+        batch = await self._batch()
+        prefix = job_name(self._spec.knot, self._spec.run_id, 0)[:-1]
+        arguments: ListJobsRequestTypeDef = {
+            "jobQueue": queue,
+            "filters": [{"name": "JOB_NAME", "values": [f"{prefix}*"]}],
+        }
+        known = {job.job_id for job in self._jobs}
+        found: list[str] = []
+        while True:
+            response = await self._call(
+                f"listing the jobs of run {self._spec.run_id}",
+                functools.partial(batch.list_jobs, **arguments),
+            )
+            for summary in response.get("jobSummaryList", []):
+                job_id = str(summary["jobId"])
+                if job_id not in known and ":" not in job_id:
+                    known.add(job_id)
+                    found.append(job_id)
+            token = response.get("nextToken")
+            if not token:
+                break
+            arguments["nextToken"] = token
+        descriptions = await self._describe(found) if found else {}
+        for job_id in found:
+            environment = _container(descriptions.get(job_id)).get("environment") or []
+            shape = JobShape.from_environment(environment)
+            if shape is not None:
+                self._jobs.append(_Job(job_id, shape))
         return descriptions
 
     async def _poll(
@@ -587,8 +662,8 @@ class AwsRun(BackendRun):
                 lost = status == "FAILED"
                 unrun = await self._unrun(job, [(job.job_id, 0, description)]) if lost else {}
                 if unrun:
-                    await self._rerun(shape, unrun)
-                else:
+                    await self._rerun(job, shape, unrun)
+                if 0 not in job.rerun:  # else a rerun runs its inputs: their own outcomes
                     self._report(shape.first, shape.stop, job.job_id, description, None, status)
             return changed
         failed, succeeded = summary.get("FAILED", 0), summary.get("SUCCEEDED", 0)
@@ -686,26 +761,20 @@ class AwsRun(BackendRun):
                 wanted = [child_id for child_id, _, _ in children][: max(budget, 0)]
                 descriptions = await self._describe(wanted) if wanted else {}
                 job.described[status] = job.described.get(status, 0) + len(wanted)
-                unrun: dict[int, str] = {}
                 if status == "FAILED":
-                    unrun = await self._unrun(
-                        job,
-                        [
-                            (id_, child, descriptions.get(id_) or summary)
-                            for id_, child, summary in children
-                        ],
-                    )
+                    said = [(id_, child, descriptions.get(id_) or s) for id_, child, s in children]
+                    unrun = await self._unrun(job, said)
+                    if unrun:
+                        await self._rerun(job, shape, unrun)
                 for child_id, child, summary in children:
                     if child in reported:
                         continue  # listed twice within one page
                     reported.add(child)
-                    if child in unrun:
-                        continue  # run again below: its inputs get their own outcomes
+                    if child in job.rerun:
+                        continue  # a rerun runs its inputs: they get their own outcomes
                     inputs = shape.child_inputs(child)
                     description = descriptions.get(child_id)
                     self._report(inputs.start, inputs.stop, child_id, description, summary, status)
-                if unrun:
-                    await self._rerun(shape, unrun)
             token = response.get("nextToken")
             if not token:
                 break
@@ -728,28 +797,50 @@ class AwsRun(BackendRun):
         a timeout), but the upstream inputs need not all be lost: those that raised have
         records that say so, and a child of many inputs (a run past 10,000) may have stored
         some values before it died. Such children are run again (`_rerun`) rather than lost.
+        Those a rerun already covers (one a re-attached run found) join ``job.rerun`` here.
         """
-        if job.after is None or self._cancelled:
+        if job.after is None or job.shape is None or self._cancelled:
             return {}
+        shape = job.shape
         never = [
-            (child, f"{job.after}:{child}" if job.shape and job.shape.size else job.after)
+            (child, f"{job.after}:{child}" if shape.size else job.after)
             for _, child, said in children
-            if not said or (not said.get("attempts") and not said.get("startedAt"))
+            if not said
+            or (
+                not said.get("attempts")
+                and not said.get("startedAt")
+                # Cancelled (by this run's user, maybe from another process): not run again.
+                and said.get("statusReason") != CANCEL_REASON
+            )
         ]
+        # A re-attached run's rerun submitted earlier (found by `_find_reruns`) runs them.
+        covered = {c for c, _ in never if self._rerun_covers(shape.child_inputs(c).start)}
+        job.rerun.update(covered)
+        never = [(child, upstream_id) for child, upstream_id in never if child not in covered]
         if not never:
             return {}
         upstream = await self._describe([upstream_id for _, upstream_id in never])
-        # An upstream cancelled by its user has nothing to give: its inputs are lost here too,
-        # without a container started for each to say so.
+        # Only an upstream child whose container ran and died has final records to read. One
+        # that never ran either (a chain's middle stage, which its own client runs again) or
+        # that its user cancelled has nothing to give: those inputs are lost here too.
         failed = {
-            upstream_id: failure_reason(description)
+            upstream_id: f"its AWS Batch job failed: {batch_words(description)}"
             for upstream_id, description in upstream.items()
             if description.get("status") == "FAILED"
             and description.get("statusReason") != CANCEL_REASON
+            and (description.get("attempts") or description.get("startedAt"))
         }
         return {child: failed[upstream_id] for child, upstream_id in never if upstream_id in failed}
 
-    async def _rerun(self, shape: JobShape, children: Mapping[int, str]) -> None:
+    def _rerun_covers(self, index: int) -> bool:
+        return any(
+            job.after is None
+            and job.shape is not None
+            and job.shape.first <= index < job.shape.stop
+            for job in self._jobs
+        )
+
+    async def _rerun(self, job: _Job, shape: JobShape, children: Mapping[int, str]) -> None:
         """Submit again, without their dependency, the inputs of ``shape``'s ``children``
         (each with why its upstream child failed), consecutive ones as one job: the worker
         reads each upstream record, writes the failure of an upstream input that raised or
@@ -765,6 +856,7 @@ class AwsRun(BackendRun):
         async with self._lock:
             if self._cancelled:
                 return
+            job.rerun.update(children)
             for group, reason in groups:
                 start = shape.child_inputs(group[0]).start
                 stop = shape.child_inputs(group[-1]).stop
@@ -791,7 +883,7 @@ class AwsRun(BackendRun):
                 job.status = str(description.get("status", job.status))
                 array: ArrayPropertiesDetailTypeDef = description.get("arrayProperties") or {}
                 job.summary = dict(array.get("statusSummary") or {})
-        return status_counts((job.shape, job.status, job.summary) for job in self._jobs)
+        return status_counts(_counted(job) for job in self._jobs)
 
     async def cancel(self) -> None:
         """CancelJob what is still queued, TerminateJob what runs (an array: both, as needed).
@@ -850,10 +942,10 @@ class AwsRun(BackendRun):
         """The id of the job (the array child) that runs input ``index``; None if no job
         holding it was submitted (yet)."""
         await self._restore()
-        job = next(
+        job = next(  # the latest: a rerun runs inputs a child Batch failed unrun held
             (
                 j
-                for j in self._jobs
+                for j in reversed(self._jobs)
                 if j.shape is not None and j.shape.first <= index < j.shape.stop
             ),
             None,
@@ -940,8 +1032,8 @@ class CloudWatchTail(LogTail):
 
     async def read(self, *, final: bool = False) -> list[str]:
         run = self._run
-        if self._child is None:
-            self._child = await run._child_of(self._index)
+        if self._child is None or self._quiet:  # a quiet child may have been run again
+            self._child = await run._child_of(self._index) or self._child
             if self._child is None:
                 # Its job is not submitted yet (segments go in together), or never will be: a
                 # pipeline's input whose upstream input failed runs nowhere. No lines, either
