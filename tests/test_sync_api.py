@@ -65,8 +65,8 @@ def test_breaking_out_of_imap_cancels_its_run(aioknot_home: str) -> None:
 
 
 def test_ctrl_c_while_imap_waits_cancels_its_run(aioknot_home: str) -> None:
-    # A real SIGINT's KeyboardInterrupt, raised in the main thread while imap blocks on a
-    # result (the timer's signal stands in for the user's key).
+    # A KeyboardInterrupt raised by a signal handler in the main thread, as SIGINT's is,
+    # while imap blocks on a result (a timer's SIGALRM stands in for the user's key).
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
