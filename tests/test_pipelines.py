@@ -231,11 +231,12 @@ class UpstreamChildLost:
     dependency on a pipeline run (the rerun) is held RUNNABLE until ``released``, so that the
     test plays its child first. Everything else is moto's own answer."""
 
-    def __init__(self, client: Any, upstream_child: str, downstream_child: str) -> None:
-        self._client = client
+    def __init__(self, upstream_child: str, downstream_child: str) -> None:
+        self._client: Any = None  # the first Batch client a knot opens (`lose_a_child`)
         self.upstream_child, self.downstream_child = upstream_child, downstream_child
-        self.downstream_job, _, index = downstream_child.rpartition(":")
-        self.index = int(index)
+        # A plain job (one input) is its own "child": no array parent to summarize.
+        parent, colon, index = downstream_child.rpartition(":")
+        self.downstream_job, self.index = (parent, int(index)) if colon else ("", 0)
         self.reruns: list[tuple[str, dict[str, Any]]] = []
         self.released = False
 
@@ -258,7 +259,7 @@ class UpstreamChildLost:
             elif job["jobId"] == self.downstream_child:
                 job.update(status="FAILED", statusReason="Dependent Job failed", attempts=[])
                 job.pop("startedAt", None)
-            elif job["jobId"] == self.downstream_job:
+            elif self.downstream_job and job["jobId"] == self.downstream_job:
                 size = job["arrayProperties"]["size"]
                 job["status"] = "FAILED"
                 job["arrayProperties"]["statusSummary"] = {"SUCCEEDED": size - 1, "FAILED": 1}
@@ -268,7 +269,7 @@ class UpstreamChildLost:
 
     async def list_jobs(self, **arguments: Any) -> Any:
         response = await self._client.list_jobs(**arguments)
-        if arguments.get("arrayJobId") == self.downstream_job:
+        if self.downstream_job and arguments.get("arrayJobId") == self.downstream_job:
             listed = [
                 summary
                 for summary in response["jobSummaryList"]
@@ -285,6 +286,25 @@ class UpstreamChildLost:
                 ]
             response["jobSummaryList"] = listed
         return response
+
+
+def lose_a_child(
+    monkeypatch: pytest.MonkeyPatch, upstream_child: str, downstream_child: str
+) -> UpstreamChildLost:
+    """From now on, the knots' Batch clients answer as `UpstreamChildLost` does."""
+    batch = UpstreamChildLost(upstream_child, downstream_child)
+    client = AwsBackend.client
+
+    async def with_lost_child(self: AwsBackend, service: str) -> Any:
+        real = await client(self, service)
+        if service != "batch":
+            return real
+        if batch._client is None:
+            batch._client = real
+        return batch
+
+    monkeypatch.setattr(AwsBackend, "client", with_lost_child)
+    return batch
 
 
 def play(submit: dict[str, Any], job_id: str, **overrides: str) -> None:
@@ -322,46 +342,28 @@ async def test_on_batch_inputs_failed_for_a_lost_upstream_child_run_again_and_sa
     )
     for child in (0, 2, 3):
         await anyio.to_thread.run_sync(play, downstream_submit, f"{downstream_job}:{child}")
-    batch: UpstreamChildLost | None = None
-    client = AwsBackend.client
-
-    async def with_lost_child(self: AwsBackend, service: str) -> Any:
-        nonlocal batch
-        real = await client(self, service)
-        if service != "batch":
-            return real
-        if batch is None:
-            batch = UpstreamChildLost(real, f"{upstream_job}:1", f"{downstream_job}:1")
-        return batch
-
-    monkeypatch.setattr(AwsBackend, "client", with_lost_child)
+    batch = lose_a_child(monkeypatch, f"{upstream_job}:1", f"{downstream_job}:1")
     async with aws_knot(plus_one, "plus") as b:
         again = await b.attach(run_b.id)  # a new client: it learns the jobs from Batch
-        gathering = anyio.Event()
         outcomes: list[Any] = []
 
         async def gather() -> None:
             outcomes.extend(await again.gather(return_exceptions=True))
-            gathering.set()
 
         async with anyio.create_task_group() as group:
             group.start_soon(gather)
-            await wait_until_async(
-                lambda: batch is not None and batch.reruns, timeout=30, what="the rerun"
-            )
-            assert batch is not None
+            await wait_until_async(lambda: batch.reruns, timeout=30, what="the rerun")
             ((rerun_job, rerun),) = batch.reruns
             # Another client re-attaching meanwhile (the manifest does not list the rerun
             # yet) finds the rerun by its name, and submits none of its own.
             async with aws_knot(plus_one, "plus") as other:
                 late = await other.attach(run_b.id)
-                await late.status()  # Batch's word on its jobs read
-                assert rerun_job in late.backend_run.job_ids
                 await wait_until_async(
                     lambda: late.backend_run._jobs[0].failed_children == {1},
                     timeout=30,
                     what="the late client's look at the failed child",
                 )
+                assert rerun_job in late.backend_run.job_ids
             assert len(batch.reruns) == 1
             await anyio.to_thread.run_sync(play, rerun, rerun_job)
             batch.released = True
@@ -397,6 +399,33 @@ async def test_on_batch_inputs_failed_for_a_lost_upstream_child_run_again_and_sa
     assert [outcomes[i] for i in range(16) if i not in (4, 5, 6, 7)] == [
         x * x + 1 for x in range(16) if x not in (4, 5, 6, 7)
     ]
+
+
+@pytest.mark.usefixtures("fast_polls")
+async def test_on_batch_a_one_input_job_failed_unrun_runs_again_and_names_its_upstream(
+    simple_batch: MotoServer, calls: Calls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One input: plain jobs on both sides, the downstream one waiting for the whole upstream
+    # job. The upstream container was lost before it stored anything.
+    async with aws_knot(square_unless_five, "squares") as a, aws_knot(plus_one, "plus") as b:
+        run_a = await a.map([3])
+        run_b = await b.map(run_a)
+        (upstream_job,) = run_a.backend_run.job_ids
+        (downstream_job,) = run_b.backend_run.job_ids
+    assert calls.submits[1]["dependsOn"] == [{"jobId": upstream_job}]
+    batch = lose_a_child(monkeypatch, upstream_job, downstream_job)
+    async with aws_knot(plus_one, "plus") as b:
+        again = await b.attach(run_b.id)
+        async with anyio.create_task_group() as group:
+            group.start_soon(functools.partial(again.gather, return_exceptions=True))
+            await wait_until_async(lambda: batch.reruns, timeout=30, what="the rerun")
+            ((rerun_job, rerun),) = batch.reruns
+            await anyio.to_thread.run_sync(play, rerun, rerun_job)
+            batch.released = True
+        (lost,) = await again.gather(return_exceptions=True)
+    assert "dependsOn" not in rerun
+    assert isinstance(lost, TaskLost) and lost.upstream == (f"squares/{run_a.id}", 0)
+    assert "OutOfMemoryError: Container killed" in lost.reason
 
 
 def always_fails(x: int) -> int:

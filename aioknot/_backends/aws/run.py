@@ -298,6 +298,9 @@ class AwsRun(BackendRun):
         attached = job_ids is not None
         self._jobs: list[_Job] = [_Job(job_id, None) for job_id in job_ids or ()]
         self._upstream: str | None = None  # a pipeline's: the prefix of the run it follows
+        # A re-attached pipeline run looks for reruns in the knot's queue before its own first
+        # (the run's jobs may be in an older queue: the stack may have been replaced since).
+        self._reruns_sought = not attached
         self._restored = not attached
         self._batcher = JobBatcher()
         self._last = attached  # a re-attached run takes no more inputs
@@ -586,42 +589,39 @@ class AwsRun(BackendRun):
             self._upstream = variables.get("AIOKNOT_UPSTREAM") or self._upstream
             depends = (description.get("dependsOn") if description else None) or []
             job.after = depends[0].get("jobId") if depends else None
-        if self._upstream is not None and descriptions:
-            descriptions.update(await self._find_reruns(descriptions))
+        if self._upstream is not None:
+            queues = {str(d["jobQueue"]) for d in descriptions.values() if d.get("jobQueue")}
+            descriptions.update(await self._find_reruns(queues))
         self._restored = True
         return descriptions
 
-    async def _find_reruns(
-        self, described: Mapping[str, JobDetailTypeDef]
-    ) -> dict[str, JobDetailTypeDef]:
+    async def _find_reruns(self, queues: Iterable[str]) -> dict[str, JobDetailTypeDef]:
         """A re-attached pipeline run's reruns (`_rerun`) that its manifest does not list yet
-        (written when the run ends), found by the run's job names: so that none is submitted
-        twice, and its children's logs are found."""
-        queue = next((str(d["jobQueue"]) for d in described.values() if d.get("jobQueue")), None)
-        if queue is None:
-            return {}
+        (written when the run ends), found in ``queues`` by the run's job names: so that none
+        is submitted twice, and its children's logs are found."""
         batch = await self._batch()
         prefix = job_name(self._spec.knot, self._spec.run_id, 0)[:-1]
-        arguments: ListJobsRequestTypeDef = {
-            "jobQueue": queue,
-            "filters": [{"name": "JOB_NAME", "values": [f"{prefix}*"]}],
-        }
         known = {job.job_id for job in self._jobs}
         found: list[str] = []
-        while True:
-            response = await self._call(
-                f"listing the jobs of run {self._spec.run_id}",
-                functools.partial(batch.list_jobs, **arguments),
-            )
-            for summary in response.get("jobSummaryList", []):
-                job_id = str(summary["jobId"])
-                if job_id not in known and ":" not in job_id:
-                    known.add(job_id)
-                    found.append(job_id)
-            token = response.get("nextToken")
-            if not token:
-                break
-            arguments["nextToken"] = token
+        for queue in sorted(queues):
+            arguments: ListJobsRequestTypeDef = {
+                "jobQueue": queue,
+                "filters": [{"name": "JOB_NAME", "values": [f"{prefix}*"]}],
+            }
+            while True:
+                response = await self._call(
+                    f"listing the jobs of run {self._spec.run_id}",
+                    functools.partial(batch.list_jobs, **arguments),
+                )
+                for summary in response.get("jobSummaryList", []):
+                    job_id = str(summary["jobId"])
+                    if job_id not in known and ":" not in job_id:  # a parent, not a child
+                        known.add(job_id)
+                        found.append(job_id)
+                token = response.get("nextToken")
+                if not token:
+                    break
+                arguments["nextToken"] = token
         descriptions = await self._describe(found) if found else {}
         for job_id in found:
             environment = _container(descriptions.get(job_id)).get("environment") or []
@@ -814,6 +814,10 @@ class AwsRun(BackendRun):
             )
         ]
         # A re-attached run's rerun submitted earlier (found by `_find_reruns`) runs them.
+        if not self._reruns_sought:
+            self._reruns_sought = True
+            queue, _ = await self._target.ensure_ready()
+            await self._find_reruns([queue])
         covered = {c for c, _ in never if self._rerun_covers(shape.child_inputs(c).start)}
         job.rerun.update(covered)
         never = [(child, upstream_id) for child, upstream_id in never if child not in covered]
