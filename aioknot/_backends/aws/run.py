@@ -813,6 +813,8 @@ class AwsRun(BackendRun):
                 and said.get("statusReason") != CANCEL_REASON
             )
         ]
+        if not never:
+            return {}
         # A re-attached run's rerun submitted earlier (found by `_find_reruns`) runs them.
         if not self._reruns_sought:
             self._reruns_sought = True
