@@ -551,6 +551,8 @@ class AsyncKnot(Generic[R]):
         check_attachable(manifest, run_id)
         spec = self._run_spec(store, run_id, manifest.function, starmap=manifest.starmap)
         run: Run[R] = Run.from_manifest(manifest, spec, store, backend)
+        if self._operating:  # it runs nothing: a lost task stays lost
+            run.backend_run.watch_only()
         self._runs.add(run)
         group.start_soon(run._watch)
         return run

@@ -21,7 +21,13 @@ from botocore.exceptions import ClientError
 from helpers.fake_batch import FakeTarget, fake_aws_run, run_spec
 
 from aioknot._backends.aws import run as aws_run
-from aioknot._backends.aws.jobs import JobShape, is_knots_job, job_name
+from aioknot._backends.aws.jobs import (
+    JobShape,
+    is_knots_job,
+    is_rerun_name,
+    job_name,
+    rerun_name,
+)
 from aioknot._backends.aws.run import (
     AwsRun,
     attempt_count,
@@ -409,3 +415,6 @@ def test_a_runs_jobs_are_named_and_recognized_by_one_rule() -> None:
     assert not is_knots_job(name, "square")  # another knot whose name is a prefix
     assert not is_knots_job(f"squares-{SPEC.run_id}", "squares")  # no job number
     assert not is_knots_job("someone-elses-job", "squares")
+    rerun = rerun_name("squares", SPEC.run_id, 40)  # named by its first input
+    assert rerun == f"squares-{SPEC.run_id}-r40" and is_knots_job(rerun, "squares")
+    assert is_rerun_name(rerun) and not is_rerun_name(name)

@@ -224,15 +224,11 @@ async def test_on_batch_downstream_children_follow_upstream_without_the_client(
     assert failure.remote_type == "ValueError"
 
 
-class UpstreamChildLost:
-    """moto's Batch client, but for one upstream child FAILED (its container lost, say to
-    OOM) and the child that depends on it FAILED without running, as real Batch does: moto
-    models neither (its dependent children wait for good; FACTS.md). A job submitted with no
-    dependency on a pipeline run (the rerun) is held RUNNABLE until ``released``, so that the
-    test plays its child first. Everything else is moto's own answer."""
+class LostChild:
+    """What the test's Batch says (`UpstreamChildLost`): which upstream child died, which
+    dependent child Batch failed unrun, the reruns submitted, and whether they may run."""
 
     def __init__(self, upstream_child: str, downstream_child: str) -> None:
-        self._client: Any = None  # the first Batch client a knot opens (`lose_a_child`)
         self.upstream_child, self.downstream_child = upstream_child, downstream_child
         # A plain job (one input) is its own "child": no array parent to summarize.
         parent, colon, index = downstream_child.rpartition(":")
@@ -240,26 +236,38 @@ class UpstreamChildLost:
         self.reruns: list[tuple[str, dict[str, Any]]] = []
         self.released = False
 
+
+class UpstreamChildLost:
+    """moto's Batch client, but for one upstream child FAILED (its container lost, say to
+    OOM) and the child that depends on it FAILED without running, as real Batch does: moto
+    models neither (its dependent children wait for good; FACTS.md). A job submitted with no
+    dependency on a pipeline run (the rerun) is held RUNNABLE until ``released``, so that the
+    test plays its child first. Everything else is moto's own answer."""
+
+    def __init__(self, lost: LostChild, client: Any) -> None:
+        self._lost, self._client = lost, client
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
 
     async def submit_job(self, **request: Any) -> Any:
         response = await self._client.submit_job(**request)
-        self.reruns.append((response["jobId"], request))
+        self._lost.reruns.append((response["jobId"], request))
         return response
 
     async def describe_jobs(self, jobs: list[str]) -> Any:
+        lost = self._lost
         response = await self._client.describe_jobs(jobs=jobs)
-        held = {job_id for job_id, _ in self.reruns} if not self.released else set()
+        held = {job_id for job_id, _ in lost.reruns} if not lost.released else set()
         for job in response["jobs"]:
-            if job["jobId"] == self.upstream_child:  # it ran, and its container was killed
+            if job["jobId"] == lost.upstream_child:  # it ran, and its container was killed
                 job.update(status="FAILED", statusReason="Essential container in task exited")
                 job["container"]["reason"] = "OutOfMemoryError: Container killed"
                 job["attempts"] = [{"container": {"exitCode": 137}}]
-            elif job["jobId"] == self.downstream_child:
+            elif job["jobId"] == lost.downstream_child:
                 job.update(status="FAILED", statusReason="Dependent Job failed", attempts=[])
                 job.pop("startedAt", None)
-            elif self.downstream_job and job["jobId"] == self.downstream_job:
+            elif lost.downstream_job and job["jobId"] == lost.downstream_job:
                 size = job["arrayProperties"]["size"]
                 job["status"] = "FAILED"
                 job["arrayProperties"]["statusSummary"] = {"SUCCEEDED": size - 1, "FAILED": 1}
@@ -268,20 +276,21 @@ class UpstreamChildLost:
         return response
 
     async def list_jobs(self, **arguments: Any) -> Any:
+        lost = self._lost
         response = await self._client.list_jobs(**arguments)
-        if self.downstream_job and arguments.get("arrayJobId") == self.downstream_job:
+        if lost.downstream_job and arguments.get("arrayJobId") == lost.downstream_job:
             listed = [
                 summary
                 for summary in response["jobSummaryList"]
-                if summary["jobId"] != self.downstream_child
+                if summary["jobId"] != lost.downstream_child
             ]
             if arguments.get("jobStatus") == "FAILED":
                 listed = [
                     {
-                        "jobId": self.downstream_child,
+                        "jobId": lost.downstream_child,
                         "status": "FAILED",
                         "statusReason": "Dependent Job failed",
-                        "arrayProperties": {"index": self.index},
+                        "arrayProperties": {"index": lost.index},
                     }
                 ]
             response["jobSummaryList"] = listed
@@ -290,21 +299,17 @@ class UpstreamChildLost:
 
 def lose_a_child(
     monkeypatch: pytest.MonkeyPatch, upstream_child: str, downstream_child: str
-) -> UpstreamChildLost:
-    """From now on, the knots' Batch clients answer as `UpstreamChildLost` does."""
-    batch = UpstreamChildLost(upstream_child, downstream_child)
+) -> LostChild:
+    """From now on, each knot's Batch client answers as `UpstreamChildLost` does."""
+    lost = LostChild(upstream_child, downstream_child)
     client = AwsBackend.client
 
     async def with_lost_child(self: AwsBackend, service: str) -> Any:
         real = await client(self, service)
-        if service != "batch":
-            return real
-        if batch._client is None:
-            batch._client = real
-        return batch
+        return UpstreamChildLost(lost, real) if service == "batch" else real
 
     monkeypatch.setattr(AwsBackend, "client", with_lost_child)
-    return batch
+    return lost
 
 
 def play(submit: dict[str, Any], job_id: str, **overrides: str) -> None:
@@ -414,6 +419,12 @@ async def test_on_batch_a_one_input_job_failed_unrun_runs_again_and_names_its_up
         (downstream_job,) = run_b.backend_run.job_ids
     assert calls.submits[1]["dependsOn"] == [{"jobId": upstream_job}]
     batch = lose_a_child(monkeypatch, upstream_job, downstream_job)
+    # The CLI's knot runs nothing: to it, the input is lost as Batch says, and nothing is
+    # submitted.
+    async with AsyncKnot._operator("plus", backend="aws") as operator:
+        (looked,) = await (await operator.attach(run_b.id)).gather(return_exceptions=True)
+    assert isinstance(looked, TaskLost) and "Dependent Job failed" in looked.reason
+    assert batch.reruns == []
     async with aws_knot(plus_one, "plus") as b:
         again = await b.attach(run_b.id)
         async with anyio.create_task_group() as group:
@@ -423,7 +434,7 @@ async def test_on_batch_a_one_input_job_failed_unrun_runs_again_and_names_its_up
             await anyio.to_thread.run_sync(play, rerun, rerun_job)
             batch.released = True
         (lost,) = await again.gather(return_exceptions=True)
-    assert "dependsOn" not in rerun
+    assert "dependsOn" not in rerun and rerun["jobName"] == f"plus-{run_b.id}-r0"
     assert isinstance(lost, TaskLost) and lost.upstream == (f"squares/{run_a.id}", 0)
     assert "OutOfMemoryError: Container killed" in lost.reason
 

@@ -217,6 +217,11 @@ class BackendRun(abc.ABC):
         exist, without the client (the run's segments mirror upstream's: `can_follow`)."""
         raise NotImplementedError
 
+    def watch_only(self) -> None:
+        """Its client only looks (an operator's knot, the CLI's): the run submits nothing
+        of its own accord, such as a task run again."""
+        return None  # most backends submit nothing unasked
+
     @abc.abstractmethod
     async def watch(self) -> None:
         """Return once the backend says every submitted task is over, reporting deaths."""

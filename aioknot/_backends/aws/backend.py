@@ -490,8 +490,8 @@ class AwsBackend(Backend):
     def attach_run(self, spec: RunSpec, listener: TaskListener, manifest: Manifest) -> AwsRun:
         job_ids = list(manifest.jobs)
         # A pipeline run may have no job and still be whole: every upstream input failed, and
-        # the client wrote each input's record instead of running it (its submission ended).
-        if not job_ids and (manifest.upstream is None or not manifest.complete):
+        # the client wrote each input's record instead of running it.
+        if not job_ids and manifest.upstream is None:
             raise ConfigurationError(f"run {spec.run_id} has no Batch jobs in its manifest")
         return AwsRun(self, spec, listener, job_ids)
 

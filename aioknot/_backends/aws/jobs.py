@@ -366,10 +366,21 @@ def job_name(knot: str, run_id: str, number: int) -> str:
     return f"{knot}-{run_id}-{number}"[:128]
 
 
+def rerun_name(knot: str, run_id: str, first: int) -> str:
+    """The name of a pipeline run's job that runs again, from input ``first`` on, inputs
+    Batch failed unrun: ``<knot>-<run id>-r<first>``. Named by what it covers, so that a
+    second client finds it (`AwsRun._rerun`) rather than submitting another."""
+    return f"{knot}-{run_id}-r{first}"[:128]
+
+
+def is_rerun_name(name: str) -> bool:
+    return re.search(r"-r[0-9]+$", name) is not None
+
+
 def is_knots_job(name: str, knot: str) -> bool:
-    """Whether a job called ``name`` is one of ``knot``'s runs' (named by `job_name`)."""
+    """Whether a job called ``name`` is one of ``knot``'s runs' (`job_name`, `rerun_name`)."""
     run_id = RUN_ID_PATTERN.pattern.removeprefix("^").removesuffix("$")
-    return re.fullmatch(rf"{re.escape(knot)}-{run_id}-[0-9]+", name) is not None
+    return re.fullmatch(rf"{re.escape(knot)}-{run_id}-r?[0-9]+", name) is not None
 
 
 def submit_request(

@@ -38,7 +38,15 @@ from ..._exceptions import KnotError, WatchTimeout
 from ..._retry import backoff_delays, is_throttling, is_transient, retry_transient
 from ..._tasks import task_group
 from ..base import BackendRun, LogTail, RunSpec, Segment, TaskListener
-from .jobs import LOG_GROUP, JobBatcher, JobShape, job_name, submit_request
+from .jobs import (
+    LOG_GROUP,
+    JobBatcher,
+    JobShape,
+    is_rerun_name,
+    job_name,
+    rerun_name,
+    submit_request,
+)
 
 if TYPE_CHECKING:  # the published stubs (types-aiobotocore): no import at run time
     from types_aiobotocore_batch.client import BatchClient
@@ -52,6 +60,7 @@ if TYPE_CHECKING:  # the published stubs (types-aiobotocore): no import at run t
         JobDetailTypeDef,
         JobSummaryTypeDef,
         ListJobsRequestTypeDef,
+        SubmitJobRequestTypeDef,
     )
     from types_aiobotocore_logs.client import CloudWatchLogsClient
     from types_aiobotocore_logs.type_defs import (
@@ -114,7 +123,10 @@ class _Job:
     job_id: str
     shape: JobShape | None  # None until read back from Batch (a re-attached run)
     after: str | None = None  # a pipeline's: the upstream job its children each wait for
-    rerun: set[int] = field(default_factory=set)  # children whose inputs a later job runs
+    rerun: set[int] = field(default_factory=set)  # children whose inputs a rerun runs
+    is_rerun: bool = False  # it runs again inputs Batch failed unrun (`AwsRun._rerun`)
+    queue: str | None = None  # where it was submitted, and with which definition (its
+    definition: str | None = None  # reruns go the same way, whatever the knot uses now)
     status: str = "SUBMITTED"
     summary: dict[str, int] = field(default_factory=dict)
     failed_children: set[int] = field(default_factory=set)  # reported lost
@@ -250,6 +262,27 @@ def _counted(job: _Job) -> tuple[JobShape | None, str, Mapping[str, int]]:
     return job.shape, job.status, summary
 
 
+def _consecutive(children: Mapping[int, str]) -> list[tuple[list[int], str]]:
+    """``children`` (index: reason) as runs of consecutive indices with one reason."""
+    groups: list[tuple[list[int], str]] = []
+    for child in sorted(children):
+        reason = children[child]
+        if groups and child == groups[-1][0][-1] + 1 and reason == groups[-1][1]:
+            groups[-1][0].append(child)
+        else:
+            groups.append(([child], reason))
+    return groups
+
+
+def _learn_where(job: _Job, description: JobDetailTypeDef | None) -> None:
+    """What a described job says of itself beyond its shape: where it went, and whether it
+    is a rerun (by its name)."""
+    if description is not None:
+        job.queue = str(description.get("jobQueue") or "") or None
+        job.definition = str(description.get("jobDefinition") or "") or None
+        job.is_rerun = is_rerun_name(str(description.get("jobName", "")))
+
+
 def status_counts(jobs: Iterable[tuple[JobShape | None, str, Mapping[str, int]]]) -> dict[str, int]:
     """Inputs by Batch state: ``queued`` (submitted, pending, runnable), ``starting``,
     ``running`` and ``exited`` (succeeded or failed, with or without a record).
@@ -298,9 +331,7 @@ class AwsRun(BackendRun):
         attached = job_ids is not None
         self._jobs: list[_Job] = [_Job(job_id, None) for job_id in job_ids or ()]
         self._upstream: str | None = None  # a pipeline's: the prefix of the run it follows
-        # A re-attached pipeline run looks for reruns in the knot's queue before its own first
-        # (the run's jobs may be in an older queue: the stack may have been replaced since).
-        self._reruns_sought = not attached
+        self._may_rerun = True  # False: an operator's client, which submits nothing
         self._restored = not attached
         self._batcher = JobBatcher()
         self._last = attached  # a re-attached run takes no more inputs
@@ -437,9 +468,10 @@ class AwsRun(BackendRun):
         async with self._lock:
             self._upstream = upstream_prefix
             for job in upstream._jobs:
-                if upstream._upstream is not None and job.after is None:
-                    # A rerun of a pipeline upstream's own: its inputs are those of a child
-                    # mirrored already (a chain's later stage does not run them twice).
+                if job.is_rerun:
+                    # The upstream's own rerun: its inputs are those of a child mirrored
+                    # already. (That mirrored child fails unrun, and as its upstream child
+                    # never ran, its inputs are lost here: a chain's known gap.)
                     continue
                 if job.shape is None:
                     raise KnotError(
@@ -454,9 +486,7 @@ class AwsRun(BackendRun):
     async def _submit_group(self, group: Sequence[Segment]) -> None:
         await self._submit_shape(JobShape.of(group))
 
-    async def _submit_shape(
-        self, shape: JobShape, after: str | None = None, upstream_lost: str = ""
-    ) -> None:
+    async def _submit_shape(self, shape: JobShape, after: str | None = None) -> None:
         queue, definition = await self._target.ensure_ready()
         request = submit_request(
             self._spec,
@@ -466,10 +496,15 @@ class AwsRun(BackendRun):
             definition=definition,
             upstream=self._upstream,
             after=after,
-            upstream_lost=upstream_lost,
         )
+        job_id = await self._send(request, shape)
+        self._jobs.append(_Job(job_id, shape, after, queue=queue, definition=definition))
+        self._wake.set()
+
+    async def _send(self, request: SubmitJobRequestTypeDef, shape: JobShape) -> str:
+        """SubmitJob, retried; a submission whose answer was lost is found by its name."""
         batch = await self._batch()
-        name = str(request["jobName"])
+        name, queue = str(request["jobName"]), str(request["jobQueue"])
         maybe_sent = False
 
         async def once() -> str:
@@ -488,14 +523,13 @@ class AwsRun(BackendRun):
                 raise
             return str(response["jobId"])
 
-        job_id = await self._call(
+        job_id: str = await self._call(
             f"submitting job {name} of run {self._spec.run_id}",
             once,
             outage=f"Inputs {shape.first} on were not submitted; the jobs submitted before "
             "keep running.",
         )
-        self._jobs.append(_Job(job_id, shape, after))
-        self._wake.set()
+        return job_id
 
     async def _flush_when_idle(self) -> None:
         """Send segments that wait for company once inputs stop coming (or wait too long)."""
@@ -524,6 +558,9 @@ class AwsRun(BackendRun):
             self._timer = False
 
     # -- watching --------------------------------------------------------------------------
+
+    def watch_only(self) -> None:
+        self._may_rerun = False
 
     async def watch(self) -> None:
         # Polls slow down while nothing changes and start over quick when something does
@@ -566,8 +603,10 @@ class AwsRun(BackendRun):
     async def _restore(self) -> dict[str, JobDetailTypeDef] | None:
         """A re-attached run learns each job's inputs from the job's own overrides.
 
-        Returns the descriptions it read (every job's, all still active), so that the first
-        poll, status or cancel that follows need not read them again; None once restored
+        A pipeline run also finds its reruns that the manifest does not list yet
+        (`_find_reruns`). Returns the descriptions it read (every job's, all still active),
+        so that the first poll, status or cancel that follows need not read them again; None
+        once restored
         (or restored meanwhile: the watch and a status() may ask at once, and the jobs are
         learnt once).
         """
@@ -589,9 +628,12 @@ class AwsRun(BackendRun):
             self._upstream = variables.get("AIOKNOT_UPSTREAM") or self._upstream
             depends = (description.get("dependsOn") if description else None) or []
             job.after = depends[0].get("jobId") if depends else None
+            _learn_where(job, description)
         if self._upstream is not None:
             queues = {str(d["jobQueue"]) for d in descriptions.values() if d.get("jobQueue")}
             descriptions.update(await self._find_reruns(queues))
+            for job in self._jobs:
+                self._mark_rerun(job)
         self._restored = True
         return descriptions
 
@@ -624,11 +666,31 @@ class AwsRun(BackendRun):
                 arguments["nextToken"] = token
         descriptions = await self._describe(found) if found else {}
         for job_id in found:
-            environment = _container(descriptions.get(job_id)).get("environment") or []
-            shape = JobShape.from_environment(environment)
-            if shape is not None:
-                self._jobs.append(_Job(job_id, shape))
+            self._adopt(job_id, descriptions.get(job_id))
         return descriptions
+
+    def _adopt(self, job_id: str, description: JobDetailTypeDef | None) -> None:
+        """Watch a rerun another client submitted, as its description says."""
+        environment = _container(description).get("environment") or []
+        shape = JobShape.from_environment(environment)
+        if shape is not None and job_id not in {job.job_id for job in self._jobs}:
+            job = _Job(job_id, shape, is_rerun=True)
+            _learn_where(job, description)
+            self._jobs.append(job)
+            self._wake.set()
+
+    def _mark_rerun(self, job: _Job) -> None:
+        """Put in ``job.rerun`` its children whose inputs a known rerun runs (so that they
+        are neither reported lost nor counted twice)."""
+        shape = job.shape
+        if job.after is None or shape is None:
+            return
+        for rerun in self._jobs:
+            if rerun.is_rerun and rerun.shape is not None:
+                first = max(rerun.shape.first, shape.first)
+                last = min(rerun.shape.stop, shape.stop) - 1
+                if first <= last:
+                    job.rerun.update(range(shape.child_of(first), shape.child_of(last) + 1))
 
     async def _poll(
         self, jobs: Sequence[_Job], described: Mapping[str, JobDetailTypeDef] | None = None
@@ -799,33 +861,27 @@ class AwsRun(BackendRun):
         some values before it died. Such children are run again (`_rerun`) rather than lost.
         Those a rerun already covers (one a re-attached run found) join ``job.rerun`` here.
         """
-        if job.after is None or job.shape is None or self._cancelled:
+        if job.after is None or job.shape is None or self._cancelled or not self._may_rerun:
             return {}
         shape = job.shape
-        never = [
+        self._mark_rerun(job)  # a rerun found on re-attaching runs them already
+        unstarted = [
             (child, f"{job.after}:{child}" if shape.size else job.after)
             for _, child, said in children
-            if not said
-            or (
-                not said.get("attempts")
-                and not said.get("startedAt")
-                # Cancelled (by this run's user, maybe from another process): not run again.
-                and said.get("statusReason") != CANCEL_REASON
+            if child not in job.rerun
+            and (
+                not said
+                or (
+                    not said.get("attempts")
+                    and not said.get("startedAt")
+                    # Cancelled (by this run's user, maybe from another process): not again.
+                    and said.get("statusReason") != CANCEL_REASON
+                )
             )
         ]
-        if not never:
+        if not unstarted:
             return {}
-        # A re-attached run's rerun submitted earlier (found by `_find_reruns`) runs them.
-        if not self._reruns_sought:
-            self._reruns_sought = True
-            queue, _ = await self._target.ensure_ready()
-            await self._find_reruns([queue])
-        covered = {c for c, _ in never if self._rerun_covers(shape.child_inputs(c).start)}
-        job.rerun.update(covered)
-        never = [(child, upstream_id) for child, upstream_id in never if child not in covered]
-        if not never:
-            return {}
-        upstream = await self._describe([upstream_id for _, upstream_id in never])
+        upstream = await self._describe([upstream_id for _, upstream_id in unstarted])
         # Only an upstream child whose container ran and died has final records to read. One
         # that never ran either (a chain's middle stage, which its own client runs again) or
         # that its user cancelled has nothing to give: those inputs are lost here too.
@@ -836,36 +892,42 @@ class AwsRun(BackendRun):
             and description.get("statusReason") != CANCEL_REASON
             and (description.get("attempts") or description.get("startedAt"))
         }
-        return {child: failed[upstream_id] for child, upstream_id in never if upstream_id in failed}
-
-    def _rerun_covers(self, index: int) -> bool:
-        return any(
-            job.after is None
-            and job.shape is not None
-            and job.shape.first <= index < job.shape.stop
-            for job in self._jobs
-        )
+        return {
+            child: failed[upstream_id] for child, upstream_id in unstarted if upstream_id in failed
+        }
 
     async def _rerun(self, job: _Job, shape: JobShape, children: Mapping[int, str]) -> None:
         """Submit again, without their dependency, the inputs of ``shape``'s ``children``
-        (each with why its upstream child failed), consecutive ones as one job: the worker
-        reads each upstream record, writes the failure of an upstream input that raised or
-        has no record (lost: for that reason), naming it, and runs the function on a value
-        that exists."""
-        groups: list[tuple[list[int], str]] = []
-        for child in sorted(children):
-            reason = children[child]
-            if groups and child == groups[-1][0][-1] + 1 and reason == groups[-1][1]:
-                groups[-1][0].append(child)
-            else:
-                groups.append(([child], reason))
+        (each with why its upstream child failed), consecutive ones as one job, to the queue
+        and definition of ``job``: the worker reads each upstream record, writes the failure
+        of an upstream input that raised or has no record (lost: for that reason), naming it,
+        and runs the function on a value that exists.
+
+        A rerun is named by its first input: one another client submitted already (found by
+        that name) is watched instead of submitted twice."""
+        if job.queue is None or job.definition is None:
+            job.queue, job.definition = await self._target.ensure_ready()
+        queue, definition = job.queue, job.definition
+        batch = await self._batch()
+        groups = _consecutive(children)
         async with self._lock:
-            if self._cancelled:
-                return
-            job.rerun.update(children)
-            for group, reason in groups:
+            while groups and not self._cancelled:
+                group, reason = groups.pop(0)
                 start = shape.child_inputs(group[0]).start
                 stop = shape.child_inputs(group[-1]).stop
+                name = rerun_name(self._spec.knot, self._spec.run_id, start)
+                found = await self._call(
+                    f"looking for job {name} of run {self._spec.run_id}",
+                    functools.partial(_find_job, batch, queue, name),
+                )
+                if found is not None:
+                    self._adopt(found, (await self._describe([found])).get(found))
+                    self._mark_rerun(job)
+                    if group[0] in job.rerun:  # the rest, if it covers fewer, go on their own
+                        groups[:0] = _consecutive(
+                            {c: children[c] for c in group if c not in job.rerun}
+                        )
+                        continue
                 logger.info(
                     "run %s: AWS Batch failed inputs %d..%d without running them, as their "
                     "upstream failed; they are submitted again without the dependency, so that "
@@ -875,7 +937,22 @@ class AwsRun(BackendRun):
                     stop - 1,
                 )
                 rerun = JobShape(((start, stop - start),), shape.chunk_size)
-                await self._submit_shape(rerun, upstream_lost=reason[:LOST_REASON_MAX])
+                request = submit_request(
+                    self._spec,
+                    rerun,
+                    number=0,
+                    queue=queue,
+                    definition=definition,
+                    upstream=self._upstream,
+                    upstream_lost=reason[:LOST_REASON_MAX],
+                )
+                request["jobName"] = name
+                job_id = await self._send(request, rerun)
+                self._jobs.append(
+                    _Job(job_id, rerun, is_rerun=True, queue=queue, definition=definition)
+                )
+                job.rerun.update(group)
+                self._wake.set()
 
     # -- status, cancel, logs ----------------------------------------------------------------
 
@@ -1015,7 +1092,8 @@ class CloudWatchTail(LogTail):
     (one per attempt) read on from the forward token where the last read stopped.
 
     The child is described (DescribeJobs) for its streams at the first read, whenever a read
-    finds nothing new (its attempt may have ended and a retry begun, on a stream of its own)
+    finds nothing new (its attempt may have ended and a retry begun, on a stream of its own;
+    or a pipeline's child failed unrun was run again, as another child: it is looked up anew)
     and at the final read, never while lines come. A stream that does not exist yet (the child
     is queued or starting) reads as nothing. A read takes one page (one GetLogEvents, up to
     10,000 events) of the current stream, as a follower reads again soon; the final read
