@@ -363,14 +363,19 @@ def job_name(knot: str, run_id: str, number: int) -> str:
 
     Batch's pattern: letters, digits, hyphens and underscores, up to 128 (a knot's name is at
     most 48, a run id 22). Unique per run, so a lost SubmitJob answer is found by name."""
-    return f"{knot}-{run_id}-{number}"[:128]
+    return f"{run_jobs_prefix(knot, run_id)}{number}"
 
 
 def rerun_name(knot: str, run_id: str, first: int) -> str:
     """The name of a pipeline run's job that runs again, from input ``first`` on, inputs
     Batch failed unrun: ``<knot>-<run id>-r<first>``. Named by what it covers, so that a
     second client finds it (`AwsRun._rerun`) rather than submitting another."""
-    return f"{knot}-{run_id}-r{first}"[:128]
+    return f"{run_jobs_prefix(knot, run_id)}r{first}"
+
+
+def run_jobs_prefix(knot: str, run_id: str) -> str:
+    """What the names of every job of a run begin with (ListJobs' ``JOB_NAME`` filter)."""
+    return f"{knot}-{run_id}-"
 
 
 def is_rerun_name(name: str) -> bool:
@@ -387,14 +392,14 @@ def submit_request(
     spec: RunSpec,
     shape: JobShape,
     *,
-    number: int,
+    name: str,
     queue: str,
     definition: str,
     upstream: str | None = None,
     after: str | None = None,
     upstream_lost: str = "",
 ) -> SubmitJobRequestTypeDef:
-    """The SubmitJob request of a run's ``number``-th job.
+    """The SubmitJob request of a run's job called ``name`` (`job_name`, `rerun_name`).
 
     A pipeline's job has ``upstream``, the run prefix of the run whose results are its inputs,
     and, unless it runs again what Batch failed without running, ``after``: the upstream job
@@ -402,7 +407,7 @@ def submit_request(
     starts as soon as its own upstream child succeeds, whether or not a client is watching.
     A rerun's ``upstream_lost`` is why its upstream children failed (Batch's words)."""
     request: SubmitJobRequestTypeDef = {
-        "jobName": job_name(spec.knot, spec.run_id, number),
+        "jobName": name,
         "jobQueue": queue,
         "jobDefinition": definition,
         "containerOverrides": {"environment": shape.environment(spec, upstream, upstream_lost)},

@@ -45,6 +45,7 @@ from .jobs import (
     is_rerun_name,
     job_name,
     rerun_name,
+    run_jobs_prefix,
     submit_request,
 )
 
@@ -491,7 +492,7 @@ class AwsRun(BackendRun):
         request = submit_request(
             self._spec,
             shape,
-            number=len(self._jobs),
+            name=job_name(self._spec.knot, self._spec.run_id, len(self._jobs)),
             queue=queue,
             definition=definition,
             upstream=self._upstream,
@@ -606,9 +607,8 @@ class AwsRun(BackendRun):
         A pipeline run also finds its reruns that the manifest does not list yet
         (`_find_reruns`). Returns the descriptions it read (every job's, all still active),
         so that the first poll, status or cancel that follows need not read them again; None
-        once restored
-        (or restored meanwhile: the watch and a status() may ask at once, and the jobs are
-        learnt once).
+        once restored, or restored meanwhile (the watch and a status() may ask at once, and
+        the jobs are learnt once).
         """
         if self._restored:
             return None
@@ -642,7 +642,7 @@ class AwsRun(BackendRun):
         (written when the run ends), found in ``queues`` by the run's job names: so that none
         is submitted twice, and its children's logs are found."""
         batch = await self._batch()
-        prefix = job_name(self._spec.knot, self._spec.run_id, 0)[:-1]
+        prefix = run_jobs_prefix(self._spec.knot, self._spec.run_id)
         known = {job.job_id for job in self._jobs}
         found: list[str] = []
         for queue in sorted(queues):
@@ -940,13 +940,12 @@ class AwsRun(BackendRun):
                 request = submit_request(
                     self._spec,
                     rerun,
-                    number=0,
+                    name=name,
                     queue=queue,
                     definition=definition,
                     upstream=self._upstream,
                     upstream_lost=reason[:LOST_REASON_MAX],
                 )
-                request["jobName"] = name
                 job_id = await self._send(request, rerun)
                 self._jobs.append(
                     _Job(job_id, rerun, is_rerun=True, queue=queue, definition=definition)
